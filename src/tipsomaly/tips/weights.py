@@ -1,0 +1,250 @@
+"""The weights cache: where checkpoint files live, how they are downloaded and verified."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import json
+import logging
+import os
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+USER_AGENT = "tipsomaly"
+
+
+class WeightsUnavailableError(RuntimeError):
+    """A checkpoint file is not cached and cannot be downloaded now."""
+
+
+class ChecksumError(RuntimeError):
+    """A file's SHA-256 differs from the one expected or recorded."""
+
+
+def offline_mode() -> bool:
+    """True when ``TIPSOMALY_OFFLINE`` (or ``HF_HUB_OFFLINE``) is set to a true value."""
+    for var in ("TIPSOMALY_OFFLINE", "HF_HUB_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+            return True
+    return False
+
+
+def cache_dir() -> Path:
+    """The root of tipsomaly's cache: ``$TIPSOMALY_HOME``, else the platform's cache directory."""
+    home = os.environ.get("TIPSOMALY_HOME")
+    if home:
+        return Path(home).expanduser()
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
+        return base / "tipsomaly" / "Cache"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "tipsomaly"
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tipsomaly"
+
+
+def weights_dir() -> Path:
+    """Where downloaded checkpoint files are kept (``<cache>/weights``)."""
+    return cache_dir() / "weights"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class ChecksumRegistry:
+    """``checksums.json`` beside the cached files: name → SHA-256 recorded at first download."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = Path(directory) / "checksums.json"
+
+    def read(self) -> dict[str, str]:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable checksum registry %s (%s)", self.path, exc)
+            return {}
+        return {k: v for k, v in data.items() if isinstance(v, str)}
+
+    def get(self, name: str) -> str | None:
+        return self.read().get(name)
+
+    def record(self, name: str, sha256: str) -> None:
+        data = self.read()
+        data[name] = sha256
+        _atomic_write_text(self.path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+    def forget(self, name: str) -> None:
+        data = self.read()
+        if data.pop(name, None) is not None:
+            _atomic_write_text(self.path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def download(
+    url: str,
+    dest: str | os.PathLike,
+    *,
+    expected_sha256: str | None = None,
+    progress: bool = True,
+    timeout: float = 60.0,
+) -> str:
+    """Download ``url`` to ``dest`` and return the file's SHA-256.
+
+    Bytes go to ``dest + ".part"``; an existing ``.part`` is resumed with an HTTP range request
+    (a server that ignores the range restarts it). Only a complete file whose checksum matches
+    ``expected_sha256`` (when given) is renamed to ``dest``, atomically; a mismatch deletes the
+    partial file and raises :class:`ChecksumError`. Network errors propagate (``OSError``).
+    """
+    from tqdm.auto import tqdm
+
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    offset = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    if offset:
+        request.add_header("Range", f"bytes={offset}-")
+    digest = hashlib.sha256()
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and offset:  # the part is already complete (or longer than the file)
+            response = None
+        else:
+            raise
+    if response is None:
+        mode = "ab"
+    elif offset and response.status == 206:
+        mode = "ab"
+        log.info("resuming %s at byte %d", url, offset)
+    else:
+        mode, offset = "wb", 0
+    if mode == "ab":
+        with open(part, "rb") as f:
+            for chunk in iter(lambda: f.read(CHUNK), b""):
+                digest.update(chunk)
+    if response is not None:
+        with response:
+            length = response.headers.get("Content-Length")
+            total = offset + int(length) if length and length.isdigit() else None
+            with (
+                open(part, mode) as f,
+                tqdm(
+                    total=total,
+                    initial=offset,
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    desc=dest.name,
+                    disable=not progress,
+                    leave=False,
+                ) as bar,
+            ):
+                received = 0
+                for chunk in iter(lambda: response.read(CHUNK), b""):
+                    f.write(chunk)
+                    digest.update(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+                f.flush()
+                os.fsync(f.fileno())
+            if length and length.isdigit() and received != int(length):
+                raise OSError(
+                    f"connection closed after {received} of {length} bytes of {url}; "
+                    "run the command again to resume"
+                )
+    sha = digest.hexdigest()
+    if expected_sha256 and sha != expected_sha256.lower():
+        part.unlink(missing_ok=True)
+        raise ChecksumError(
+            f"{url}: downloaded file has SHA-256 {sha}, expected {expected_sha256}; "
+            "the partial file was deleted"
+        )
+    os.replace(part, dest)
+    return sha
+
+
+def fetch(
+    url: str,
+    dest: str | os.PathLike,
+    *,
+    offline: bool | None = None,
+    expected_sha256: str | None = None,
+    progress: bool = True,
+) -> Path:
+    """``dest``, verified against its recorded checksum, downloading it first if missing.
+
+    The SHA-256 of a file is recorded in the directory's ``checksums.json`` the first time it is
+    seen (downloaded, or placed there by hand) and checked at every later call. Offline (or on a
+    network failure), a missing file raises :class:`WeightsUnavailableError` naming the URL and
+    the exact path to save it to.
+    """
+    dest = Path(dest)
+    registry = ChecksumRegistry(dest.parent)
+    if dest.is_file():
+        verify(dest, registry, expected_sha256)
+        return dest
+    if offline is None:
+        offline = offline_mode()
+    how = f"Download {url} by other means and save it as {dest}"
+    if offline:
+        raise WeightsUnavailableError(
+            f"{dest.name} is not in the cache and downloads are off. {how}"
+        )
+    log.info("downloading %s to %s", url, dest)
+    try:
+        sha = download(url, dest, expected_sha256=expected_sha256, progress=progress)
+    except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts, cut connections
+        reason = getattr(exc, "reason", exc)
+        raise WeightsUnavailableError(f"could not download {url} ({reason}). {how}") from exc
+    registry.record(dest.name, sha)
+    return dest
+
+
+_verified: dict[tuple[str, int, int], str] = {}
+
+
+def verify(
+    path: Path, registry: ChecksumRegistry | None = None, expected_sha256: str | None = None
+) -> str:
+    """Check ``path`` against ``expected_sha256`` or its recorded SHA-256 (recording it if new)."""
+    registry = registry or ChecksumRegistry(path.parent)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    sha = _verified.get(key) or sha256_of(path)  # hash once per process per file version
+    expected = (expected_sha256 or registry.get(path.name) or "").lower()
+    if expected and sha != expected:
+        raise ChecksumError(
+            f"{path} has SHA-256 {sha} but {expected} was recorded when it was downloaded: "
+            "the file is corrupt or was replaced. Delete it and run the command again."
+        )
+    if not expected:
+        log.info("recording SHA-256 of %s", path)
+        registry.record(path.name, sha)
+    _verified[key] = sha
+    return sha

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from goldens import Golden, golden_dirs  # noqa: E402
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrise any test taking ``golden`` over every golden folder, by folder name."""
+    if "golden" in metafunc.fixturenames:
+        dirs = golden_dirs()
+        metafunc.parametrize("golden", dirs, ids=[d.name for d in dirs], indirect=True)
+
+
+_cache: dict[Path, Golden] = {}
+
+
+@pytest.fixture
+def golden(request: pytest.FixtureRequest) -> Golden:
+    directory = request.param
+    if directory not in _cache:
+        _cache[directory] = Golden(directory)
+    return _cache[directory]
