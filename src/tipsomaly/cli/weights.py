@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from ..tips.model import preset_files
 from ..tips.presets import PRESETS, TOKENIZER_FILE, Preset, get_preset
@@ -44,13 +45,13 @@ def _files(preset: Preset) -> list[tuple[str, str]]:
 
 
 def _cached(preset: Preset) -> str:
-    from pathlib import Path
-
-    have = [Path(path).is_file() for path, _ in _files(preset)]
-    if all(have):
+    """``yes`` (all files), ``partial`` (some of its own files or a cut download) or ``no``."""
+    files = [Path(path) for path, _ in _files(preset)]
+    if all(f.is_file() for f in files):
         return "yes"
-    parts = [Path(path + ".part").exists() for path, _ in _files(preset)]
-    return "partial" if any(have) or any(parts) else "no"
+    own = files[:2]  # the tokenizer is shared by every preset: it does not make one partial
+    started = [f.is_file() or f.with_name(f.name + ".part").exists() for f in own]
+    return "partial" if any(started) else "no"
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -1,0 +1,129 @@
+"""Model directories and strict, pickle-free checkpoint loading."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from goldens import golden_dirs
+from tipsomaly.tips import ConfigError, load_model
+from tipsomaly.tips.checkpoint import CheckpointError, read_npz
+
+GOLDEN = golden_dirs()[0]
+
+
+def _model_dir(tmp_path, vision=None, text=None):
+    """A model directory built from the first golden case (model.json + npz + tokenizer)."""
+    config = json.loads((GOLDEN / "golden.json").read_text())
+    d = tmp_path / "model"
+    d.mkdir()
+    shutil.copy(GOLDEN / config["vision"]["npz"], d / "vision.npz")
+    shutil.copy(GOLDEN / config["text"]["npz"], d / "text.npz")
+    shutil.copy(GOLDEN / config["text"].get("tokenizer", "tokenizer.model"), d / "tokenizer.model")
+    vision_cfg = {**config["vision"], "npz": "vision.npz", **(vision or {})}
+    text_cfg = {**config["text"], "npz": "text.npz", "tokenizer": "tokenizer.model", **(text or {})}
+    (d / "model.json").write_text(json.dumps({"vision": vision_cfg, "text": text_cfg}))
+    return d
+
+
+def test_model_directory_loads_like_the_golden_case(tmp_path, golden):
+    d = _model_dir(tmp_path)
+    model = load_model(d)
+    reference = golden.model() if golden.dir == GOLDEN else None
+    images = torch.rand(2, 3, 28, 42)  # non-square
+    with torch.no_grad():
+        out = model.encode_image(images)
+        assert out.patches.shape == (2, 2 * 3, model.embed_dim)
+        if reference is not None:
+            ref = reference.encode_image(images)
+            torch.testing.assert_close(out.patches, ref.patches, rtol=0, atol=0)
+
+
+def test_mismatched_keys_are_listed_in_one_error(tmp_path):
+    d = _model_dir(tmp_path)
+    arrays = read_npz(d / "vision.npz")
+    arrays.pop("norm.bias")  # missing
+    arrays["extra.weight"] = np.zeros(3, np.float32)  # unexpected
+    arrays["cls_token"] = np.zeros((1, 1, 5), np.float32)  # wrong shape
+    np.savez(d / "vision.npz", **arrays)
+    with pytest.raises(CheckpointError) as info:
+        load_model(d)
+    message = str(info.value)
+    assert str(d / "vision.npz") in message
+    for key in ("norm.bias", "extra.weight", "cls_token"):
+        assert key in message
+
+
+def test_wrong_description_reports_shapes(tmp_path):
+    d = _model_dir(tmp_path, vision={"depth": 3})
+    with pytest.raises(CheckpointError, match="missing"):
+        load_model(d)
+
+
+def test_truncated_npz_is_named(tmp_path):
+    d = _model_dir(tmp_path)
+    data = (d / "text.npz").read_bytes()
+    (d / "text.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="text.npz"):
+        load_model(d)
+
+
+def test_non_npz_file_is_named(tmp_path):
+    d = _model_dir(tmp_path)
+    (d / "vision.npz").write_text("<html>404 Not Found</html>")
+    with pytest.raises(CheckpointError, match="vision.npz"):
+        load_model(d)
+
+
+def test_pickled_arrays_are_refused(tmp_path):
+    d = _model_dir(tmp_path)
+    arrays = read_npz(d / "vision.npz")
+    arrays["norm.bias"] = np.array([object()], dtype=object)
+    np.savez(d / "vision.npz", **arrays)
+    with pytest.raises(CheckpointError, match="refused"):
+        load_model(d)
+
+
+def test_missing_temperature_needs_one_from_the_description(tmp_path):
+    d = _model_dir(tmp_path)
+    arrays = read_npz(d / "text.npz")
+    arrays.pop("temperature")
+    np.savez(d / "text.npz", **arrays)
+    with pytest.raises(CheckpointError, match="temperature"):
+        load_model(d)
+    description = json.loads((d / "model.json").read_text())
+    (d / "model.json").write_text(json.dumps({**description, "temperature": 0.01}))
+    assert load_model(d).temperature == 0.01
+
+
+def test_bad_model_json(tmp_path):
+    d = _model_dir(tmp_path)
+    (d / "model.json").write_text('{"vision": {}}')
+    with pytest.raises(ConfigError, match="model.json"):
+        load_model(d)
+    (d / "model.json").write_text("{oops")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_model(d)
+
+
+def test_not_a_model_directory(tmp_path):
+    with pytest.raises(ConfigError, match="model.json"):
+        load_model(tmp_path)
+    with pytest.raises(KeyError, match="l14h"):
+        load_model("no-such-model")
+
+
+def test_inference_dtype(tmp_path):
+    d = _model_dir(tmp_path)
+    model32 = load_model(d)
+    model16 = load_model(d, dtype=torch.bfloat16)
+    images = torch.rand(2, 3, 70, 70)
+    with torch.no_grad():
+        a = model32.encode_image(images).patches
+        b = model16.encode_image(images).patches
+    assert b.dtype == torch.bfloat16
+    assert float((a - b.float()).abs().max()) < 0.1 * float(a.abs().max())
