@@ -1,0 +1,337 @@
+"""The TipsOmaly detector: images and class names in, image scores and anomaly maps out."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.images import ImageInput, ImageLoadError, load_image, preprocess
+from ..tips.model import TipsModel, load_model
+from ..tips.presets import DEFAULT_PRESET
+from ..tips.vision import VisionFeatures
+from .maps import anomaly_maps
+from .pixel_prompts import PixelPrompts, load_pixel_prompts
+from .prompts import PromptSet, class_embeddings, learned_embeddings, load_prompts
+from .scoring import image_scores, state_probabilities
+
+log = logging.getLogger(__name__)
+
+CLS_CHOICES = ("cls1", "cls2")
+
+
+@dataclass
+class BatchScores:
+    """Everything the detector computes for a batch of B images at model resolution S.
+
+    ``global_probs_cls*`` (B, 2) and ``patch_probs`` (B, N, 2) are [normal, abnormal]
+    probabilities; ``score_cls*`` (B,) image scores; ``maps`` (B, S, S) anomaly maps in [0, 1].
+    """
+
+    global_probs_cls1: torch.Tensor
+    global_probs_cls2: torch.Tensor
+    patch_probs: torch.Tensor
+    score_cls1: torch.Tensor
+    score_cls2: torch.Tensor
+    maps: torch.Tensor
+
+
+@dataclass
+class Prediction:
+    """The answer for one image.
+
+    ``image_score`` is the score of the detector's chosen CLS token (higher = more anomalous,
+    in [0, 2]); ``anomaly_map`` is (S, S) float32 at model resolution and
+    ``anomaly_map_original`` (H, W) at the image's original size. When the image could not be
+    read, ``error`` says why and the numbers are NaN / the maps ``None``.
+    """
+
+    source: str
+    class_name: str
+    image_score: float = float("nan")
+    score_cls1: float = float("nan")
+    score_cls2: float = float("nan")
+    anomaly_map: np.ndarray | None = None
+    anomaly_map_original: np.ndarray | None = None
+    original_size: tuple[int, int] | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class _Item:
+    source: str
+    class_name: str
+    tensor: torch.Tensor | None = None
+    original_size: tuple[int, int] | None = None
+    error: str | None = None
+    extras: dict = field(default_factory=dict)
+
+
+class Detector:
+    """Zero-shot anomaly detection with TipsOmaly's decoupled prompts.
+
+    Args:
+        model: a TIPS preset name (default ``"l14h"``, the paper's backbone), a model directory,
+            or a loaded :class:`~tipsomaly.tips.TipsModel`.
+        prompt_type: the fixed prompt ensemble: ``"industrial"``, ``"medical"`` or
+            ``"object_agnostic"`` (or a name in ``prompt_file``).
+        prompt_file: optional JSON file of prompt ensembles in the schema of the built-in ones.
+        pixel_prompts: learned pixel prompts — a bundled name (``"trained-on-mvtec"``,
+            ``"trained-on-visa"``), a ``.safetensors`` / ``.pth`` file, or
+            :class:`PixelPrompts`. Without them the fixed prompts also score the patches.
+        image_size: side S of the square model input, a multiple of 14 (paper: 518).
+        sigma: Gaussian smoothing of the maps, in model-resolution pixels (paper: 4).
+        cls: which CLS token gives ``image_score``: ``"cls1"`` (alt-text) or ``"cls2"``
+            (dense captions). Both scores are always reported.
+        device, dtype: where and in which precision the backbone runs.
+        batch_size: images per forward pass in :meth:`predict`.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | TipsModel = DEFAULT_PRESET,
+        *,
+        prompt_type: str = "industrial",
+        prompt_file: str | os.PathLike | None = None,
+        pixel_prompts: str | os.PathLike | PixelPrompts | None = None,
+        image_size: int = 518,
+        sigma: float = 4.0,
+        cls: str = "cls1",
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        batch_size: int = 8,
+        offline: bool | None = None,
+    ) -> None:
+        if cls not in CLS_CHOICES:
+            raise ValueError(f"cls must be one of {CLS_CHOICES}, got {cls!r}")
+        if isinstance(model, TipsModel):
+            self.model = model.to(device=device, dtype=dtype)
+        else:
+            self.model = load_model(model, device=device, dtype=dtype, offline=offline)
+        patch = self.model.patch_size
+        if image_size <= 0 or image_size % patch:
+            raise ValueError(f"image_size must be a positive multiple of {patch}, got {image_size}")
+        if sigma < 0:
+            raise ValueError(f"sigma must be >= 0, got {sigma}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.prompts: PromptSet = load_prompts(prompt_type, prompt_file)
+        self.image_size = int(image_size)
+        self.sigma = float(sigma)
+        self.cls = cls
+        self.batch_size = int(batch_size)
+        self.pixel_prompts: PixelPrompts | None = None
+        if pixel_prompts is not None:
+            self.pixel_prompts = load_pixel_prompts(pixel_prompts)
+            self.pixel_prompts.check_width(self.model.embed_dim, self.model.name)
+        else:
+            log.info(
+                "no learned pixel prompts given: the fixed %r prompts score the patches too "
+                "(maps are coarser; see --pixel-prompts)",
+                self.prompts.name,
+            )
+        self._fixed: dict[str, torch.Tensor] = {}
+        self._learned: torch.Tensor | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        g = self.image_size // self.model.patch_size
+        return (g, g)
+
+    # -- text side ------------------------------------------------------------------------
+    @torch.no_grad()
+    def class_text(self, class_name: str) -> torch.Tensor:
+        """(2, D) fixed-prompt embeddings [normal, abnormal] of a class, cached for the run."""
+        if class_name not in self._fixed:
+            self._fixed[class_name] = class_embeddings(self.model, self.prompts, class_name)
+        return self._fixed[class_name]
+
+    @torch.no_grad()
+    def pixel_text(self) -> torch.Tensor | None:
+        """(2, D) learned pixel-prompt embeddings, or None without learned prompts."""
+        if self.pixel_prompts is None:
+            return None
+        if self._learned is None:
+            preambles = self.pixel_prompts.preambles.to(self.device, self.model.text.dtype)
+            self._learned = learned_embeddings(self.model, self.prompts, preambles)
+        return self._learned
+
+    # -- image side -----------------------------------------------------------------------
+    def score_features(
+        self,
+        features: VisionFeatures,
+        class_names: Sequence[str],
+        pixel_text: torch.Tensor | None = None,
+    ) -> BatchScores:
+        """Scores and maps from already computed vision features (B images, B class names).
+
+        ``pixel_text`` (2, D) overrides the learned prompts' embeddings (used in training).
+        """
+        fixed = torch.stack([self.class_text(c) for c in class_names])  # (B, 2, D)
+        if pixel_text is None:
+            pixel_text = self.pixel_text()
+        pixel = fixed if pixel_text is None else pixel_text
+        t = self.model.temperature
+        g1 = state_probabilities(features.cls1, fixed, t)[:, 0]
+        g2 = state_probabilities(features.cls2, fixed, t)[:, 0]
+        patch = state_probabilities(features.patches, pixel, t)
+        size = (self.image_size, self.image_size)
+        return BatchScores(
+            global_probs_cls1=g1,
+            global_probs_cls2=g2,
+            patch_probs=patch,
+            score_cls1=image_scores(g1, patch),
+            score_cls2=image_scores(g2, patch),
+            maps=anomaly_maps(patch, self.grid, size, self.sigma),
+        )
+
+    @torch.no_grad()
+    def score_batch(self, images: torch.Tensor, class_names: str | Sequence[str]) -> BatchScores:
+        """(B, 3, S, S) preprocessed images in [0, 1] → :class:`BatchScores`."""
+        if isinstance(class_names, str):
+            class_names = [class_names] * images.shape[0]
+        if len(class_names) != images.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {len(class_names)} class names")
+        if tuple(images.shape[-2:]) != (self.image_size, self.image_size):
+            raise ValueError(
+                f"images must be {self.image_size}×{self.image_size}, got {tuple(images.shape)}"
+            )
+        features = self.model.encode_image(images.to(self.device))
+        return self.score_features(features, class_names)
+
+    def iter_predict(
+        self,
+        inputs: Iterable[str | os.PathLike | ImageInput],
+        class_names: str | Sequence[str],
+        *,
+        batch_size: int | None = None,
+        on_error: str = "raise",
+    ) -> Iterator[Prediction]:
+        """Yield one :class:`Prediction` per input, in order, as batches complete.
+
+        ``inputs``: image paths, PIL images, arrays (HxW / HxWxC) or tensors (CxHxW); see
+        :func:`tipsomaly.data.images.preprocess`. ``class_names``: one name for all inputs or
+        one per input. ``on_error="raise"`` stops at the first unreadable image;
+        ``"record"`` yields a Prediction with ``error`` set for it and goes on.
+        """
+        if on_error not in ("raise", "record"):
+            raise ValueError(f"on_error must be 'raise' or 'record', got {on_error!r}")
+        batch_size = batch_size or self.batch_size
+        names = _class_name_iter(class_names)
+        pending: list[_Item] = []
+        for index, item in enumerate(inputs):
+            try:
+                class_name = next(names)
+            except StopIteration:
+                raise ValueError(f"fewer class names than inputs (input {index})") from None
+            prepared = self._prepare(item, class_name, index)
+            if prepared.error is not None and on_error == "raise":
+                raise ImageLoadError(prepared.source, prepared.error)
+            pending.append(prepared)
+            if sum(p.tensor is not None for p in pending) >= batch_size:
+                yield from self._run(pending)
+                pending = []
+        if pending:
+            yield from self._run(pending)
+
+    def predict(
+        self,
+        inputs: str | os.PathLike | ImageInput | Iterable[str | os.PathLike | ImageInput],
+        class_names: str | Sequence[str],
+        *,
+        batch_size: int | None = None,
+        on_error: str = "raise",
+    ) -> list[Prediction]:
+        """Predictions for a list of inputs (or a single one); see :meth:`iter_predict`."""
+        if isinstance(inputs, (str, os.PathLike, np.ndarray, torch.Tensor)) or hasattr(
+            inputs, "getpixel"
+        ):
+            if not (isinstance(inputs, torch.Tensor) and inputs.ndim == 4):
+                inputs = [inputs]
+        return list(
+            self.iter_predict(inputs, class_names, batch_size=batch_size, on_error=on_error)
+        )
+
+    # -- internals ------------------------------------------------------------------------
+    def _prepare(self, item: object, class_name: str, index: int) -> _Item:
+        if isinstance(item, (str, os.PathLike)):
+            source = str(item)
+            try:
+                image = load_image(item)
+            except ImageLoadError as exc:
+                return _Item(source, class_name, error=exc.reason)
+            return _Item(
+                source,
+                class_name,
+                tensor=preprocess(image, self.image_size),
+                original_size=(image.height, image.width),
+            )
+        source = f"<input {index}>"
+        try:
+            tensor = preprocess(item, self.image_size)  # type: ignore[arg-type]
+        except (TypeError, ValueError) as exc:
+            return _Item(source, class_name, error=str(exc))
+        return _Item(source, class_name, tensor=tensor, original_size=_input_hw(item))
+
+    def _run(self, items: list[_Item]) -> Iterator[Prediction]:
+        ready = [i for i in items if i.tensor is not None]
+        scores = None
+        if ready:
+            images = torch.stack([i.tensor for i in ready])
+            scores = self.score_batch(images, [i.class_name for i in ready])
+        k = 0
+        for item in items:
+            if item.tensor is None:
+                yield Prediction(item.source, item.class_name, error=item.error)
+                continue
+            assert scores is not None and item.original_size is not None
+            m = scores.maps[k]
+            original = F.interpolate(
+                m[None, None], size=item.original_size, mode="bilinear", align_corners=False
+            )[0, 0]
+            s1, s2 = float(scores.score_cls1[k]), float(scores.score_cls2[k])
+            yield Prediction(
+                source=item.source,
+                class_name=item.class_name,
+                image_score=s1 if self.cls == "cls1" else s2,
+                score_cls1=s1,
+                score_cls2=s2,
+                anomaly_map=m.cpu().numpy(),
+                anomaly_map_original=original.cpu().numpy(),
+                original_size=item.original_size,
+            )
+            k += 1
+
+
+def _class_name_iter(class_names: str | Sequence[str]) -> Iterator[str]:
+    if isinstance(class_names, str):
+        while True:
+            yield class_names
+    yield from class_names
+
+
+def _input_hw(item: object) -> tuple[int, int]:
+    if hasattr(item, "size") and hasattr(item, "getpixel"):  # PIL image: size is (W, H)
+        w, h = item.size  # type: ignore[attr-defined]
+        return int(h), int(w)
+    shape = tuple(item.shape)  # type: ignore[attr-defined]
+    if isinstance(item, torch.Tensor) and len(shape) == 3:
+        return int(shape[1]), int(shape[2])  # C, H, W
+    return int(shape[0]), int(shape[1])  # H, W[, C]
+
+
+__all__ = ["BatchScores", "Detector", "Prediction", "Path"]
