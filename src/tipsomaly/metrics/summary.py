@@ -1,0 +1,61 @@
+"""The image-level and pixel-level metric sets of the paper's tables, under golden.json's names."""
+
+from __future__ import annotations
+
+from ._arrays import as_maps, as_scores
+from ._split import split_scores
+from .pro import aupro_mvtec_from_split, aupro_zsad_from_split
+from .ranking import ranking_from_split
+
+AUPRO_KINDS = ("zsad", "mvtec")
+
+
+def image_metrics(scores: object, labels: object) -> dict[str, float]:
+    """Image-level AUROC, AP and F1-max.
+
+    Args:
+        scores: ``(N,)`` anomaly scores (numpy or torch), higher = more anomalous.
+        labels: ``(N,)`` image labels, bool or 0/1 (1 = anomalous).
+
+    Returns:
+        ``{"image_auroc", "image_ap", "image_f1-max"}``; NaN values (with a logged warning)
+        when all images have the same label.
+    """
+    scores_a, labels_a = as_scores(scores, labels)
+    if scores_a.ndim != 1:
+        raise ValueError(f"image scores and labels must be 1-D (N,), got shape {scores_a.shape}")
+    values = ranking_from_split(split_scores(scores_a, labels_a, regions=False), "image ")
+    return {f"image_{name}": value for name, value in values.items()}
+
+
+def pixel_metrics(maps: object, masks: object, aupro: str = "zsad") -> dict[str, float]:
+    """Pixel-level AUROC, AP, AUPRO and F1-max over all pixels of a set of maps (one class).
+
+    All values are exact (no binning); the scores are split and sorted once, so the extra
+    memory is about one copy of ``maps`` plus a few bytes per anomalous pixel.
+
+    Args:
+        maps: ``(N, H, W)`` (or ``(H, W)``, ``(N, 1, H, W)``) anomaly maps, real values.
+        masks: same shape, binary ground truth (bool or 0/1).
+        aupro: ``"zsad"`` for the zero-shot papers' convention (:func:`aupro_zsad`, the one of
+            the paper's tables) or ``"mvtec"`` for the official MVTec AD one (:func:`aupro_mvtec`).
+
+    Returns:
+        ``{"pixel_auroc", "pixel_ap", "pixel_aupro", "pixel_f1-max"}``; undefined values (no
+        anomalous or no normal pixel, no region) are NaN with a logged warning.
+    """
+    if aupro not in AUPRO_KINDS:
+        raise ValueError(f"aupro must be one of {AUPRO_KINDS}, got {aupro!r}")
+    maps_a, masks_a = as_maps(maps, masks)
+    split = split_scores(maps_a, masks_a, regions=True)
+    values = ranking_from_split(split, "pixel ")
+    if aupro == "zsad":
+        pro = aupro_zsad_from_split(split)
+    else:
+        pro = aupro_mvtec_from_split(split)
+    return {
+        "pixel_auroc": values["auroc"],
+        "pixel_ap": values["ap"],
+        "pixel_aupro": pro,
+        "pixel_f1-max": values["f1-max"],
+    }
