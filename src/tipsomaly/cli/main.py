@@ -8,12 +8,13 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
+from . import predict as predict_cli
 from . import weights as weights_cli
 
 log = logging.getLogger("tipsomaly")
 
 # Every verb module exposes add_parser(subparsers, common) and sets args.func.
-VERBS = [weights_cli]
+VERBS = [predict_cli, weights_cli]
 
 
 def build_parser() -> argparse.ArgumentParser:

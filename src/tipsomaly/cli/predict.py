@@ -1,0 +1,262 @@
+"""``tipsomaly predict PATH... --class-name NAME``: score images, write tables and heat maps."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_USAGE, EXIT_NO_INPUTS, EXIT_SOME_FAILED = 0, 1, 2, 3
+
+_DTYPES = ("fp32", "bf16", "fp16")
+
+_EPILOG = """\
+outputs (in --out):
+  scores.csv           path, class_name, image_score, score_cls1, score_cls2,
+                       [is_anomalous], status (ok|error), error, name; one row per input,
+                       written as each image is scored (an interrupted run keeps its rows)
+  scores.json          the same rows + summary + settings, written at the end
+  overlays/NAME.png    heat map over the image at its original size (jet: blue = 0,
+                       green = 0.5, red = 1; see --overlay-scale)
+  masks/NAME.png       0/255 mask of map >= --threshold        (with --threshold)
+  maps/NAME.npy        raw map, float32 HxW, original size      (with --save-maps)
+NAME is the image's path relative to the deepest folder holding all inputs, without its
+extension (a/x.png -> a/x), so same-named files in different folders do not collide; two
+inputs differing only by extension keep it (x.png, x.jpg).
+scores: image_score in [0, 2] and the maps (abnormal probability per pixel, in [0, 1]);
+higher = more anomalous.
+exit status: 0 all images scored, 3 some could not be read (their rows say why),
+2 no input images found, 1 model/prompt/option errors, 130 interrupted."""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _class_name(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from ..method.pixel_prompts import BUNDLED
+    from ..method.prompts import BUILTIN_PROMPT_TYPES
+    from ..report.overlay import SCALES
+
+    p = sub.add_parser(
+        "predict",
+        parents=[common],
+        help="score images and write anomaly scores, heat-map overlays and masks",
+        description="Zero-shot anomaly detection: an image score and a heat map for every "
+        "image, given the name of what the images show.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="image files, folders (searched recursively for image files) or glob patterns "
+        "(quote them to let tipsomaly expand them; ** recurses)",
+    )
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument(
+        "--class-name",
+        type=_class_name,
+        help='what the images show, e.g. "hazelnut" or "metal nut"',
+    )
+    who.add_argument(
+        "--class-from-folder",
+        action="store_true",
+        help="use each image's parent folder name as its class (bottle/001.png -> bottle)",
+    )
+    p.add_argument(
+        "--model",
+        default="l14h",
+        help="TIPS preset (see `tipsomaly weights list`; downloaded on first use) or a model "
+        "directory (default: l14h, the paper's backbone)",
+    )
+    p.add_argument(
+        "--pixel-prompts",
+        help=f"learned pixel prompts: {' or '.join(BUNDLED)} (bundled, for l14h), a "
+        ".safetensors/.pth file, or 'none'. Default: trained-on-mvtec when the model is "
+        "l14h, otherwise none (the fixed prompts then score the patches too)",
+    )
+    p.add_argument(
+        "--prompt-type",
+        default="industrial",
+        help=f"fixed prompt ensemble: {', '.join(BUILTIN_PROMPT_TYPES)} or a name in "
+        "--prompt-file (default: industrial)",
+    )
+    p.add_argument("--prompt-file", help="JSON file of prompt ensembles (schema of the built-in)")
+    p.add_argument(
+        "--image-size",
+        type=_positive_int,
+        default=518,
+        help="side of the square model input, a multiple of 14 (default: 518, as the paper)",
+    )
+    p.add_argument(
+        "--sigma",
+        type=_non_negative_float,
+        default=4.0,
+        help="Gaussian smoothing of the maps, in model-input pixels (default: 4)",
+    )
+    p.add_argument(
+        "--cls",
+        choices=["cls1", "cls2"],
+        default="cls1",
+        help="CLS token giving image_score: cls1 (alt-text) or cls2 (dense captions); both "
+        "scores are always in the table (default: cls1)",
+    )
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="images per forward pass")
+    p.add_argument(
+        "--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1…"
+    )
+    p.add_argument(
+        "--dtype", choices=_DTYPES, default="fp32", help="backbone precision (default: fp32)"
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        help="pixel threshold on the maps (abnormal probability, [0, 1]): writes "
+        "masks/NAME.png = map >= threshold",
+    )
+    p.add_argument(
+        "--image-threshold",
+        type=float,
+        help="image-score threshold (scores in [0, 2]): adds the column is_anomalous = "
+        "image_score >= threshold",
+    )
+    p.add_argument(
+        "--save-maps", action="store_true", help="also write maps/NAME.npy (float32, original size)"
+    )
+    p.add_argument("--no-overlays", action="store_true", help="do not write overlays/NAME.png")
+    p.add_argument(
+        "--overlay-scale",
+        choices=SCALES,
+        default="fixed",
+        help="map values -> colours: fixed = [0, 1] absolute, comparable across images "
+        "(default); per-image = each map's own min..max (shows where, not how much)",
+    )
+    p.add_argument("--out", default="tipsomaly-out", help="output folder (default: tipsomaly-out)")
+    p.set_defaults(func=cmd_predict)
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` → ``cuda`` when available, else ``cpu``; anything else checked and unchanged.
+
+    Raises:
+        ValueError: not a device torch knows, or a CUDA device without CUDA.
+    """
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"--device {name}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available here; use --device cpu")
+    return name
+
+
+def default_pixel_prompts(model: str, pixel_prompts: str | None) -> str | None:
+    """The ``--pixel-prompts`` value to use: as given (``none`` → None), else
+    ``trained-on-mvtec`` for the paper's backbone (l14h under any of its names), else None."""
+    from ..tips.presets import DEFAULT_PRESET, get_preset, is_preset
+
+    if pixel_prompts is not None:
+        return None if pixel_prompts.lower() == "none" else pixel_prompts
+    if is_preset(model) and get_preset(model).name == DEFAULT_PRESET:
+        return "trained-on-mvtec"
+    return None
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..method.detector import Detector
+    from ..runners.predict import NoInputsError, expand_inputs, run_predict
+
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        print(f"tipsomaly: error: --out {args.out} exists and is not a folder", file=sys.stderr)
+        return EXIT_USAGE
+    # inputs first: no model download before we know there is something to score
+    files = expand_inputs(args.paths, exclude=[args.out])
+    if not files:
+        print(f"tipsomaly: error: {NoInputsError(args.paths)}", file=sys.stderr)
+        return EXIT_NO_INPUTS
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    pixel_prompts = default_pixel_prompts(args.model, args.pixel_prompts)
+    try:
+        device = resolve_device(args.device)
+        detector = Detector(
+            args.model,
+            prompt_type=args.prompt_type,
+            prompt_file=args.prompt_file,
+            pixel_prompts=pixel_prompts,
+            image_size=args.image_size,
+            sigma=args.sigma,
+            cls=args.cls,
+            device=device,
+            dtype=dtype,
+            batch_size=args.batch_size,
+            offline=args.offline or None,
+        )
+    except (ValueError, OSError, RuntimeError) as exc:  # prompts, sizes, device, model files
+        print(f"tipsomaly: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        summary = run_predict(
+            detector,
+            files,
+            class_name=args.class_name,
+            class_from_folder=args.class_from_folder,
+            out_dir=args.out,
+            threshold=args.threshold,
+            image_threshold=args.image_threshold,
+            save_maps=args.save_maps,
+            overlays=not args.no_overlays,
+            overlay_scale=args.overlay_scale,
+            progress=not args.quiet,
+            settings={"device": device, "dtype": args.dtype},
+        )
+    except NoInputsError as exc:
+        print(f"tipsomaly: error: {exc}", file=sys.stderr)
+        return EXIT_NO_INPUTS
+    except KeyboardInterrupt:
+        print(
+            f"tipsomaly: interrupted; the images scored so far are in {args.out}/scores.csv "
+            "and scores.json",
+            file=sys.stderr,
+        )
+        return 130
+    print(f"{summary.images} image(s): {summary.ok} ok, {summary.failed} failed")
+    outputs = [summary.csv_path.name, summary.json_path.name]
+    if not args.no_overlays and summary.ok:
+        outputs.append("overlays/")
+    if args.threshold is not None and summary.ok:
+        outputs.append("masks/")
+    if args.save_maps and summary.ok:
+        outputs.append("maps/")
+    print(f"outputs in {summary.out_dir}/: {', '.join(outputs)}")
+    if summary.failed:
+        failed = summary.failed_paths
+        shown = ", ".join(failed[:10]) + (
+            f" and {len(failed) - 10} more" if len(failed) > 10 else ""
+        )
+        print(f"failed (see the error column of scores.csv): {shown}")
+        return EXIT_SOME_FAILED
+    return EXIT_OK

@@ -1,0 +1,115 @@
+"""Per-image score tables: ``scores.csv`` appended and flushed row by row, ``scores.json`` last.
+
+Columns (in this order): ``path`` (the input as found), ``class_name``, ``image_score`` (the
+chosen CLS token's score, in [0, 2], higher = more anomalous), ``score_cls1``, ``score_cls2``,
+``is_anomalous`` (only with an image threshold), ``status`` (``ok`` | ``error``), ``error``
+(the problem, naming the file; empty when ok) and ``name`` (the output name: the overlay is
+``overlays/<name>.png``). In the CSV, scores have 6 decimals and are empty for failed images,
+``is_anomalous`` is ``true``/``false``; in the JSON they are numbers / booleans / ``null``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+CSV_NAME = "scores.csv"
+JSON_NAME = "scores.json"
+
+SCORE_COLUMNS = ("image_score", "score_cls1", "score_cls2")
+
+
+def columns(with_is_anomalous: bool = False) -> list[str]:
+    """The table's column names, in order."""
+    cols = ["path", "class_name", *SCORE_COLUMNS]
+    if with_is_anomalous:
+        cols.append("is_anomalous")
+    return [*cols, "status", "error", "name"]
+
+
+def _csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return "" if not math.isfinite(value) else f"{value:.6f}"
+    return str(value)
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class ScoreTable:
+    """Writes the rows of one run to ``out_dir/scores.csv`` as they come and ``scores.json`` on
+    :meth:`write_json`.
+
+    The CSV is created (replacing an older one) when the table is opened; every :meth:`add`
+    writes one line and flushes it, so an interrupted run keeps every row computed so far.
+    Use it as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, *, with_is_anomalous: bool = False) -> None:
+        self.out_dir = Path(out_dir)
+        self.columns = columns(with_is_anomalous)
+        self.rows: list[dict[str, Any]] = []
+        self.csv_path = self.out_dir / CSV_NAME
+        self.json_path = self.out_dir / JSON_NAME
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.csv_path, "w", newline="", encoding="utf-8")  # noqa: SIM115
+        self._writer = csv.writer(self._fh)
+        self._writer.writerow(self.columns)
+        self._fh.flush()
+
+    def add(self, row: Mapping[str, Any]) -> None:
+        """Append one row (a mapping with every column; extra keys are an error) and flush."""
+        extra = set(row) - set(self.columns)
+        if extra:
+            raise ValueError(f"unknown columns {sorted(extra)}; expected {self.columns}")
+        ordered = {c: row.get(c) for c in self.columns}
+        self._writer.writerow([_csv_cell(ordered[c]) for c in self.columns])
+        self._fh.flush()
+        self.rows.append(ordered)
+
+    @property
+    def n_ok(self) -> int:
+        return sum(r["status"] == "ok" for r in self.rows)
+
+    @property
+    def n_failed(self) -> int:
+        return sum(r["status"] != "ok" for r in self.rows)
+
+    def write_json(self, *, complete: bool, settings: Mapping[str, Any] | None = None) -> Path:
+        """Write every row so far to ``scores.json`` (atomically: a temp file, then renamed).
+
+        ``complete`` is False when the run stopped early (an error or an interrupt).
+        """
+        doc = {
+            "complete": complete,
+            "summary": {"images": len(self.rows), "ok": self.n_ok, "failed": self.n_failed},
+            "settings": dict(settings or {}),
+            "columns": self.columns,
+            "results": [{k: _json_value(v) for k, v in r.items()} for r in self.rows],
+        }
+        tmp = self.json_path.with_name(self.json_path.name + ".tmp")
+        tmp.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        os.replace(tmp, self.json_path)
+        return self.json_path
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+
+    def __enter__(self) -> ScoreTable:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,344 @@
+"""``predict`` as a library call: expand the inputs, score every image, write tables and images.
+
+Output layout under ``out_dir``::
+
+    scores.csv            one row per input, appended and flushed as each image is scored
+    scores.json           the same rows + summary + settings, written at the end (also when the
+                          run stops early, with "complete": false)
+    overlays/<name>.png   heat map over the image, at the image's original size
+    masks/<name>.png      0/255 mask of map >= threshold           (only with a pixel threshold)
+    maps/<name>.npy       raw map, float32 (H, W), original size   (only with save_maps)
+
+Naming rule: ``<name>`` is the image's path relative to the deepest folder holding every
+input, without its extension, so the outputs mirror the input folders (``a/x.png`` and
+``b/x.png`` give ``a/x`` and ``b/x``). When two inputs would still share a name (``x.png``
+and ``x.jpg`` in one folder) they keep their extension (``x.png``, ``x.jpg``); any clash left
+gets ``-<8 hex digits of the path's SHA-1>``. The ``name`` column of the table holds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from .. import __version__
+from ..data.images import IMAGE_EXTENSIONS, ImageLoadError, is_image_file, load_image
+from ..method.detector import Detector, Prediction
+from ..report.overlay import DEFAULT_ALPHA, SCALES, save_map, save_mask, save_overlay
+from ..report.tables import ScoreTable
+
+log = logging.getLogger(__name__)
+
+OVERLAY_DIR, MASK_DIR, MAP_DIR = "overlays", "masks", "maps"
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+ClassNames = str | Callable[[Path], str]
+
+
+class NoInputsError(ValueError):
+    """None of the given paths, folders or patterns named an image file."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike]) -> None:
+        shown = ", ".join(repr(os.fspath(p)) for p in paths) or "(none)"
+        super().__init__(
+            f"no input images found in {shown} (folders are searched recursively for "
+            f"{' '.join(IMAGE_EXTENSIONS)})"
+        )
+
+
+@dataclass
+class PredictSummary:
+    """What a :func:`run_predict` call did: counts, where the outputs are, every row."""
+
+    images: int
+    ok: int
+    failed: int
+    out_dir: Path
+    csv_path: Path
+    json_path: Path
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def failed_paths(self) -> list[str]:
+        return [r["path"] for r in self.rows if r["status"] != "ok"]
+
+
+# -- inputs ---------------------------------------------------------------------------------
+def _scan_folder(top: Path, exclude: set[Path]) -> list[Path]:
+    """Image files under ``top`` (recursive, sorted), skipping hidden and excluded folders."""
+    found: list[Path] = []
+    for root, dirs, files in os.walk(top):
+        here = Path(root)
+        dirs[:] = [d for d in dirs if not d.startswith(".") and (here / d).resolve() not in exclude]
+        found.extend(here / f for f in files if is_image_file(f))
+    return sorted(found, key=lambda p: p.relative_to(top).parts)
+
+
+def expand_inputs(
+    paths: Iterable[str | os.PathLike], *, exclude: Iterable[str | os.PathLike] = ()
+) -> list[Path]:
+    """Turn PATH arguments into the list of image files to score, in order, without duplicates.
+
+    * a folder: every image file below it (recursive; by extension, see
+      :data:`~tipsomaly.data.images.IMAGE_EXTENSIONS`; hidden files and folders and the
+      ``exclude`` folders skipped), sorted;
+    * a glob pattern that the shell did not expand (``*``, ``?``, ``[``; ``**`` recurses):
+      its matching image files, and the images in its matching folders, sorted;
+    * anything else is taken as a file, whatever its extension, even if missing (it then
+      becomes an error row, so a typo is reported rather than silently dropped).
+    """
+    excluded = {Path(p).resolve() for p in exclude}
+    found: list[Path] = []
+    seen: set[str] = set()
+    for arg in paths:
+        text = os.fspath(arg)
+        p = Path(text)
+        if p.is_dir():
+            items = _scan_folder(p, excluded)
+            if not items:
+                log.warning("no image files in folder %s", p)
+        elif p.exists() or not _GLOB_CHARS.search(text):
+            items = [p]
+        else:
+            items = []
+            for match in sorted(glob.glob(text, recursive=True)):
+                m = Path(match)
+                if m.is_dir():
+                    items.extend(_scan_folder(m, excluded))
+                elif is_image_file(m):
+                    items.append(m)
+            if not items:
+                log.warning("no image files match %r", text)
+        for item in items:
+            key = os.path.normcase(os.path.abspath(item))
+            if key in seen:
+                log.debug("skipping %s: already listed", item)
+                continue
+            seen.add(key)
+            found.append(item)
+    return found
+
+
+def output_names(files: Sequence[str | os.PathLike]) -> list[str]:
+    """Unique output names (POSIX relative paths, no extension) for ``files``; see module doc."""
+    absolute = [Path(os.path.abspath(f)) for f in files]
+    if not absolute:
+        return []
+    try:
+        root = Path(os.path.commonpath([str(a.parent) for a in absolute]))
+        relative = [a.relative_to(root) for a in absolute]
+    except ValueError:  # different drives (Windows): no common folder
+        relative = [Path(a.name) for a in absolute]
+    names = [r.with_suffix("").as_posix() if r.suffix else r.as_posix() for r in relative]
+    names = _disambiguate(names, [r.as_posix() for r in relative])
+    if len(set(names)) != len(names):
+        digest = [hashlib.sha1(str(a).encode()).hexdigest()[:8] for a in absolute]
+        names = _disambiguate(names, [f"{n}-{d}" for n, d in zip(names, digest, strict=True)])
+    return names
+
+
+def _disambiguate(names: list[str], fallback: list[str]) -> list[str]:
+    counts: dict[str, int] = {}
+    for n in names:
+        counts[n] = counts.get(n, 0) + 1
+    return [f if counts[n] > 1 else n for n, f in zip(names, fallback, strict=True)]
+
+
+def folder_class_name(path: Path) -> str:
+    """The class name of an image given by its parent folder's name (``bottle/x.png``)."""
+    return Path(os.path.abspath(path)).parent.name
+
+
+# -- the run --------------------------------------------------------------------------------
+def run_predict(
+    detector: Detector,
+    paths: Iterable[str | os.PathLike],
+    *,
+    class_name: ClassNames | None = None,
+    class_from_folder: bool = False,
+    out_dir: str | os.PathLike = "tipsomaly-out",
+    threshold: float | None = None,
+    image_threshold: float | None = None,
+    save_maps: bool = False,
+    overlays: bool = True,
+    overlay_scale: str = "fixed",
+    overlay_alpha: float = DEFAULT_ALPHA,
+    batch_size: int | None = None,
+    progress: bool = False,
+    settings: dict[str, Any] | None = None,
+) -> PredictSummary:
+    """Score every image named by ``paths`` and write the outputs (layout in the module doc).
+
+    Args:
+        detector: a ready :class:`~tipsomaly.method.detector.Detector`.
+        paths: files, folders and glob patterns (see :func:`expand_inputs`).
+        class_name: the class of every image (``"hazelnut"``), or a function path → name.
+        class_from_folder: use each image's parent folder name instead (``class_name`` unset).
+        out_dir: output folder (created); an earlier run's files of the same names are
+            replaced (or removed, for an image that failed this time), others left alone.
+        threshold: pixel threshold on the original-size map (values in [0, 1]); given, writes
+            ``masks/<name>.png`` = map >= threshold.
+        image_threshold: image-score threshold (scores in [0, 2]); given, adds the column
+            ``is_anomalous`` = image_score >= image_threshold.
+        save_maps: write the raw maps, ``maps/<name>.npy`` float32 (H, W).
+        overlays: write ``overlays/<name>.png`` (the image is read a second time for it).
+        overlay_scale: ``"fixed"`` (map [0, 1] → colours, comparable across images) or
+            ``"per-image"`` (each map's min..max).
+        overlay_alpha: weight of the heat map in the overlay, in [0, 1].
+        batch_size: images per forward pass (default: the detector's).
+        progress: show a progress bar over the images (stderr).
+        settings: extra entries for the ``settings`` object of ``scores.json``.
+
+    Returns:
+        a :class:`PredictSummary`; a failed image is a row with status ``error``, not an
+        exception.
+
+    Raises:
+        NoInputsError: ``paths`` name no image file.
+        KeyboardInterrupt and any other exception stop the run; the rows computed so far are
+            in ``scores.csv`` and ``scores.json`` (``"complete": false``).
+    """
+    if (class_name is None) == (not class_from_folder):
+        raise ValueError("give exactly one of class_name and class_from_folder=True")
+    if overlay_scale not in SCALES:
+        raise ValueError(f"overlay_scale must be one of {SCALES}, got {overlay_scale!r}")
+    if not 0.0 <= overlay_alpha <= 1.0:
+        raise ValueError(f"overlay_alpha must be in [0, 1], got {overlay_alpha}")
+    paths = list(paths)
+    out = Path(out_dir)
+    files = expand_inputs(paths, exclude=[out])
+    if not files:
+        raise NoInputsError(paths)
+    names = output_names(files)
+    name_of: Callable[[Path], str]
+    if class_from_folder:
+        name_of = folder_class_name
+    elif isinstance(class_name, str):
+        name_of = lambda _p: class_name  # noqa: E731
+    else:
+        name_of = class_name  # type: ignore[assignment]
+    classes = [name_of(f) for f in files]
+    log.info("%d input image(s); writing to %s", len(files), out)
+
+    run_settings = {
+        "tipsomaly": __version__,
+        "model": detector.model.name,
+        "image_size": detector.image_size,
+        "sigma": detector.sigma,
+        "cls": detector.cls,
+        "prompt_type": detector.prompts.name,
+        "pixel_prompts": None
+        if detector.pixel_prompts is None
+        else detector.pixel_prompts.metadata.get("source", "given"),
+        "threshold": threshold,
+        "image_threshold": image_threshold,
+        "overlay_scale": overlay_scale if overlays else None,
+        "overlay_alpha": overlay_alpha if overlays else None,
+        **(settings or {}),
+    }
+    table = ScoreTable(out, with_is_anomalous=image_threshold is not None)
+    complete = False
+    bar = tqdm(total=len(files), unit="img", desc="predict", disable=not progress)
+    redirect = logging_redirect_tqdm() if progress else contextlib.nullcontext()
+    try:
+        with redirect:
+            predictions = detector.iter_predict(
+                [str(f) for f in files], classes, batch_size=batch_size, on_error="record"
+            )
+            for pred, name in zip(predictions, names, strict=True):
+                row = _row(pred, name, image_threshold)
+                if pred.ok:
+                    _write_images(
+                        pred,
+                        out,
+                        name,
+                        threshold,
+                        save_maps,
+                        overlays,
+                        overlay_scale,
+                        overlay_alpha,
+                    )
+                else:
+                    log.warning("%s", row["error"])
+                    _remove_stale(out, name)
+                table.add(row)
+                bar.update(1)
+        complete = True
+    finally:
+        bar.close()
+        try:
+            table.write_json(complete=complete, settings=run_settings)
+        except OSError as exc:
+            if complete:
+                raise
+            log.error("could not write %s: %s", table.json_path, exc)
+        table.close()
+    return PredictSummary(
+        images=len(table.rows),
+        ok=table.n_ok,
+        failed=table.n_failed,
+        out_dir=out,
+        csv_path=table.csv_path,
+        json_path=table.json_path,
+        rows=table.rows,
+    )
+
+
+def _row(pred: Prediction, name: str, image_threshold: float | None) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "path": pred.source,
+        "class_name": pred.class_name,
+        "image_score": pred.image_score,
+        "score_cls1": pred.score_cls1,
+        "score_cls2": pred.score_cls2,
+        "status": "ok" if pred.ok else "error",
+        "error": None if pred.ok else f"cannot load image '{pred.source}': {pred.error}",
+        "name": name,
+    }
+    if image_threshold is not None:
+        row["is_anomalous"] = bool(pred.image_score >= image_threshold) if pred.ok else None
+    return row
+
+
+def _remove_stale(out: Path, name: str) -> None:
+    """Delete an earlier run's overlay, mask and map of ``name`` (its image failed this time)."""
+    for folder, suffix in ((OVERLAY_DIR, ".png"), (MASK_DIR, ".png"), (MAP_DIR, ".npy")):
+        (out / folder / f"{name}{suffix}").unlink(missing_ok=True)
+
+
+def _write_images(
+    pred: Prediction,
+    out: Path,
+    name: str,
+    threshold: float | None,
+    save_maps: bool,
+    overlays: bool,
+    scale: str,
+    alpha: float,
+) -> None:
+    """The per-image files of one scored image: overlay, mask, raw map (all at original size)."""
+    amap = pred.anomaly_map_original
+    assert amap is not None
+    log.debug("%s: image score %.4f", pred.source, pred.image_score)
+    if save_maps:
+        save_map(out / MAP_DIR / f"{name}.npy", amap)
+    if threshold is not None:
+        save_mask(out / MASK_DIR / f"{name}.png", amap, threshold)
+    if overlays:
+        try:
+            image = load_image(pred.source)
+        except ImageLoadError as exc:  # changed or removed since it was scored
+            log.warning("no overlay for %s: %s", pred.source, exc)
+            return
+        save_overlay(out / OVERLAY_DIR / f"{name}.png", image, amap, alpha=alpha, scale=scale)
