@@ -8,13 +8,15 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
+from . import data as data_cli
+from . import evaluate as eval_cli
 from . import predict as predict_cli
 from . import weights as weights_cli
 
 log = logging.getLogger("tipsomaly")
 
 # Every verb module exposes add_parser(subparsers, common) and sets args.func.
-VERBS = [predict_cli, weights_cli]
+VERBS = [predict_cli, eval_cli, data_cli, weights_cli]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,54 @@
+"""``tipsomaly data meta``: write ``meta.json`` for a dataset in a layout people download."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from ..data.layouts import LAYOUTS
+
+    parser = sub.add_parser("data", help="prepare datasets")
+    verbs = parser.add_subparsers(dest="data_verb", metavar="ACTION", required=True)
+    p = verbs.add_parser(
+        "meta",
+        parents=[common],
+        help="write ROOT/meta.json from a native layout",
+        description="Scan a dataset in its native layout and write ROOT/meta.json "
+        "(the AnomalyCLIP/AdaCLIP convention that eval and train read).",
+    )
+    p.add_argument("root", help="dataset root")
+    p.add_argument(
+        "--layout",
+        choices=sorted(LAYOUTS),
+        help="native layout (default: detected)",
+    )
+    p.add_argument("--classes", nargs="+", help="only these classes")
+    p.add_argument("--force", action="store_true", help="overwrite an existing meta.json")
+    p.set_defaults(func=run_meta)
+
+
+def run_meta(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..data.layouts import LayoutError, build_meta, detect_layout
+    from ..data.meta import MetaError, meta_path_for, read_meta, write_meta
+
+    root = Path(args.root)
+    target = meta_path_for(root)
+    if target.exists() and not args.force:
+        print(f"tipsomaly: error: {target} exists; use --force to overwrite", file=sys.stderr)
+        return 1
+    try:
+        layout = args.layout or detect_layout(root)
+        meta = build_meta(root, layout, classes=args.classes)
+        write_meta(root, meta)
+        summary = read_meta(root, "test")
+    except (LayoutError, MetaError, FileNotFoundError) as exc:
+        print(f"tipsomaly: error: {exc}", file=sys.stderr)
+        return 1
+    for cls, (normal, anomalous) in summary.counts().items():
+        print(f"{cls}: {normal} normal, {anomalous} anomalous")
+    print(f"written: {target} (layout {layout})")
+    return 0
