@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+# Spelled out here so that building the parser does not import the data layer (and torch);
+# a test checks it against tipsomaly.data.layouts.LAYOUTS.
+LAYOUT_NAMES = ("mvtec", "visa", "mpdd", "btad", "dtd", "ksdd", "dagm", "medical", "folder")
+
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from ..data.layouts import LAYOUTS
-
     parser = sub.add_parser("data", help="prepare datasets")
     verbs = parser.add_subparsers(dest="data_verb", metavar="ACTION", required=True)
     p = verbs.add_parser(
@@ -21,8 +23,8 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("root", help="dataset root")
     p.add_argument(
         "--layout",
-        choices=sorted(LAYOUTS),
-        help="native layout (default: detected)",
+        metavar="LAYOUT",
+        help=f"native layout: {', '.join(LAYOUT_NAMES)} (default: detected)",
     )
     p.add_argument("--classes", nargs="+", help="only these classes")
     p.add_argument("--force", action="store_true", help="overwrite an existing meta.json")

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..runners.evaluate import EvalSettings, environment, evaluate_datasets
-
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
@@ -57,6 +55,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 def run(args: argparse.Namespace) -> int:
     from ..data.meta import MetaError
     from ..report.results import render_text, write_results
+    from ..runners.evaluate import EvalSettings, environment, evaluate_datasets
 
     pixel_prompts = None if args.pixel_prompts == "none" else args.pixel_prompts
     settings = EvalSettings(

@@ -55,11 +55,29 @@ def _setup_logging(args: argparse.Namespace) -> None:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's to fix: shown as one message, without a traceback."""
+    from ..data.images import ImageLoadError
+    from ..data.layouts import LayoutError
+    from ..data.meta import MetaError
+    from ..method.pixel_prompts import PixelPromptError
+    from ..method.prompts import PromptError
+    from ..method.torch_pickle import UnsafePickleError
     from ..tips.checkpoint import CheckpointError
     from ..tips.config import ConfigError
     from ..tips.weights import ChecksumError, WeightsUnavailableError
 
-    return (CheckpointError, ConfigError, ChecksumError, WeightsUnavailableError)
+    return (
+        CheckpointError,
+        ConfigError,
+        ChecksumError,
+        WeightsUnavailableError,
+        PromptError,
+        PixelPromptError,
+        UnsafePickleError,
+        MetaError,
+        LayoutError,
+        ImageLoadError,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -50,8 +50,8 @@ def _non_negative_float(text: str) -> float:
 
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from ..method.pixel_prompts import BUNDLED
-    from ..method.prompts import BUILTIN_PROMPT_TYPES
+    from ..method.names import BUILTIN_PROMPT_TYPES
+    from ..method.names import BUNDLED_PIXEL_PROMPTS as BUNDLED
     from ..report.overlay import SCALES
 
     p = sub.add_parser(

@@ -6,7 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-from ..tips.model import preset_files
 from ..tips.presets import PRESETS, TOKENIZER_FILE, Preset, get_preset
 from ..tips.weights import weights_dir
 
@@ -86,6 +85,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
+    from ..tips.model import preset_files
+
     for name in args.name:
         preset = get_preset(name)
         files = preset_files(

@@ -8,54 +8,49 @@
 - :mod:`~tipsomaly.data.dataset`  ``meta.json`` → tensors, tolerant of unreadable files.
 
 This layer imports nothing from :mod:`tipsomaly.method` or :mod:`tipsomaly.cli`.
+
+Names are imported on first use: reading ``meta.json`` or a layout does not import PyTorch.
 """
 
-from .dataset import AnomalyDataset, collate_samples, make_loader
-from .images import (
-    IMAGE_EXTENSIONS,
-    ImageLoadError,
-    binarize_mask_image,
-    is_image_file,
-    load_image,
-    load_mask,
-    load_tensor,
-    open_image,
-    original_hw,
-    pil_to_tensor,
-    preprocess,
-    resize_mask,
-    to_pil,
-    to_rgb,
-)
-from .layouts import LAYOUTS, LayoutError, build_meta, detect_layout
-from .meta import DatasetMeta, MetaError, Sample, read_meta, validate_meta, write_meta
+from __future__ import annotations
 
-__all__ = [
-    "IMAGE_EXTENSIONS",
-    "LAYOUTS",
-    "AnomalyDataset",
-    "DatasetMeta",
-    "ImageLoadError",
-    "LayoutError",
-    "MetaError",
-    "Sample",
-    "binarize_mask_image",
-    "build_meta",
-    "collate_samples",
-    "detect_layout",
-    "is_image_file",
-    "load_image",
-    "load_mask",
-    "load_tensor",
-    "make_loader",
-    "open_image",
-    "original_hw",
-    "pil_to_tensor",
-    "preprocess",
-    "read_meta",
-    "resize_mask",
-    "to_pil",
-    "to_rgb",
-    "validate_meta",
-    "write_meta",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "AnomalyDataset": "dataset",
+    "collate_samples": "dataset",
+    "make_loader": "dataset",
+    "IMAGE_EXTENSIONS": "images",
+    "ImageLoadError": "images",
+    "binarize_mask_image": "images",
+    "is_image_file": "images",
+    "load_image": "images",
+    "load_mask": "images",
+    "load_tensor": "images",
+    "open_image": "images",
+    "original_hw": "images",
+    "pil_to_tensor": "images",
+    "preprocess": "images",
+    "resize_mask": "images",
+    "to_pil": "images",
+    "to_rgb": "images",
+    "LAYOUTS": "layouts",
+    "LayoutError": "layouts",
+    "build_meta": "layouts",
+    "detect_layout": "layouts",
+    "DatasetMeta": "meta",
+    "MetaError": "meta",
+    "Sample": "meta",
+    "read_meta": "meta",
+    "validate_meta": "meta",
+    "write_meta": "meta",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,15 +12,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .names import BUNDLED_PIXEL_PROMPTS
 from .torch_pickle import read_torch_file
 
 log = logging.getLogger(__name__)
 
 # Names users can type for the prompts that ship with the package (the authors' release).
-BUNDLED = {
-    "trained-on-mvtec": "trained_on_mvtec_l14h_epoch2.safetensors",
-    "trained-on-visa": "trained_on_visa_l14h_epoch2.safetensors",
-}
+BUNDLED = BUNDLED_PIXEL_PROMPTS
 
 
 class PixelPromptError(ValueError):

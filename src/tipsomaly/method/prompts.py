@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from ..tips.model import TipsModel
+from .names import BUILTIN_PROMPT_TYPES  # noqa: F401  (re-exported)
 
 NORMAL, ABNORMAL = 0, 1
-BUILTIN_PROMPT_TYPES = ("industrial", "medical", "object_agnostic")
 
 
 class PromptError(ValueError):

@@ -1,25 +1,36 @@
-"""The TIPS backbone: towers, tokenizer, named checkpoints; nothing about anomalies."""
+"""The TIPS backbone: towers, tokenizer, named checkpoints; nothing about anomalies.
 
-from .config import ConfigError, TextConfig, VisionConfig
-from .model import TipsModel, build_model, load_model, load_model_dir
-from .presets import DEFAULT_PRESET, PRESETS, Preset, get_preset
-from .vision import VisionFeatures
-from .weights import ChecksumError, WeightsUnavailableError, cache_dir
+Names are imported on first use, so ``tipsomaly.tips.presets`` (and the CLI's ``--help``)
+do not pay for importing PyTorch.
+"""
 
-__all__ = [
-    "DEFAULT_PRESET",
-    "PRESETS",
-    "ChecksumError",
-    "ConfigError",
-    "Preset",
-    "TextConfig",
-    "TipsModel",
-    "VisionConfig",
-    "VisionFeatures",
-    "WeightsUnavailableError",
-    "build_model",
-    "cache_dir",
-    "get_preset",
-    "load_model",
-    "load_model_dir",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ConfigError": "config",
+    "TextConfig": "config",
+    "VisionConfig": "config",
+    "TipsModel": "model",
+    "build_model": "model",
+    "load_model": "model",
+    "load_model_dir": "model",
+    "DEFAULT_PRESET": "presets",
+    "PRESETS": "presets",
+    "Preset": "presets",
+    "get_preset": "presets",
+    "VisionFeatures": "vision",
+    "ChecksumError": "weights",
+    "WeightsUnavailableError": "weights",
+    "cache_dir": "weights",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

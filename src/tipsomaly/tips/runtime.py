@@ -19,7 +19,7 @@ DTYPE_NAMES = {
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """``auto`` → the first CUDA GPU if there is one, else the CPU; other names as torch has them."""
+    """``auto``: the first CUDA GPU if any, else the CPU; other names as torch reads them."""
     if isinstance(name, torch.device):
         return name
     if name == "auto":
