@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# Never touch the user's cache (weights, text embeddings) from the tests.
+os.environ["TIPSOMALY_HOME"] = tempfile.mkdtemp(prefix="tipsomaly-test-home-")
 
 from goldens import Golden, golden_dirs  # noqa: E402
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -20,6 +21,7 @@ from .maps import anomaly_maps
 from .pixel_prompts import PixelPrompts, load_pixel_prompts
 from .prompts import PromptSet, class_embeddings, learned_embeddings, load_prompts
 from .scoring import image_scores, state_probabilities
+from .text_cache import TextEmbeddingCache
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,8 @@ class Detector:
             (dense captions). Both scores are always reported.
         device, dtype: where and in which precision the backbone runs.
         batch_size: images per forward pass in :meth:`predict`.
+        text_cache: keep text embeddings on disk (``<cache>/text``) so that the next run with
+            the same model and prompts skips the text tower; ``False`` computes them per run.
     """
 
     def __init__(
@@ -111,6 +115,7 @@ class Detector:
         dtype: torch.dtype = torch.float32,
         batch_size: int = 8,
         offline: bool | None = None,
+        text_cache: bool | TextEmbeddingCache = True,
     ) -> None:
         if cls not in CLS_CHOICES:
             raise ValueError(f"cls must be one of {CLS_CHOICES}, got {cls!r}")
@@ -142,6 +147,9 @@ class Detector:
             )
         self._fixed: dict[str, torch.Tensor] = {}
         self._learned: torch.Tensor | None = None
+        if text_cache is True:
+            text_cache = TextEmbeddingCache()
+        self.text_cache: TextEmbeddingCache | None = text_cache or None
 
     @property
     def device(self) -> torch.device:
@@ -155,9 +163,14 @@ class Detector:
     # -- text side ------------------------------------------------------------------------
     @torch.no_grad()
     def class_text(self, class_name: str) -> torch.Tensor:
-        """(2, D) fixed-prompt embeddings [normal, abnormal] of a class, cached for the run."""
+        """(2, D) fixed-prompt embeddings [normal, abnormal] of a class, cached for the run
+        (and on disk, see ``text_cache``)."""
         if class_name not in self._fixed:
-            self._fixed[class_name] = class_embeddings(self.model, self.prompts, class_name)
+            self._fixed[class_name] = self._cached_text(
+                lambda: class_embeddings(self.model, self.prompts, class_name),
+                kind="fixed",
+                class_name=class_name,
+            )
         return self._fixed[class_name]
 
     @torch.no_grad()
@@ -167,8 +180,29 @@ class Detector:
             return None
         if self._learned is None:
             preambles = self.pixel_prompts.preambles.to(self.device, self.model.text.dtype)
-            self._learned = learned_embeddings(self.model, self.prompts, preambles)
+            self._learned = self._cached_text(
+                lambda: learned_embeddings(self.model, self.prompts, preambles),
+                kind="learned",
+                preambles=self.pixel_prompts.preambles,
+            )
         return self._learned
+
+    def _cached_text(self, compute, **what: object) -> torch.Tensor:
+        cache, fingerprint = self.text_cache, self.model.fingerprint
+        if cache is None or fingerprint is None:
+            return compute()
+        key = cache.key(
+            model=fingerprint,
+            dtype=str(self.model.text.dtype),
+            prompts=dataclasses.asdict(self.prompts),
+            **what,
+        )
+        hit = cache.get(key)
+        if hit is not None:
+            return hit.to(self.device)
+        embeddings = compute()
+        cache.put(key, embeddings)
+        return embeddings
 
     # -- image side -----------------------------------------------------------------------
     def score_features(

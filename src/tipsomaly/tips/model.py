@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -54,6 +55,8 @@ class TipsModel(nn.Module):
                 f"({text_config.hidden_size}) must be equal: TIPS has no projection heads"
             )
         self.name = name
+        # Identifies the weights (set by the loaders); keys on-disk caches of derived values.
+        self.fingerprint: str | None = None
         self.vision = VisionTransformer(vision_config)
         self.text = TextTransformer(text_config)
         self.tokenizer = tokenizer
@@ -97,6 +100,21 @@ class ModelFiles:
     text: Path | None = None
     combined: Path | None = None
     temperature: float | None = None
+
+    def fingerprint(self) -> str:
+        """A short hash of the files' identities (path, size, modification time, content hash
+        where the weights cache recorded one): changes whenever the weights do."""
+        from .weights import ChecksumRegistry
+
+        parts = [str(self.temperature)]
+        for path in (self.tokenizer, self.vision, self.text, self.combined):
+            if path is None:
+                continue
+            resolved = Path(path).resolve()  # hub files resolve to blobs named by content
+            stat = resolved.stat()
+            recorded = ChecksumRegistry(Path(path).parent).get(Path(path).name) or ""
+            parts.append(f"{resolved}:{stat.st_size}:{stat.st_mtime_ns}:{recorded}")
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def build_model(
@@ -151,6 +169,7 @@ def build_model(
     load_into(model.vision, vision_arrays, vision_src)
     load_into(model.text, text_arrays, text_src)
     model.eval().requires_grad_(False)
+    model.fingerprint = files.fingerprint()
     return model.to(device=device, dtype=dtype)
 
 
