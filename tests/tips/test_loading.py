@@ -125,5 +125,9 @@ def test_inference_dtype(tmp_path):
     with torch.no_grad():
         a = model32.encode_image(images).patches
         b = model16.encode_image(images).patches
-    assert b.dtype == torch.bfloat16
-    assert float((a - b.float()).abs().max()) < 0.1 * float(a.abs().max())
+    assert b.dtype == torch.float32  # outputs, norms and the residual stream stay fp32
+    assert model16.vision.blocks[0].attn.qkv.weight.dtype == torch.bfloat16
+    assert model16.vision.blocks[0].norm1.weight.dtype == torch.float32
+    assert model16.vision.pos_embed.dtype == torch.float32
+    assert model16.text.token_embedding.weight.dtype == torch.float32
+    assert 0 < float((a - b).abs().max()) < 0.05 * float(a.abs().max())

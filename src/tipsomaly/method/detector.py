@@ -120,7 +120,7 @@ class Detector:
         if cls not in CLS_CHOICES:
             raise ValueError(f"cls must be one of {CLS_CHOICES}, got {cls!r}")
         if isinstance(model, TipsModel):
-            self.model = model.to(device=device, dtype=dtype)
+            self.model = model.to(device=device).set_compute_dtype(dtype)
         else:
             self.model = load_model(model, device=device, dtype=dtype, offline=offline)
         patch = self.model.patch_size
@@ -179,7 +179,7 @@ class Detector:
         if self.pixel_prompts is None:
             return None
         if self._learned is None:
-            preambles = self.pixel_prompts.preambles.to(self.device, self.model.text.dtype)
+            preambles = self.pixel_prompts.preambles.to(self.device)
             self._learned = self._cached_text(
                 lambda: learned_embeddings(self.model, self.prompts, preambles),
                 kind="learned",
@@ -193,7 +193,6 @@ class Detector:
             return compute()
         key = cache.key(
             model=fingerprint,
-            dtype=str(self.model.text.dtype),
             prompts=dataclasses.asdict(self.prompts),
             **what,
         )

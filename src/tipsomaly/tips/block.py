@@ -35,5 +35,8 @@ class Block(nn.Module):
         self.ls2 = LayerScale(dim) if layer_scale else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.ls1(self.attn(self.norm1(x)))
-        return x + self.ls2(self.mlp(self.norm2(x)))
+        # The residual stream, norms and LayerScale stay in x's dtype (fp32); attention and the
+        # FFN run in their weights' dtype (bf16/fp16 when a lower matmul precision is chosen).
+        dt = self.attn.qkv.weight.dtype
+        x = x + self.ls1(self.attn(self.norm1(x).to(dt)).to(x.dtype))
+        return x + self.ls2(self.mlp(self.norm2(x).to(dt)).to(x.dtype))

@@ -74,6 +74,19 @@ class TipsModel(nn.Module):
     def device(self) -> torch.device:
         return self.vision.pos_embed.device
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The vision tower's matmul dtype; the text tower always runs in fp32."""
+        return self.vision.compute_dtype
+
+    def set_compute_dtype(self, dtype: torch.dtype) -> TipsModel:
+        """Vision matmuls in ``dtype`` (fp32, bf16, fp16); norms, softmax and text stay fp32.
+
+        The text tower runs once per class and prompt set, so it keeps full precision.
+        """
+        self.vision.set_compute_dtype(dtype)
+        return self
+
     def encode_image(self, images: torch.Tensor) -> VisionFeatures:
         """(B, 3, H, W) images in [0, 1] → (cls1 (B,1,D), cls2 (B,1,D), patches (B,N,D))."""
         return self.vision(images.to(self.device))
@@ -170,7 +183,7 @@ def build_model(
     load_into(model.text, text_arrays, text_src)
     model.eval().requires_grad_(False)
     model.fingerprint = files.fingerprint()
-    return model.to(device=device, dtype=dtype)
+    return model.to(device=device).set_compute_dtype(dtype)
 
 
 def read_model_description(path: str | os.PathLike) -> tuple[VisionConfig, TextConfig]:
@@ -307,7 +320,9 @@ def load_model(
     Args:
         model: a preset name (``"l14h"``, ``"tips-v2-b14"``, ...; see
             :data:`tipsomaly.tips.presets.PRESETS`) or a model directory holding ``model.json``.
-        device, dtype: where and in which precision the towers run (fp32 by default).
+        device: where the towers run.
+        dtype: the vision tower's matmul precision (fp32 default; bf16/fp16: see
+            :meth:`TipsModel.set_compute_dtype`).
         source: for presets, ``"gcs"``, ``"hub"`` (TIPSv2) or ``"auto"``.
         offline: never download (default: ``$TIPSOMALY_OFFLINE``); a missing file then raises
             :class:`WeightsUnavailableError` naming the URL and the path to put it at.

@@ -53,8 +53,20 @@ class VisionTransformer(nn.Module):
         self._pos_cache: dict[tuple, torch.Tensor] = {}
 
     @property
-    def dtype(self) -> torch.dtype:
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype of the matrix multiplications (patch embedding, attention, FFN)."""
         return self.patch_embed.proj.weight.dtype
+
+    def set_compute_dtype(self, dtype: torch.dtype) -> VisionTransformer:
+        """Run the matrix multiplications in ``dtype`` (e.g. bf16); everything else stays fp32.
+
+        Tokens, positional embeddings (and their interpolation), LayerNorms, LayerScale and the
+        residual stream keep fp32, so only the matmul inputs and weights lose precision.
+        """
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                module.to(dtype)
+        return self
 
     def interpolate_pos_embed(self, grid_h: int, grid_w: int) -> torch.Tensor:
         """Positional embedding (1, 1 + grid_h·grid_w, D) for a grid_h × grid_w patch grid.
@@ -92,7 +104,7 @@ class VisionTransformer(nn.Module):
         p = self.patch_size
         if h % p or w % p:
             raise ValueError(f"image height and width must be multiples of {p}, got {h}×{w}")
-        x = self.patch_embed(images.to(self.dtype))
+        x = self.patch_embed(images.to(self.compute_dtype)).to(self.pos_embed.dtype)
         pos = self.interpolate_pos_embed(h // p, w // p)
         b = x.shape[0]
         x = torch.cat(
