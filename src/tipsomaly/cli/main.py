@@ -11,12 +11,13 @@ from .. import __version__
 from . import data as data_cli
 from . import evaluate as eval_cli
 from . import predict as predict_cli
+from . import train as train_cli
 from . import weights as weights_cli
 
 log = logging.getLogger("tipsomaly")
 
 # Every verb module exposes add_parser(subparsers, common) and sets args.func.
-VERBS = [predict_cli, eval_cli, data_cli, weights_cli]
+VERBS = [predict_cli, eval_cli, train_cli, data_cli, weights_cli]
 
 
 def build_parser() -> argparse.ArgumentParser:

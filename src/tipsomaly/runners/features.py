@@ -1,0 +1,288 @@
+"""Frozen-backbone patch features (and S×S masks) computed once: in memory, on disk, or live.
+
+Training the pixel prompts never changes the vision tower, so every image's final-norm patch
+tokens (N, D) can be computed once and reused every step and every epoch. Three stores share
+one interface, :meth:`FeatureStore.get` → ``(patches (B, N, D), masks (B, S, S) bool)``:
+
+* :class:`MemoryFeatures` — every sample's features in one CPU tensor (``cache_dtype``).
+* :class:`DiskFeatures` — one ``.safetensors`` file per image under
+  ``<dir>/<model key>/<image key>.safetensors``. The model key names the backbone (name, width,
+  a fingerprint of its weights), the image size, the backbone dtype and the cache dtype; the
+  image key hashes the image's and mask's absolute path, byte size and mtime, so an edited file
+  is recomputed and files are shared by every run that uses the same images.
+* :class:`LiveFeatures` — no cache: images are read and the backbone runs at every ``get``
+  (for comparison and for data that do not fit anywhere).
+
+Unreadable images are logged and left out of the cached stores (the live store drops them
+from the batch they fall in).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data.dataset import AnomalyDataset, collate_samples, make_loader
+from ..data.meta import Sample
+from ..tips.model import TipsModel
+
+log = logging.getLogger(__name__)
+
+CACHE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+CACHE_MODES = ("memory", "none")
+FORMAT = "tipsomaly-features-1"
+
+
+def model_fingerprint(model: TipsModel) -> str:
+    """A short id of the backbone's weights.
+
+    The loader's fingerprint of the weight files when there is one (``model.fingerprint``),
+    else a hash of every vision-tower array (a model built in memory).
+    """
+    recorded = getattr(model, "fingerprint", None)
+    if recorded:
+        return str(recorded)[:16]
+    digest = hashlib.blake2b(digest_size=8)
+    for name, t in sorted(model.vision.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def model_key(model: TipsModel, image_size: int, cache_dtype: str) -> str:
+    """Folder name of a backbone's cached features: name, width, fingerprint, sizes, dtypes."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", model.name) or "model"
+    model_dtype = str(model.compute_dtype).replace("torch.", "")
+    return (
+        f"{name}-d{model.embed_dim}-{model_fingerprint(model)}-s{image_size}"
+        f"-{model_dtype}-cache_{cache_dtype}"
+    )
+
+
+def _file_identity(path: Path | None) -> list:
+    if path is None:
+        return [None]
+    st = path.stat()
+    return [str(path.resolve()), st.st_size, st.st_mtime_ns]
+
+
+def sample_key(sample: Sample) -> str:
+    """Hash of the image's and mask's absolute path, byte size and mtime (and the label)."""
+    parts = [
+        _file_identity(sample.image_path),
+        _file_identity(sample.mask_path if sample.anomaly == 1 else None),
+        int(sample.anomaly),
+    ]
+    return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:24]
+
+
+class FeatureStore:
+    """Patch features and masks of ``samples`` (the usable ones), addressed by position."""
+
+    samples: list[Sample]
+    image_size: int
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def get(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``indices`` → (patches (B, N, D) in the cache dtype, masks (B, S, S) bool)."""
+        raise NotImplementedError
+
+    @property
+    def class_names(self) -> list[str]:
+        return [s.class_name for s in self.samples]
+
+
+class MemoryFeatures(FeatureStore):
+    """Everything in two CPU tensors: patches (M, N, D) and masks (M, S, S) bool."""
+
+    def __init__(
+        self, samples: list[Sample], patches: torch.Tensor, masks: torch.Tensor, image_size: int
+    ) -> None:
+        self.samples, self.patches, self.masks = samples, patches, masks
+        self.image_size = image_size
+
+    def get(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(list(indices), dtype=torch.long)
+        return self.patches[index], self.masks[index]
+
+
+class DiskFeatures(FeatureStore):
+    """One ``.safetensors`` file per image (tensors ``patches`` (N, D), ``mask`` (S, S) bool)."""
+
+    def __init__(self, samples: list[Sample], files: list[Path], image_size: int) -> None:
+        self.samples, self.files, self.image_size = samples, files, image_size
+
+    def get(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        from safetensors.torch import load_file
+
+        loaded = [load_file(str(self.files[i])) for i in indices]
+        return (
+            torch.stack([d["patches"] for d in loaded]),
+            torch.stack([d["mask"] for d in loaded]),
+        )
+
+
+class LiveFeatures(FeatureStore):
+    """No cache: read the images and run the backbone at every :meth:`get`."""
+
+    def __init__(self, model: TipsModel, samples: list[Sample], image_size: int) -> None:
+        self.model, self.samples, self.image_size = model, samples, image_size
+        self.dataset = AnomalyDataset(samples, image_size)
+
+    def get(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = collate_samples([self.dataset[i] for i in indices])
+        for err in batch["errors"]:
+            log.warning("left out of this batch: %s", err["error"])
+        with torch.no_grad():
+            patches = self.model.encode_image(batch["image"]).patches.float().cpu()
+        return patches, batch["mask"] > 0.5
+
+
+def _encode_all(
+    model: TipsModel,
+    samples: list[Sample],
+    image_size: int,
+    batch_size: int,
+    progress: bool,
+    desc: str,
+):
+    """Yield (sample position, patches (N, D) fp32 CPU, mask (S, S) bool) for readable samples."""
+    loader = make_loader(AnomalyDataset(samples, image_size), batch_size=batch_size)
+    with tqdm(total=len(samples), desc=desc, unit="img", disable=not progress) as bar:
+        for batch in loader:
+            for err in batch["errors"]:
+                log.warning("left out of training: %s", err["error"])
+            if batch["image"].shape[0]:
+                with torch.no_grad():
+                    patches = model.encode_image(batch["image"]).patches.float().cpu()
+                masks = batch["mask"] > 0.5
+                for k, index in enumerate(batch["index"].tolist()):
+                    yield index, patches[k], masks[k]
+            bar.update(len(batch["path"]) + len(batch["errors"]))
+
+
+def _valid_file(path: Path, n_patches: int | None, image_size: int) -> bool:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            if set(f.keys()) != {"patches", "mask"}:
+                return False
+            mask_shape = tuple(f.get_slice("mask").get_shape())
+            patch_shape = tuple(f.get_slice("patches").get_shape())
+    except Exception:  # noqa: BLE001 - any unreadable file is simply recomputed
+        return False
+    return mask_shape == (image_size, image_size) and (
+        n_patches is None or patch_shape[0] == n_patches
+    )
+
+
+def build_features(
+    model: TipsModel,
+    samples: Sequence[Sample],
+    image_size: int,
+    *,
+    cache: str | os.PathLike = "memory",
+    cache_dtype: str = "fp32",
+    batch_size: int = 8,
+    progress: bool = True,
+    desc: str = "features",
+) -> FeatureStore:
+    """The feature store of ``samples`` for a frozen ``model`` at ``image_size``.
+
+    Args:
+        cache: ``"memory"``, ``"none"`` (:class:`LiveFeatures`) or a directory
+            (:class:`DiskFeatures`; files already there for the same model, size, dtype and
+            unchanged image files are reused).
+        cache_dtype: ``"fp32"`` or ``"fp16"`` (half the memory/disk; the training loss then
+            sees features rounded to fp16).
+        batch_size: images per backbone forward pass while filling the cache.
+    """
+    if cache_dtype not in CACHE_DTYPES:
+        raise ValueError(f"cache_dtype must be one of {list(CACHE_DTYPES)}, got {cache_dtype!r}")
+    dtype = CACHE_DTYPES[cache_dtype]
+    samples = list(samples)
+    if str(cache) == "none":
+        return LiveFeatures(model, samples, image_size)
+    if str(cache) == "memory":
+        return _build_memory(model, samples, image_size, dtype, batch_size, progress, desc)
+    return _build_disk(
+        model, samples, image_size, Path(cache), dtype, cache_dtype, batch_size, progress, desc
+    )
+
+
+def _build_memory(
+    model: TipsModel,
+    samples: list[Sample],
+    image_size: int,
+    dtype: torch.dtype,
+    batch_size: int,
+    progress: bool,
+    desc: str,
+) -> MemoryFeatures:
+    n = len(samples)
+    grid = image_size // model.patch_size
+    patches = torch.empty(n, grid * grid, model.embed_dim, dtype=dtype)  # filled in place
+    masks = torch.zeros(n, image_size, image_size, dtype=torch.bool)
+    kept: list[int] = []
+    for index, p, m in _encode_all(model, samples, image_size, batch_size, progress, desc):
+        patches[index] = p
+        masks[index] = m
+        kept.append(index)
+    if not kept:
+        raise ValueError("no readable image: nothing to train on")
+    if len(kept) < n:  # leave the unreadable ones out
+        rows = torch.tensor(kept)
+        patches, masks = patches[rows], masks[rows]
+    return MemoryFeatures([samples[i] for i in kept], patches, masks, image_size)
+
+
+def _build_disk(
+    model: TipsModel,
+    samples: list[Sample],
+    image_size: int,
+    root: Path,
+    dtype: torch.dtype,
+    cache_dtype: str,
+    batch_size: int,
+    progress: bool,
+    desc: str,
+) -> DiskFeatures:
+    from safetensors.torch import save_file
+
+    folder = root / model_key(model, image_size, cache_dtype)
+    folder.mkdir(parents=True, exist_ok=True)
+    n_patches = (image_size // model.patch_size) ** 2
+    files = [folder / f"{sample_key(s)}.safetensors" for s in samples]
+    missing = [i for i, f in enumerate(files) if not _valid_file(f, n_patches, image_size)]
+    log.info(
+        "feature cache %s: %d of %d images cached, computing %d",
+        folder,
+        len(samples) - len(missing),
+        len(samples),
+        len(missing),
+    )
+    readable = set(range(len(samples))) - set(missing)
+    todo = [samples[i] for i in missing]
+    for k, p, m in _encode_all(model, todo, image_size, batch_size, progress, desc):
+        index = missing[k]
+        path = files[index]
+        tmp = path.with_name(path.name + ".tmp")
+        meta = {"format": FORMAT, "image": str(samples[index].image_path)}
+        save_file({"patches": p.to(dtype).contiguous(), "mask": m.contiguous()}, str(tmp), meta)
+        os.replace(tmp, path)
+        readable.add(index)
+    order = sorted(readable)
+    if not order:
+        raise ValueError("no readable image: nothing to train on")
+    return DiskFeatures([samples[i] for i in order], [files[i] for i in order], image_size)
