@@ -37,7 +37,6 @@ from ..tips.model import TipsModel
 log = logging.getLogger(__name__)
 
 CACHE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
-CACHE_MODES = ("memory", "none")
 FORMAT = "tipsomaly-features-1"
 
 
