@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 from reference_impl import aupro_mvtec_direct, aupro_zsad_loop, random_case
 from scipy import ndimage
 
+import tipsomaly.metrics.pro as pro_module
 from tipsomaly.metrics import _arrays, aupro_mvtec, aupro_zsad, label_regions, zsad_thresholds
-from tipsomaly.metrics.pro import _sort_with_payload, _trapezoid_to
+from tipsomaly.metrics.pro import _sort_with_payload, _ThresholdIndex, _trapezoid_to
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -118,3 +121,30 @@ def test_label_regions_single_image_and_spiral():
     assert count == ndimage.label(spiral, structure=np.ones((3, 3)))[1]
     diagonal = np.eye(6, dtype=bool)  # 8-connected: one region
     assert label_regions(diagonal)[1] == 1
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.int32])
+@pytest.mark.parametrize("span", [1.0, 1e3, 2e-6])
+def test_threshold_index_is_exact(dtype, span, monkeypatch):
+    monkeypatch.setattr(pro_module, "_INDEX_BLOCK", 999)  # several blocks
+    rng = np.random.default_rng(4)
+    values = (rng.random(20000) * span + 0.25).astype(dtype)
+    if np.issubdtype(dtype, np.integer):
+        values = rng.integers(-50, 500, 20000).astype(dtype)
+    lo, hi = values.min(), values.max()
+    if not lo < hi:
+        pytest.skip("constant after the dtype cast")
+    thresholds = zsad_thresholds(lo, hi)
+    values = np.concatenate([values, thresholds.astype(dtype), [lo, hi]])
+    got = _ThresholdIndex(thresholds)(values)
+    np.testing.assert_array_equal(got, np.searchsorted(thresholds, values, side="left"))
+
+
+def test_aupro_zsad_streams_in_bounded_memory(monkeypatch):
+    monkeypatch.setattr(_arrays, "CHUNK_ELEMENTS", 1 << 14)
+    maps, masks = random_case(np.random.default_rng(1), n=64, size=128, levels=None)
+    tracemalloc.start()
+    aupro_zsad(maps, masks)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 0.25 * maps.nbytes

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._arrays import as_maps, undefined
+from ._arrays import as_maps, binary_chunk, check_finite_range, row_chunks, undefined
 from ._split import SplitScores, chunks, sorted_searchsorted, split_scores
+from .regions import foreground_components
 
 
 def zsad_thresholds(lo: np.generic, hi: np.generic, num_thresholds: int = 200) -> np.ndarray:
@@ -33,37 +34,57 @@ def zsad_thresholds(lo: np.generic, hi: np.generic, num_thresholds: int = 200) -
     return thresholds
 
 
-def aupro_zsad_from_split(
-    split: SplitScores, num_thresholds: int = 200, max_fpr: float = 0.3
-) -> float:
-    """ZSAD-convention AUPRO of split pixel scores (see :func:`aupro_zsad`)."""
-    if split.n_regions == 0:
-        return undefined("AUPRO", "the masks have no anomalous region")
-    if split.n_neg == 0:
-        return undefined("AUPRO", "the masks have no normal pixel")
-    lo, hi = split.extremes()
-    if not lo < hi:
-        return undefined("AUPRO", "all scores are equal")
-    thresholds = zsad_thresholds(lo, hi, num_thresholds)
-    n_th = thresholds.size
+_INDEX_BLOCK = 1 << 16
 
-    # A pixel with score v is predicted anomalous ("v > th") for the thresholds th < v, i.e.
-    # for the first k = searchsorted(thresholds, v, "left") thresholds.
-    false_pos = split.n_neg - np.searchsorted(split.neg, thresholds, side="right")
-    counts = np.zeros(split.n_regions * (n_th + 1), dtype=np.int64)
-    for part in chunks(split.n_pos):
-        k = np.searchsorted(thresholds, split.pos[part], side="left")
-        counts += np.bincount(
-            split.region[part].astype(np.int64) * (n_th + 1) + k, minlength=counts.size
-        )
-    counts = counts.reshape(split.n_regions, n_th + 1)
-    # overlap[r, j] = pixels of region r with k > j = sum of counts[r, j + 1:]
-    overlap = np.cumsum(counts[:, ::-1], axis=1)[:, ::-1][:, 1:]
-    pro = (overlap / split.area[:, None]).mean(axis=0)
-    fpr = false_pos / split.n_neg
 
+class _ThresholdIndex:
+    """Exact ``np.searchsorted(thresholds, v, "left")`` (thresholds below v) for ZSAD thresholds.
+
+    The thresholds are evenly spaced up to float rounding, so the index is guessed from the
+    spacing, then checked and corrected by comparing ``v`` with the thresholds themselves, in
+    the thresholds' dtype (the reference's ``map > th``). About 4x faster than a binary search.
+    """
+
+    def __init__(self, thresholds: np.ndarray) -> None:
+        self.thresholds = thresholds
+        self.n = thresholds.size
+        # bounds[k] = thresholds[k - 1] with -inf / +inf sentinels: the answer k for v is the
+        # one with bounds[k] < v <= bounds[k + 1].
+        self.bounds = np.concatenate(([-np.inf], thresholds, [np.inf])).astype(thresholds.dtype)
+        self.lo = thresholds[0]
+        span = float(thresholds[-1]) - float(thresholds[0])
+        self.scale = thresholds.dtype.type((self.n - 1) / span if span > 0 else 0.0)
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        """``(n,)`` scores -> ``(n,)`` intp counts of thresholds strictly below each score."""
+        out = np.empty(values.size, dtype=np.intp)
+        for start in range(0, values.size, _INDEX_BLOCK):  # cache-sized blocks
+            out[start : start + _INDEX_BLOCK] = self._block(values[start : start + _INDEX_BLOCK])
+        return out
+
+    def _block(self, values: np.ndarray) -> np.ndarray:
+        guess = values - self.lo
+        guess *= self.scale
+        k = guess.astype(np.intp)
+        del guess
+        k += 1
+        np.clip(k, 0, self.n, out=k)
+        for _ in range(4):  # the guess is at most one off, next to a threshold
+            too_high = self.bounds[k] >= values
+            too_low = self.bounds[k + 1] < values
+            if not (too_high.any() or too_low.any()):
+                return k
+            k -= too_high
+            k += too_low
+        # Irregular spacing (float32 thresholds over a range of a few ulps): binary search.
+        return np.searchsorted(self.thresholds, values, side="left")
+
+
+def _zsad_area(fpr: np.ndarray, pro: np.ndarray, max_fpr: float) -> float:
+    """Area of the ZSAD curve: points with FPR < max_fpr, FPR rescaled min–max, trapezoid."""
     keep = fpr < max_fpr
     if np.count_nonzero(keep) < 2:
+        n_th = fpr.size
         return undefined("AUPRO", f"fewer than 2 of the {n_th} thresholds have FPR < {max_fpr}")
     fpr, pro = fpr[keep], pro[keep]
     if fpr.max() == fpr.min():
@@ -78,12 +99,15 @@ def aupro_zsad(
 ) -> float:
     """AUPRO as computed in the zero-shot AD papers' tables (AnomalyCLIP / AdaCLIP code).
 
-    Thresholds ``np.arange(min, max, (max - min) / 200)`` over all maps, prediction
-    ``map > th``; for each threshold, PRO = mean over the 8-connected regions of all masks of
-    (region pixels predicted anomalous / region area) and FPR = predicted normal pixels / normal
-    pixels. The points with FPR < ``max_fpr`` are kept, their FPRs rescaled min–max to [0, 1]
-    and PRO integrated over them with the trapezoid rule. This is NOT the official MVTec AUPRO
-    (see :func:`aupro_mvtec`).
+    Thresholds ``np.arange(min, max, (max - min) / 200)`` over all maps (see
+    :func:`zsad_thresholds`), prediction ``map > th``; for each threshold, PRO = mean over the
+    8-connected regions of all masks of (region pixels predicted anomalous / region area) and
+    FPR = normal pixels predicted anomalous / normal pixels. The points with FPR < ``max_fpr``
+    are kept, their FPRs rescaled min–max to [0, 1] and PRO integrated over them with the
+    trapezoid rule. This is NOT the official MVTec AUPRO (see :func:`aupro_mvtec`).
+
+    Two streaming passes over the maps (min/max, then per-threshold counts image chunk by image
+    chunk): no sort, and memory independent of the number of images.
 
     Args:
         maps: ``(N, H, W)`` (or ``(H, W)``, ``(N, 1, H, W)``) real anomaly maps.
@@ -96,8 +120,44 @@ def aupro_zsad(
         constant maps, fewer than two kept points or all kept FPRs equal).
     """
     maps_a, masks_a = as_maps(maps, masks)
-    split = split_scores(maps_a, masks_a, regions=True)
-    return aupro_zsad_from_split(split, num_thresholds=num_thresholds, max_fpr=max_fpr)
+    lo, hi = maps_a.min(), maps_a.max()
+    if np.issubdtype(maps_a.dtype, np.floating):
+        check_finite_range(lo, hi, "maps")
+    chunks_ = list(row_chunks(maps_a.shape[0], maps_a[0].size))
+    if not lo < hi:
+        for rows in chunks_:
+            binary_chunk(masks_a[rows], "masks")
+        return undefined("AUPRO", "all scores are equal")
+    thresholds = zsad_thresholds(lo, hi, num_thresholds)
+    n_th = thresholds.size
+    index = _ThresholdIndex(thresholds)
+
+    # k = number of thresholds below a score: the pixel is predicted anomalous at thresholds
+    # 0 .. k - 1. Histograms over k give the normal pixels above every threshold and, weighted
+    # by 1 / (area of the pixel's region), the summed region overlaps.
+    normal_hist = np.zeros(n_th + 1, dtype=np.int64)
+    overlap_hist = np.zeros(n_th + 1)
+    n_regions = 0
+    for rows in chunks_:
+        mask = binary_chunk(masks_a[rows], "masks")
+        k = index(maps_a[rows].reshape(-1))
+        k_anomalous = k[mask.reshape(-1)]
+        normal_hist += np.bincount(k, minlength=n_th + 1)
+        normal_hist -= np.bincount(k_anomalous, minlength=n_th + 1)
+        component, count = foreground_components(mask)
+        if count:
+            weight = 1.0 / np.bincount(component, minlength=count)[component]
+            overlap_hist += np.bincount(k_anomalous, weights=weight, minlength=n_th + 1)
+        n_regions += count
+    n_normal = int(normal_hist.sum())
+    if n_regions == 0:
+        return undefined("AUPRO", "the masks have no anomalous region")
+    if n_normal == 0:
+        return undefined("AUPRO", "the masks have no normal pixel")
+    # Pixels above threshold j are those with k > j.
+    fpr = (n_normal - np.cumsum(normal_hist)[:n_th]) / n_normal
+    pro = np.cumsum(overlap_hist[::-1])[::-1][1:] / n_regions
+    return _zsad_area(fpr, pro, max_fpr)
 
 
 def _sort_with_payload(values: np.ndarray, payload: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -186,9 +246,9 @@ def aupro_mvtec(maps: object, masks: object, *, max_fpr: float = 0.3) -> float:
     """AUPRO by the official MVTec AD definition (exact curve, normalised area up to FPR 0.3).
 
     Every distinct score is a threshold (prediction ``map >= th``); PRO = mean over the
-    8-connected regions of all masks of the covered fraction, FPR = predicted normal pixels /
-    normal pixels. The curve from (0, 0) to (1, 1) is integrated with the trapezoid rule up to
-    ``max_fpr`` (end point linearly interpolated) and divided by ``max_fpr``.
+    8-connected regions of all masks of the covered fraction, FPR = normal pixels predicted
+    anomalous / normal pixels. The curve from (0, 0) to (1, 1) is integrated with the trapezoid
+    rule up to ``max_fpr`` (end point linearly interpolated) and divided by ``max_fpr``.
 
     Args:
         maps: ``(N, H, W)`` (or ``(H, W)``, ``(N, 1, H, W)``) real anomaly maps.

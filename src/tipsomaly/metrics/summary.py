@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ._arrays import as_maps, as_scores
 from ._split import split_scores
-from .pro import aupro_mvtec_from_split, aupro_zsad_from_split
+from .pro import aupro_mvtec_from_split, aupro_zsad
 from .ranking import ranking_from_split
 
 AUPRO_KINDS = ("zsad", "mvtec")
@@ -32,7 +32,7 @@ def pixel_metrics(maps: object, masks: object, aupro: str = "zsad") -> dict[str,
     """Pixel-level AUROC, AP, AUPRO and F1-max over all pixels of a set of maps (one class).
 
     All values are exact (no binning); the scores are split and sorted once, so the extra
-    memory is about one copy of ``maps`` plus a few bytes per anomalous pixel.
+    memory is about one copy of ``maps`` plus some tens of bytes per anomalous pixel.
 
     Args:
         maps: ``(N, H, W)`` (or ``(H, W)``, ``(N, 1, H, W)``) anomaly maps, real values.
@@ -47,10 +47,10 @@ def pixel_metrics(maps: object, masks: object, aupro: str = "zsad") -> dict[str,
     if aupro not in AUPRO_KINDS:
         raise ValueError(f"aupro must be one of {AUPRO_KINDS}, got {aupro!r}")
     maps_a, masks_a = as_maps(maps, masks)
-    split = split_scores(maps_a, masks_a, regions=True)
+    split = split_scores(maps_a, masks_a, regions=aupro == "mvtec")
     values = ranking_from_split(split, "pixel ")
     if aupro == "zsad":
-        pro = aupro_zsad_from_split(split)
+        pro = aupro_zsad(maps_a, masks_a)  # streams over the maps; needs no sorted split
     else:
         pro = aupro_mvtec_from_split(split)
     return {
