@@ -134,6 +134,10 @@ class TextTransformer(nn.Module):
         valid = ~paddings
         if not bool(valid.any(dim=1).all()):
             raise ValueError("a text has no tokens (all padding): empty prompts are not allowed")
+        # Trailing columns that are padding in every row change nothing (padded keys are masked,
+        # pooling skips them, positions are absolute): drop them to save work.
+        length = int(valid.any(dim=0).nonzero().max()) + 1
+        x, valid = x[:, :length], valid[:, :length]
         x = x + self.positions(x.shape[1], x.device, x.dtype)
         mask = valid.unsqueeze(-1).to(x.dtype)
         for block in self.transformer.resblocks:
