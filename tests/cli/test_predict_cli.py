@@ -378,10 +378,10 @@ def test_help_documents_outputs_and_exit_codes(capsys):
 
 
 def test_devices_without_cuda(model_dir, tmp_path, monkeypatch, capsys):
-    from tipsomaly.cli.predict import resolve_device
+    from tipsomaly.tips.runtime import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert resolve_device("auto") == "cpu" and resolve_device("cpu") == "cpu"
+    assert resolve_device("auto").type == "cpu" and resolve_device("cpu").type == "cpu"
     _save(tmp_path / "images" / "a.png", _noise(28, 28))
     for device in ("cuda", "cuda:1", "floppy"):
         rc = _predict(model_dir, str(tmp_path / "images"), "--class-name", "x", "--device", device)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .options import add_model_options, non_negative_float, positive_int
+
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
@@ -17,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         "--sigma or --cls reuses the stored predictions without running the network.",
     )
     p.add_argument("--data", nargs="+", required=True, metavar="DIR", help="dataset root(s)")
-    p.add_argument("--model", default="l14h", help="preset name or model directory")
+    add_model_options(p)
     p.add_argument(
         "--pixel-prompts",
         default="auto",
@@ -26,21 +28,16 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         "prompts trained on VisA for MVTec AD, on MVTec AD for every other dataset; none for "
         "other backbones)",
     )
-    p.add_argument("--prompt-type", default="industrial", help="fixed prompt ensemble")
-    p.add_argument("--prompt-file", help="JSON file of prompt ensembles")
     p.add_argument("--classes", nargs="+", help="only these classes")
-    p.add_argument("--image-size", type=int, default=518, help="model input side (px)")
-    p.add_argument("--sigma", type=float, default=4.0, help="map smoothing (px)")
+    p.add_argument("--sigma", type=non_negative_float, default=4.0, help="map smoothing (px)")
     p.add_argument(
         "--cls",
         choices=["cls1", "cls2"],
         default="cls1",
         help="CLS token of the image metrics in the printed table (both are in the files)",
     )
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--workers", type=int, default=1, help="image-loading worker processes")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16", "auto"])
     p.add_argument(
         "--aupro",
         choices=["zsad", "mvtec"],

@@ -6,9 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from .options import add_model_options, non_empty, non_negative_float, positive_int
+
 EXIT_OK, EXIT_USAGE, EXIT_NO_INPUTS, EXIT_SOME_FAILED = 0, 1, 2, 3
 
-_DTYPES = ("fp32", "bf16", "fp16")
 
 _EPILOG = """\
 outputs (in --out):
@@ -29,28 +30,7 @@ exit status: 0 all images scored, 3 some could not be read (their rows say why),
 2 no input images found, 1 model/prompt/option errors, 130 interrupted."""
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _class_name(text: str) -> str:
-    if not text.strip():
-        raise argparse.ArgumentTypeError("must not be empty")
-    return text
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from ..method.names import BUILTIN_PROMPT_TYPES
     from ..method.names import BUNDLED_PIXEL_PROMPTS as BUNDLED
     from ..report.overlay import SCALES
 
@@ -73,7 +53,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument(
         "--class-name",
-        type=_class_name,
+        type=non_empty,
         help='what the images show, e.g. "hazelnut" or "metal nut"',
     )
     who.add_argument(
@@ -81,12 +61,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         action="store_true",
         help="use each image's parent folder name as its class (bottle/001.png -> bottle)",
     )
-    p.add_argument(
-        "--model",
-        default="l14h",
-        help="TIPS preset (see `tipsomaly weights list`; downloaded on first use) or a model "
-        "directory (default: l14h, the paper's backbone)",
-    )
+    add_model_options(p)
     p.add_argument(
         "--pixel-prompts",
         help=f"learned pixel prompts: {' or '.join(BUNDLED)} (bundled, for l14h), a "
@@ -94,21 +69,8 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         "l14h, otherwise none (the fixed prompts then score the patches too)",
     )
     p.add_argument(
-        "--prompt-type",
-        default="industrial",
-        help=f"fixed prompt ensemble: {', '.join(BUILTIN_PROMPT_TYPES)} or a name in "
-        "--prompt-file (default: industrial)",
-    )
-    p.add_argument("--prompt-file", help="JSON file of prompt ensembles (schema of the built-in)")
-    p.add_argument(
-        "--image-size",
-        type=_positive_int,
-        default=518,
-        help="side of the square model input, a multiple of 14 (default: 518, as the paper)",
-    )
-    p.add_argument(
         "--sigma",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=4.0,
         help="Gaussian smoothing of the maps, in model-input pixels (default: 4)",
     )
@@ -119,13 +81,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         help="CLS token giving image_score: cls1 (alt-text) or cls2 (dense captions); both "
         "scores are always in the table (default: cls1)",
     )
-    p.add_argument("--batch-size", type=_positive_int, default=8, help="images per forward pass")
-    p.add_argument(
-        "--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1…"
-    )
-    p.add_argument(
-        "--dtype", choices=_DTYPES, default="fp32", help="backbone precision (default: fp32)"
-    )
+    p.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass")
     p.add_argument(
         "--threshold",
         type=float,
@@ -153,25 +109,6 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.set_defaults(func=cmd_predict)
 
 
-def resolve_device(name: str) -> str:
-    """``auto`` → ``cuda`` when available, else ``cpu``; anything else checked and unchanged.
-
-    Raises:
-        ValueError: not a device torch knows, or a CUDA device without CUDA.
-    """
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ValueError(f"--device {name}: {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available here; use --device cpu")
-    return name
-
-
 def default_pixel_prompts(model: str, pixel_prompts: str | None) -> str | None:
     """The ``--pixel-prompts`` value to use: as given (``none`` → None), else
     ``trained-on-mvtec`` for the paper's backbone (l14h under any of its names), else None."""
@@ -185,10 +122,9 @@ def default_pixel_prompts(model: str, pixel_prompts: str | None) -> str | None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import torch
-
     from ..method.detector import Detector
     from ..runners.predict import NoInputsError, expand_inputs, run_predict
+    from ..tips.runtime import resolve_device, resolve_dtype
 
     if Path(args.out).exists() and not Path(args.out).is_dir():
         print(f"tipsomaly: error: --out {args.out} exists and is not a folder", file=sys.stderr)
@@ -198,10 +134,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not files:
         print(f"tipsomaly: error: {NoInputsError(args.paths)}", file=sys.stderr)
         return EXIT_NO_INPUTS
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     pixel_prompts = default_pixel_prompts(args.model, args.pixel_prompts)
     try:
         device = resolve_device(args.device)
+        dtype = resolve_dtype(args.dtype, device)
+    except ValueError as exc:
+        print(
+            f"tipsomaly: error: --device {args.device} --dtype {args.dtype}: {exc}", file=sys.stderr
+        )
+        return EXIT_USAGE
+    try:
         detector = Detector(
             args.model,
             prompt_type=args.prompt_type,
@@ -231,7 +173,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             overlays=not args.no_overlays,
             overlay_scale=args.overlay_scale,
             progress=not args.quiet,
-            settings={"device": device, "dtype": args.dtype},
+            settings={"device": str(device), "dtype": str(dtype).removeprefix("torch.")},
         )
     except NoInputsError as exc:
         print(f"tipsomaly: error: {exc}", file=sys.stderr)

@@ -6,6 +6,8 @@ import argparse
 import logging
 import sys
 
+from .options import add_model_options, positive_int
+
 log = logging.getLogger(__name__)
 
 _EPILOG = """\
@@ -21,13 +23,6 @@ the defaults are the paper's: 518 px, batch 8, 2 epochs, Adam lr 1e-3 betas (0.5
 --data (the paper trains on MVTec AD's test set and evaluates on the other datasets)."""
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "train",
@@ -40,21 +35,16 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     )
     p.add_argument("--data", required=True, metavar="DIR", help="dataset root with meta.json")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    p.add_argument("--model", default="l14h", help="TIPS preset or model directory")
-    p.add_argument("--image-size", type=_positive_int, default=518, help="model input side (px)")
-    p.add_argument("--batch-size", type=_positive_int, default=8)
-    p.add_argument("--epochs", type=_positive_int, default=2)
+    add_model_options(p)
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--epochs", type=positive_int, default=2)
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument(
         "--betas", type=float, nargs=2, default=(0.5, 0.999), metavar=("B1", "B2"), help="Adam"
     )
-    p.add_argument("--n-prompt", type=_positive_int, default=8, help="learned vectors per state")
+    p.add_argument("--n-prompt", type=positive_int, default=8, help="learned vectors per state")
     p.add_argument("--seed", type=int, default=111, help="initialisation and shuffling")
-    p.add_argument("--prompt-type", default="industrial", help="prompt ensemble of the sentences")
-    p.add_argument("--prompt-file", help="JSON file of prompt ensembles")
     p.add_argument("--classes", nargs="+", help="train on these classes only (default: all)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="backbone")
     p.add_argument(
         "--feature-cache",
         default="memory",
