@@ -279,31 +279,42 @@ def _hub_files(preset: Preset, offline: bool) -> ModelFiles:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
+    class NotInRepo(Exception):
+        """The repository has no such file (as opposed to: we could not reach it)."""
+
     def get(filename: str) -> Path:
         try:
             return Path(hf_hub_download(preset.hub_repo, filename, local_files_only=offline))
-        except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
-            if isinstance(exc, EntryNotFoundError):
-                raise
-            raise WeightsUnavailableError(
-                f"could not get {filename} of {preset.hub_repo} from the Hugging Face hub "
-                f"({type(exc).__name__}). Download https://huggingface.co/{preset.hub_repo}"
-                f"/resolve/main/{filename} with network access (e.g. `huggingface-cli download "
-                f"{preset.hub_repo}`), or use the bucket source (--source gcs)"
-            ) from exc
+        except LocalEntryNotFoundError as exc:  # not cached, and offline or unreachable
+            raise _hub_unavailable(preset.hub_repo, filename, exc) from exc
+        except EntryNotFoundError:  # reached the hub: the file is not in the repository
+            raise NotInRepo(filename) from None
+        except (HfHubHTTPError, OSError) as exc:
+            raise _hub_unavailable(preset.hub_repo, filename, exc) from exc
 
-    combined = get("model.safetensors")
+    try:
+        combined = get("model.safetensors")
+    except NotInRepo:
+        raise WeightsUnavailableError(f"{preset.hub_repo} has no model.safetensors") from None
     temperature = preset.temperature
     try:
         config = json.loads(get("config.json").read_text())
         temperature = float(config.get("temperature", temperature))
-    except (EntryNotFoundError, ValueError, TypeError):
+    except (NotInRepo, ValueError, TypeError):
         log.warning("no usable temperature in %s/config.json; using the preset's", preset.hub_repo)
     try:
         tokenizer = get(TOKENIZER_FILE)
-    except EntryNotFoundError:
+    except NotInRepo:  # the hub repos may not carry it: every TIPS model shares v1's tokenizer
         tokenizer = fetch(preset.tokenizer_url, weights_dir() / TOKENIZER_FILE, offline=offline)
     return ModelFiles(tokenizer=tokenizer, combined=combined, temperature=temperature)
+
+
+def _hub_unavailable(repo: str, filename: str, exc: Exception) -> WeightsUnavailableError:
+    return WeightsUnavailableError(
+        f"could not get {filename} of {repo} from the Hugging Face hub ({type(exc).__name__}: "
+        f"{exc}). With network access run `huggingface-cli download {repo}` (files go to the "
+        f"Hugging Face cache), or use the bucket source: --source gcs"
+    )
 
 
 def load_model(
