@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -264,14 +265,8 @@ class Detector:
         if on_error not in ("raise", "record"):
             raise ValueError(f"on_error must be 'raise' or 'record', got {on_error!r}")
         batch_size = batch_size or self.batch_size
-        names = _class_name_iter(class_names)
         pending: list[_Item] = []
-        for index, item in enumerate(inputs):
-            try:
-                class_name = next(names)
-            except StopIteration:
-                raise ValueError(f"fewer class names than inputs (input {index})") from None
-            prepared = self._prepare(item, class_name, index)
+        for prepared in self._prepared(inputs, class_names, lookahead=2 * batch_size):
             if prepared.error is not None and on_error == "raise":
                 raise ImageLoadError(prepared.source, prepared.error)
             pending.append(prepared)
@@ -280,6 +275,25 @@ class Detector:
                 pending = []
         if pending:
             yield from self._run(pending)
+
+    def _prepared(
+        self, inputs: Iterable[object], class_names: str | Sequence[str], lookahead: int
+    ) -> Iterator[_Item]:
+        """Inputs decoded and resized in a background thread, ``lookahead`` ahead of the
+        network (PIL releases the GIL), yielded in input order."""
+        names = _class_name_iter(class_names)
+        queue: deque[Future[_Item]] = deque()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tipsomaly-load") as pool:
+            for index, item in enumerate(inputs):
+                try:
+                    class_name = next(names)
+                except StopIteration:
+                    raise ValueError(f"fewer class names than inputs (input {index})") from None
+                queue.append(pool.submit(self._prepare, item, class_name, index))
+                if len(queue) > lookahead:
+                    yield queue.popleft().result()
+            while queue:
+                yield queue.popleft().result()
 
     def predict(
         self,
@@ -367,4 +381,4 @@ def _input_hw(item: object) -> tuple[int, int]:
     return int(shape[0]), int(shape[1])  # H, W[, C]
 
 
-__all__ = ["BatchScores", "Detector", "Prediction", "Path"]
+__all__ = ["BatchScores", "Detector", "Prediction"]

@@ -1,0 +1,335 @@
+"""Detector throughput on this machine: fp32 vs bf16, the backbone against the matmul peak.
+
+    python benchmarks/throughput.py                 # B/14 and L/14 shapes, 518 px
+    python benchmarks/throughput.py --quick         # B/14, fewer images (smoke run)
+
+For each model shape (randomly initialised towers of the real B/14 and L/14 presets) and each
+dtype (fp32, bf16), the detector scores generated 518-px images through the public API
+(``Detector.predict`` on uint8 arrays: preprocessing, backbone, scores, maps, maps at the
+original size). Printed per row:
+
+* seconds per image of the whole pipeline, and the share of it spent in the vision tower;
+* the vision tower's achieved GFLOP/s (matmul FLOPs counted from the shapes: patch embedding,
+  qkv/proj/FFN linears, QK^T and AV) against the best matmul throughput measured in the same
+  run with the same dtype and threads (``F.linear``, the backbone's own call, on its qkv and
+  FFN shapes at the benchmark's batch size), as a percentage;
+* bf16 vs fp32 agreement on the same images: max |map difference| and the rank correlation
+  (Spearman) of the image scores. On a CPU without bf16 instructions the bf16 row (``bf16*``)
+  gives these figures only, with bf16 rounding simulated on fp32 kernels (a real emulated run
+  would take hours and tipsomaly refuses ``--dtype bf16`` there).
+
+Then the text side for one class: first run (cache miss: the text tower encodes every prompt
+sentence) and second run (a new detector reading the on-disk text cache), and the peak memory
+of ``eval``'s metric stage for one class of ``--class-images`` maps (fp32 vs fp16 maps, and
+whether fp16 changes the metrics), measured in a subprocess (VmHWM, Linux).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from tipsomaly.method.detector import Detector  # noqa: E402
+from tipsomaly.method.pixel_prompts import PixelPrompts  # noqa: E402
+from tipsomaly.method.text_cache import TextEmbeddingCache  # noqa: E402
+from tipsomaly.tips.model import TipsModel  # noqa: E402
+from tipsomaly.tips.presets import get_preset  # noqa: E402
+from tipsomaly.tips.runtime import cpu_has_native_bf16  # noqa: E402
+from tipsomaly.tips.tokenizer import Tokenizer  # noqa: E402
+
+TOKENIZER = ROOT.parent / "shared" / "golden" / "tips-tiny" / "tokenizer.model"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+# ------------------------------------------------------------------------------- model & data
+def random_model(preset_name: str, seed: int = 0) -> TipsModel:
+    """The preset's towers with random weights (N(0, 0.02) matrices, unit norms)."""
+    preset = get_preset(preset_name)
+    torch.manual_seed(seed)
+    model = TipsModel(
+        preset.vision, preset.text, Tokenizer(TOKENIZER), preset.temperature or 0.004, preset.name
+    )
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("ln_1.weight") or "ln_" in name:
+                continue  # LayerNorms keep weight 1, bias 0
+            if name.endswith("gamma"):
+                p.fill_(0.1)
+            else:
+                p.normal_(0.0, 0.02)
+    model.eval().requires_grad_(False)
+    model.fingerprint = f"random-{preset_name}-seed{seed}"
+    return model
+
+
+def make_images(n: int, size: int, seed: int = 0) -> list[np.ndarray]:
+    """Textured uint8 RGB images; every other one carries a bright and a dark blob."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    images = []
+    for i in range(n):
+        base = 110 + 40 * np.sin(xx / rng.uniform(6, 14)) * np.cos(yy / rng.uniform(6, 14))
+        img = np.repeat(base[..., None], 3, 2) + rng.normal(0, 8, (size, size, 3))
+        if i % 2:
+            for value in (250, 10):
+                cy, cx, r = (
+                    rng.integers(60, size - 60),
+                    rng.integers(60, size - 60),
+                    rng.integers(12, 40),
+                )
+                img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = value
+        images.append(np.clip(img, 0, 255).astype(np.uint8))
+    return images
+
+
+def backbone_gflop(model: TipsModel, size: int) -> float:
+    """Matmul GFLOP of one image through the vision tower (2 FLOPs per multiply-add)."""
+    c = model.vision.config
+    d, p = c.embed_dim, c.patch_size
+    n_patch = (size // p) ** 2
+    t = n_patch + 1 + c.num_register_tokens
+    hidden = c.mlp_hidden_dim
+    ffn = 2 * d * (2 * hidden) + 2 * hidden * d if c.ffn == "swiglu" else 2 * (2 * d * hidden)
+    per_token = 2 * d * 3 * d + 2 * d * d + ffn
+    attention = 2 * 2 * t * t * d
+    patch_embed = 2 * n_patch * 3 * p * p * d
+    return (c.depth * (t * per_token + attention) + patch_embed) / 1e9
+
+
+def matmul_peak(
+    dtype: torch.dtype, shapes: list[tuple[int, int, int]], seconds: float = 2.0
+) -> float:
+    """Best GFLOP/s of ``F.linear`` (the backbone's own matmul) over ``shapes`` (m, k, n):
+    an (m, k) input times a (n, k) weight, same dtype and threads as the backbone."""
+    best = 0.0
+    for m, k, n in shapes:
+        x, w = torch.randn(m, k).to(dtype), torch.randn(n, k).to(dtype)
+        F.linear(x, w)
+        reps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds / len(shapes):
+            F.linear(x, w)
+            reps += 1
+        elapsed = time.perf_counter() - start
+        best = max(best, 2 * m * k * n * reps / elapsed / 1e9)
+    return best
+
+
+@contextlib.contextmanager
+def simulated_bf16(model: TipsModel):
+    """bf16 numerics without bf16 kernels: every vision matmul's weights, inputs and outputs
+    rounded to bf16, products accumulated in fp32 (what bf16 hardware does). For CPUs that
+    only emulate bf16, where running it for real would take hours."""
+
+    def bf16(t: torch.Tensor) -> torch.Tensor:
+        return t.to(torch.bfloat16).float()
+
+    saved, handles = {}, []
+    for module in model.vision.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            saved[module] = (module.weight.data, module.bias.data)
+            module.weight.data, module.bias.data = bf16(module.weight.data), bf16(module.bias.data)
+            handles.append(module.register_forward_pre_hook(lambda m, args: (bf16(args[0]),)))
+            handles.append(module.register_forward_hook(lambda m, args, out: bf16(out)))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for module, (w, b) in saved.items():
+            module.weight.data, module.bias.data = w, b
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+# ------------------------------------------------------------------------------------ stages
+def run_detector(model, dtype, images, size, batch_size):
+    prompts = PixelPrompts(
+        torch.randn(2, 8, model.embed_dim, generator=torch.Generator().manual_seed(1)) * 0.02
+    )
+    detector = Detector(
+        model,
+        image_size=size,
+        pixel_prompts=prompts,
+        dtype=dtype,
+        text_cache=False,
+        batch_size=batch_size,
+    )
+    detector.class_text("object")  # text outside the timed region (measured separately)
+    detector.pixel_text()
+    vision = detector.model.vision
+    spent = {"backbone": 0.0}
+    original = vision.forward
+
+    def timed(x):
+        start = time.perf_counter()
+        out = original(x)
+        spent["backbone"] += time.perf_counter() - start
+        return out
+
+    vision.forward = timed
+    detector.predict(images[:batch_size], "object")  # warm-up (allocator, kernels)
+    spent["backbone"] = 0.0
+    start = time.perf_counter()
+    preds = detector.predict(images, "object")
+    total = time.perf_counter() - start
+    vision.forward = original
+    maps = np.stack([p.anomaly_map for p in preds])
+    scores = np.array([p.image_score for p in preds])
+    return total, spent["backbone"], maps, scores
+
+
+def text_times(model, size):
+    with tempfile.TemporaryDirectory() as tmp:
+        times = []
+        for _ in range(2):
+            detector = Detector(model, image_size=size, text_cache=TextEmbeddingCache(tmp))
+            start = time.perf_counter()
+            detector.class_text("metal nut")
+            times.append(time.perf_counter() - start)
+        return times
+
+
+MEMORY_SCRIPT = r"""
+import json, sys, time
+import numpy as np, torch
+sys.path.insert(0, {src!r})
+from tipsomaly.method.maps import anomaly_maps
+from tipsomaly.metrics import pixel_metrics
+n, size, grid, dtype = {n}, {size}, {grid}, {dtype!r}
+rng = np.random.default_rng(0)
+def hwm():  # peak resident set of this process, kB (VmHWM: reset by exec, unlike ru_maxrss)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+base = hwm()
+patch = torch.from_numpy(rng.random((n, grid * grid, 2), dtype=np.float32))
+patch = patch / patch.sum(-1, keepdim=True)
+masks = np.zeros((n, size, size), bool)
+for i in range(n // 2):
+    y, x = rng.integers(0, size - 80, 2)
+    masks[i, y:y + 60, x:x + 70] = True
+maps = np.empty((n, size, size), np.float16 if dtype == "fp16" else np.float32)
+for s in range(0, n, 32):
+    maps[s:s + 32] = anomaly_maps(patch[s:s + 32], (grid, grid), (size, size), 4.0).numpy()
+start = time.perf_counter()
+metrics = pixel_metrics(maps, masks)
+elapsed = time.perf_counter() - start
+peak = hwm()
+print(json.dumps({{"peak_mb": peak / 1024, "base_mb": base / 1024, "metrics": metrics,
+                  "seconds": elapsed}}))
+"""
+
+
+def eval_memory(n: int, size: int, grid: int, dtype: str) -> dict:
+    code = MEMORY_SCRIPT.format(src=str(ROOT / "src"), n=n, size=size, grid=grid, dtype=dtype)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# -------------------------------------------------------------------------------------- main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["b14h", "l14h"])
+    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--size", type=int, default=518)
+    parser.add_argument("--class-images", type=int, default=1000)
+    parser.add_argument(
+        "--only", choices=["throughput", "memory"], help="run one part of the benchmark"
+    )
+    parser.add_argument("--quick", action="store_true", help="B/14 only, 4 images, 200-map class")
+    args = parser.parse_args()
+    if args.quick:
+        args.models, args.images, args.batch_size, args.class_images = ["b14h"], 4, 2, 200
+    threads = torch.get_num_threads()
+    native = cpu_has_native_bf16()
+    print(
+        f"torch {torch.__version__}, {threads} threads, {args.images} images of {args.size} px, "
+        f"batch {args.batch_size}; CPU bf16 instructions: {native}"
+    )
+    if native is False:
+        print(
+            "bf16*: this CPU has no bf16 instructions (PyTorch emulates bf16, far slower than "
+            "fp32, and tipsomaly refuses --dtype bf16 here); its row gives bf16 numerics only, "
+            "simulated by rounding every vision matmul's weights, inputs and outputs to bf16"
+        )
+    if args.only != "memory":
+        print(
+            f"{'model':6} {'dtype':5} {'s/img':>7} {'backbone':>9} {'GFLOP/s':>8} {'peak':>7} "
+            f"{'%peak':>6} {'max|Δmap|':>10} {'rank ρ':>7}"
+        )
+    images = make_images(args.images, args.size)
+    for name in args.models if args.only != "memory" else []:
+        model = random_model(name)
+        gflop = backbone_gflop(model, args.size)
+        d = model.embed_dim
+        tokens = args.batch_size * ((args.size // 14) ** 2 + 2)
+        hidden = model.vision.config.mlp_hidden_dim
+        shapes = [(tokens, d, hidden), (tokens, hidden, d), (tokens, d, 3 * d)]
+        reference = None
+        for dtype_name, dtype in DTYPES.items():
+            emulated = dtype == torch.bfloat16 and native is False
+            if emulated:  # numbers only: bf16 rounding simulated on top of fp32 kernels
+                with simulated_bf16(model):
+                    total, backbone, maps, scores = run_detector(
+                        model, torch.float32, images, args.size, args.batch_size
+                    )
+                speed = f"{'–':>7} {'–':>9} {'–':>8} {'–':>7} {'–':>6}"
+                dtype_name = "bf16*"
+            else:
+                total, backbone, maps, scores = run_detector(
+                    model, dtype, images, args.size, args.batch_size
+                )
+                peak = matmul_peak(dtype, shapes)
+                achieved = gflop * len(images) / backbone
+                speed = (
+                    f"{total / len(images):7.2f} {backbone / total:9.0%} {achieved:8.0f} "
+                    f"{peak:7.0f} {achieved / peak:6.0%}"
+                )
+            if reference is None:
+                reference, agree = (maps, scores), ("", "")
+            else:
+                diff = float(np.abs(maps - reference[0]).max())
+                agree = (f"{diff:.2e}", f"{spearman(scores, reference[1]):.4f}")
+            print(f"{name:6} {dtype_name:5} {speed} {agree[0]:>10} {agree[1]:>7}")
+            model.set_compute_dtype(torch.float32)
+        first, cached = text_times(model, args.size)
+        print(f"{name:6} text for one class: first run {first:.3f} s, cached {cached:.4f} s")
+        del model
+    if args.only == "throughput":
+        return
+    grid = args.size // 14
+    rows = {dt: eval_memory(args.class_images, args.size, grid, dt) for dt in ("fp32", "fp16")}
+    delta = max(
+        abs(rows["fp32"]["metrics"][k] - rows["fp16"]["metrics"][k])
+        for k in rows["fp32"]["metrics"]
+    )
+    for dt, r in rows.items():
+        print(
+            f"eval metrics, one class of {args.class_images} maps of {args.size} px, maps in {dt}: "
+            f"peak RSS {r['peak_mb']:.0f} MB ({r['peak_mb'] - r['base_mb']:.0f} MB above the "
+            f"process after imports), "
+            f"{r['seconds']:.1f} s"
+        )
+    print(f"fp16 vs fp32 maps: max metric difference {delta:.2e}")
+
+
+if __name__ == "__main__":
+    main()
