@@ -61,7 +61,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         action="store_true",
         help="use each image's parent folder name as its class (bottle/001.png -> bottle)",
     )
-    add_model_options(p)
+    add_model_options(p, dtype_default="auto")
     p.add_argument(
         "--pixel-prompts",
         help=f"learned pixel prompts: {' or '.join(BUNDLED)} (bundled, for l14h), a "
