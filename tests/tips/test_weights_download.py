@@ -28,8 +28,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     honour_range = True
     requests: list[dict] = []
 
-    def log_message(self, *args) -> None:  # keep test output clean
-        pass
+    def log_message(self, *args) -> None:
+        """Silence the per-request log lines (keeps test output clean)."""
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         start = 0
