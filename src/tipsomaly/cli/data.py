@@ -34,22 +34,19 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 def run_meta(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..data.layouts import LayoutError, build_meta, detect_layout
-    from ..data.meta import MetaError, meta_path_for, read_meta, write_meta
+    from ..data.layouts import build_meta, detect_layout
+    from ..data.meta import meta_path_for, read_meta, write_meta
 
     root = Path(args.root)
     target = meta_path_for(root)
     if target.exists() and not args.force:
         print(f"tipsomaly: error: {target} exists; use --force to overwrite", file=sys.stderr)
         return 1
-    try:
-        layout = args.layout or detect_layout(root)
-        meta = build_meta(root, layout, classes=args.classes)
-        write_meta(root, meta)
-        summary = read_meta(root, "test")
-    except (LayoutError, MetaError, FileNotFoundError) as exc:
-        print(f"tipsomaly: error: {exc}", file=sys.stderr)
-        return 1
+    # LayoutError / MetaError reach main(), which prints them as one-line user errors.
+    layout = args.layout or detect_layout(root)
+    meta = build_meta(root, layout, classes=args.classes)
+    write_meta(root, meta)
+    summary = read_meta(root, "test")
     for cls, (normal, anomalous) in summary.counts().items():
         print(f"{cls}: {normal} normal, {anomalous} anomalous")
     print(f"written: {target} (layout {layout})")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from .options import add_model_options, non_negative_float, positive_int
 
@@ -50,7 +49,6 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.meta import MetaError
     from ..report.results import render_text, write_results
     from ..runners.evaluate import EvalSettings, environment, evaluate_datasets
 
@@ -71,11 +69,7 @@ def run(args: argparse.Namespace) -> int:
         classes=args.classes,
         offline=args.offline or None,
     )
-    try:
-        results = evaluate_datasets(args.data, settings, args.out, progress=not args.quiet)
-    except MetaError as exc:
-        print(f"tipsomaly: error: {exc}", file=sys.stderr)
-        return 1
+    results = evaluate_datasets(args.data, settings, args.out, progress=not args.quiet)
     config = {"settings": vars(settings) | {"classes": args.classes}, "environment": environment()}
     config["settings"]["data"] = list(args.data)
     files = write_results(results, args.out, config, args.cls)
