@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
+from ..errors import TipsomalyError
 from . import data as data_cli
 from . import evaluate as eval_cli
 from . import predict as predict_cli
@@ -55,39 +56,13 @@ def _setup_logging(args: argparse.Namespace) -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors that are the user's to fix: shown as one message, without a traceback."""
-    from ..data.images import ImageLoadError
-    from ..data.layouts import LayoutError
-    from ..data.meta import MetaError
-    from ..method.pixel_prompts import PixelPromptError
-    from ..method.prompts import PromptError
-    from ..method.torch_pickle import UnsafePickleError
-    from ..tips.checkpoint import CheckpointError
-    from ..tips.config import ConfigError
-    from ..tips.weights import ChecksumError, WeightsUnavailableError
-
-    return (
-        CheckpointError,
-        ConfigError,
-        ChecksumError,
-        WeightsUnavailableError,
-        PromptError,
-        PixelPromptError,
-        UnsafePickleError,
-        MetaError,
-        LayoutError,
-        ImageLoadError,
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args)
     try:
         return int(args.func(args) or 0)
-    except _user_errors() as exc:
+    except TipsomalyError as exc:
         print(f"tipsomaly: error: {exc}", file=sys.stderr)
         return 1
     except KeyError as exc:  # unknown preset names and the like carry their message

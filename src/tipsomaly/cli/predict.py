@@ -122,8 +122,9 @@ def default_pixel_prompts(model: str, pixel_prompts: str | None) -> str | None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from ..data.inputs import NoInputsError, expand_inputs
     from ..method.detector import Detector
-    from ..runners.predict import NoInputsError, expand_inputs, run_predict
+    from ..runners.predict import run_predict
     from ..tips.runtime import resolve_device, resolve_dtype
 
     if Path(args.out).exists() and not Path(args.out).is_dir():

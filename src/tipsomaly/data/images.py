@@ -42,6 +42,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..errors import TipsomalyError
+
 logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike[str]
@@ -63,7 +65,7 @@ _ORIENTATION_TAG = 0x0112
 _TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # these swap width and height
 
 
-class ImageLoadError(Exception):
+class ImageLoadError(TipsomalyError):
     """An image or mask file could not be read.
 
     Attributes:

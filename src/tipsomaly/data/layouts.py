@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import TipsomalyError
 from .images import ImageLoadError, is_image_file, load_mask
 
 logger = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ MEDICAL_PAIR_DIRS: tuple[tuple[str, str], ...] = (
 )
 
 
-class LayoutError(ValueError):
+class LayoutError(TipsomalyError, ValueError):
     """The folder tree does not match the requested layout (the message says what was expected)."""
 
 

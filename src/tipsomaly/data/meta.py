@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import TipsomalyError
+
 logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike[str]
@@ -44,7 +46,7 @@ REQUIRED_KEYS: tuple[str, ...] = ("img_path", "mask_path", "anomaly")
 _MAX_LISTED_PROBLEMS = 20
 
 
-class MetaError(ValueError):
+class MetaError(TipsomalyError, ValueError):
     """``meta.json`` is missing, malformed or inconsistent with the files on disk.
 
     Attributes:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import TipsomalyError
 from .names import BUNDLED_PIXEL_PROMPTS
 from .torch_pickle import read_torch_file
 
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 BUNDLED = BUNDLED_PIXEL_PROMPTS
 
 
-class PixelPromptError(ValueError):
+class PixelPromptError(TipsomalyError, ValueError):
     """A pixel-prompt file is unreadable or does not fit the backbone."""
 
 

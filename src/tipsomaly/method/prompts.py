@@ -12,13 +12,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..errors import TipsomalyError
 from ..tips.model import TipsModel
 from .names import BUILTIN_PROMPT_TYPES  # noqa: F401  (re-exported)
 
 NORMAL, ABNORMAL = 0, 1
 
 
-class PromptError(ValueError):
+class PromptError(TipsomalyError, ValueError):
     """A prompt file or prompt type is unusable."""
 
 

@@ -18,8 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import TipsomalyError
 
-class UnsafePickleError(ValueError):
+
+class UnsafePickleError(TipsomalyError, ValueError):
     """The file names a callable outside the allow-list, or is not a PyTorch zip file."""
 
 

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..data.meta import read_meta
+from ..errors import TipsomalyError
 from ..method.losses import LossTerms, segmentation_loss
 from ..method.maps import anomaly_maps, upsample
 from ..method.pixel_prompts import PixelPrompts
@@ -58,7 +59,7 @@ LOG_COLUMNS = ("kind", "epoch", "step", "images", *LOSS_NAMES, *EVAL_NAMES)
 CLASS_WORD = "object"
 
 
-class TrainError(ValueError):
+class TrainError(TipsomalyError, ValueError):
     """The training run cannot start or continue (bad settings, nothing to resume, ...)."""
 
 

@@ -12,10 +12,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import TipsomalyError
+
 log = logging.getLogger(__name__)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(TipsomalyError, ValueError):
     """A checkpoint file is unreadable or does not fit the model it is loaded into."""
 
 

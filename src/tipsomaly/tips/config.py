@@ -6,8 +6,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import TipsomalyError
 
-class ConfigError(ValueError):
+
+class ConfigError(TipsomalyError, ValueError):
     """A model description is malformed."""
 
 

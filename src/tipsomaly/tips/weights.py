@@ -14,17 +14,19 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from ..errors import TipsomalyError
+
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 USER_AGENT = "tipsomaly"
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(TipsomalyError, RuntimeError):
     """A checkpoint file is not cached and cannot be downloaded now."""
 
 
-class ChecksumError(RuntimeError):
+class ChecksumError(TipsomalyError, RuntimeError):
     """A file's SHA-256 differs from the one expected or recorded."""
 
 
