@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -9,7 +10,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # Never touch the user's cache (weights, text embeddings) from the tests.
-os.environ["TIPSOMALY_HOME"] = tempfile.mkdtemp(prefix="tipsomaly-test-home-")
+_TEST_HOME = tempfile.mkdtemp(prefix="tipsomaly-test-home-")
+os.environ["TIPSOMALY_HOME"] = _TEST_HOME
 
 from goldens import Golden, golden_dirs  # noqa: E402
 
@@ -30,3 +32,8 @@ def golden(request: pytest.FixtureRequest) -> Golden:
     if directory not in _cache:
         _cache[directory] = Golden(directory)
     return _cache[directory]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove the throw-away cache folder: the tests leave nothing behind in the temp dir."""
+    shutil.rmtree(_TEST_HOME, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""Golden fixture folders: ``$TIPSOMALY_GOLDENS``, or every folder of ../shared/golden."""
+"""Golden fixture folders: the repository's own (tests/fixtures/golden) plus ``$TIPSOMALY_GOLDENS``."""
 
 from __future__ import annotations
 
@@ -9,26 +9,28 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_ROOT = REPO.parent / "shared" / "golden"
+# The repository's own copy of the public case: a plain clone tests itself.
+BUNDLED_ROOT = REPO / "tests" / "fixtures" / "golden"
 
 
 def golden_dirs() -> list[Path]:
-    """Folders holding ``golden.json``: ``TIPSOMALY_GOLDENS`` (``:``-separated) or the default."""
+    """Golden folders: the repository's own cases, then any that ``TIPSOMALY_GOLDENS`` adds.
+
+    ``TIPSOMALY_GOLDENS`` holds folders (``:``-separated) with a ``golden.json`` each; a folder
+    whose name is already taken (``shared/golden/tips-tiny`` beside the bundled copy) replaces
+    the bundled one, so a case is never run twice under one test id.
+    """
+    dirs = {d.name: d for d in sorted(BUNDLED_ROOT.iterdir()) if (d / "golden.json").is_file()}
     env = os.environ.get("TIPSOMALY_GOLDENS", "").strip()
     if env:
-        dirs = [Path(p).expanduser().resolve() for p in env.split(os.pathsep) if p.strip()]
-        missing = [str(d) for d in dirs if not (d / "golden.json").is_file()]
+        extra = [Path(p).expanduser().resolve() for p in env.split(os.pathsep) if p.strip()]
+        missing = [str(d) for d in extra if not (d / "golden.json").is_file()]
         if missing:
             raise RuntimeError(f"TIPSOMALY_GOLDENS names folders without golden.json: {missing}")
-        return dirs
-    if not DEFAULT_ROOT.is_dir():
-        raise RuntimeError(
-            f"no golden fixtures: {DEFAULT_ROOT} does not exist and TIPSOMALY_GOLDENS is unset"
-        )
-    dirs = sorted(d for d in DEFAULT_ROOT.iterdir() if (d / "golden.json").is_file())
+        dirs.update((d.name, d) for d in extra)
     if not dirs:
-        raise RuntimeError(f"no folder with a golden.json under {DEFAULT_ROOT}")
-    return dirs
+        raise RuntimeError(f"no folder with a golden.json under {BUNDLED_ROOT}")
+    return list(dirs.values())
 
 
 def golden_ids() -> list[str]:

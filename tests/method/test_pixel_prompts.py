@@ -18,7 +18,8 @@ from tipsomaly.method.pixel_prompts import (
 )
 from tipsomaly.method.torch_pickle import UnsafePickleError, read_torch_file
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference-prompts"
+# The authors' released .pth files (MIT, notice beside them), kept with the tests.
+REFERENCE = Path(__file__).resolve().parents[1] / "fixtures" / "reference-prompts"
 REFERENCE_FILES = {
     "trained-on-mvtec": "trained_on_mvtec_l14h_epoch2.pth",
     "trained-on-visa": "trained_on_visa_l14h_epoch2.pth",
