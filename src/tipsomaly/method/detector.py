@@ -27,6 +27,7 @@ from .text_cache import TextEmbeddingCache
 log = logging.getLogger(__name__)
 
 CLS_CHOICES = ("cls1", "cls2")
+NON_FINITE = "non-finite anomaly score: check the model weights and prompts"
 
 
 @dataclass
@@ -52,7 +53,8 @@ class Prediction:
     ``image_score`` is the score of the detector's chosen CLS token (higher = more anomalous,
     in [0, 2]); ``anomaly_map`` is (S, S) float32 at model resolution and
     ``anomaly_map_original`` (H, W) at the image's original size. When the image could not be
-    read, ``error`` says why and the numbers are NaN / the maps ``None``.
+    read, or its score or map is not finite (:data:`NON_FINITE`), ``error`` says why and the
+    numbers are NaN / the maps ``None``.
     """
 
     source: str
@@ -197,7 +199,7 @@ class Detector:
             prompts=dataclasses.asdict(self.prompts),
             **what,
         )
-        hit = cache.get(key)
+        hit = cache.get(key, shape=(2, self.model.embed_dim))
         if hit is not None:
             return hit.to(self.device)
         embeddings = compute()
@@ -347,6 +349,11 @@ class Detector:
                 continue
             assert scores is not None and item.original_size is not None
             m = scores.maps[k]
+            if not _finite(scores.score_cls1[k], scores.score_cls2[k], m):
+                log.warning("%s: non-finite anomaly score or map", item.source)
+                yield Prediction(item.source, item.class_name, error=NON_FINITE)
+                k += 1
+                continue
             original = F.interpolate(
                 m[None, None], size=item.original_size, mode="bilinear", align_corners=False
             )[0, 0]
@@ -362,6 +369,10 @@ class Detector:
                 original_size=item.original_size,
             )
             k += 1
+
+
+def _finite(*tensors: torch.Tensor) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 def _class_name_iter(class_names: str | Sequence[str]) -> Iterator[str]:

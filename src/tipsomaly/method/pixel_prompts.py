@@ -38,11 +38,7 @@ class PixelPrompts:
     metadata: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        p = self.preambles
-        if p.ndim != 3 or p.shape[0] != 2:
-            raise PixelPromptError(
-                f"pixel prompts must have shape (2, n_prompt, D), got {tuple(p.shape)}"
-            )
+        check_preambles(self.preambles, self.metadata.get("source") or "pixel prompts")
 
     @property
     def n_prompt(self) -> int:
@@ -94,16 +90,27 @@ class PixelPrompts:
             raise PixelPromptError(f"pixel prompt file not found: {path}")
         try:
             with safe_open(str(path), framework="pt") as f:
-                if "preambles" not in f.keys():
-                    raise PixelPromptError(f"{path} holds no 'preambles' tensor: {list(f.keys())}")
-                preambles = f.get_tensor("preambles").float()
+                keys = list(f.keys())
+                if "preambles" not in keys:
+                    shown = ", ".join(repr(k) for k in keys[:5]) or "nothing"
+                    raise PixelPromptError(f"{path} holds no 'preambles' tensor, only {shown}")
+                preambles = f.get_tensor("preambles")
                 metadata = dict(f.metadata() or {})
+        except PixelPromptError:
+            raise
         except (SafetensorError, OSError, ValueError) as exc:
-            if isinstance(exc, PixelPromptError):
+            raise PixelPromptError(
+                f"{path} is not a readable safetensors file: {_one_line(exc)}"
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - e.g. a dtype torch cannot hold (F4, U64)
+            raise PixelPromptError(f"{path}: unreadable pixel prompts ({_one_line(exc)})") from None
+        except BaseException as exc:  # a panic inside the Rust reader, never a user's ^C
+            if type(exc).__name__ != "PanicException":
                 raise
-            raise PixelPromptError(f"{path} is not a readable safetensors file: {exc}") from None
+            raise PixelPromptError(f"{path}: unreadable pixel prompts ({_one_line(exc)})") from None
+        check_preambles(preambles, str(path))
         metadata.setdefault("source", str(path))
-        return cls(preambles, metadata)
+        return cls(preambles.float(), metadata)
 
     @classmethod
     def from_reference_pth(cls, path: str | os.PathLike, **metadata: object) -> PixelPrompts:
@@ -123,9 +130,43 @@ class PixelPrompts:
             raise PixelPromptError(f"{path}: unexpected content {type(tree).__name__}")
         if len(items) != 2 or not all(isinstance(a, np.ndarray) and a.ndim == 2 for a in items):
             raise PixelPromptError(f"{path}: expected two (n_prompt, D) tensors [normal, abnormal]")
+        if items[0].shape != items[1].shape:
+            raise PixelPromptError(
+                f"{path}: the normal and abnormal prompts differ in shape "
+                f"({items[0].shape} vs {items[1].shape})"
+            )
+        if not all(np.issubdtype(a.dtype, np.floating) for a in items):
+            kinds = ", ".join(str(a.dtype) for a in items)
+            raise PixelPromptError(f"{path}: prompts must be floating point, got {kinds}")
         preambles = torch.from_numpy(np.stack(items).astype(np.float32))
+        check_preambles(preambles, str(path))
         meta = {"source": Path(path).name, **{k: str(v) for k, v in metadata.items()}}
         return cls(preambles, meta)
+
+
+def check_preambles(preambles: torch.Tensor, source: str) -> None:
+    """Refuse preambles that are not (2, n_prompt, D) floating point and finite.
+
+    ``source`` (a file name, or a description) starts the :class:`PixelPromptError` message.
+    """
+    p = preambles
+    if p.ndim != 3 or p.shape[0] != 2 or p.shape[1] < 1 or p.shape[2] < 1:
+        raise PixelPromptError(
+            f"{source}: pixel prompts must have shape (2, n_prompt, D), got {tuple(p.shape)}"
+        )
+    if not p.is_floating_point():
+        raise PixelPromptError(f"{source}: pixel prompts must be floating point, got {p.dtype}")
+    bad = int((~torch.isfinite(p.float())).sum())  # as used: fp32 (1e300 in fp64 is inf)
+    if bad:
+        raise PixelPromptError(
+            f"{source}: {bad} of {p.numel()} pixel-prompt values are NaN or infinite; "
+            "use other prompts or train them again"
+        )
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def bundled_path(name: str) -> Path:

@@ -40,23 +40,48 @@ class TextEmbeddingCache:
     def _path(self, key: str) -> Path:
         return self.directory / key[:2] / f"{key}.safetensors"
 
-    def get(self, key: str) -> torch.Tensor | None:
+    def get(self, key: str, shape: tuple[int, ...] | None = None) -> torch.Tensor | None:
+        """The cached fp32 embeddings of ``key``, or None when there are none usable.
+
+        An entry that cannot be read, is not fp32, has another ``shape`` than expected (when
+        given; e.g. ``(2, D)``) or holds NaN/inf is logged as a warning and deleted, so the
+        caller recomputes it; it is never returned.
+        """
         path = self._path(key)
         if not path.is_file():
             return None
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
+        problem = None
         try:
-            return load_file(str(path))["embeddings"]
-        except (SafetensorError, OSError, KeyError, ValueError) as exc:
-            log.warning("ignoring unreadable cached text embeddings %s (%s)", path, exc)
-            return None
+            tensor = _read_entry(path)
+        except Exception as exc:  # noqa: BLE001 - any unreadable entry is recomputed
+            problem, tensor = f"unreadable ({_one_line(exc)})", None
+        except BaseException as exc:  # a panic inside the Rust reader, never a user's ^C
+            if type(exc).__name__ != "PanicException":
+                raise
+            problem, tensor = f"unreadable ({_one_line(exc)})", None
+        if tensor is not None:
+            if tensor.dtype != torch.float32:
+                problem = f"dtype {tensor.dtype}, expected float32"
+            elif shape is not None and tuple(tensor.shape) != tuple(shape):
+                problem = f"shape {tuple(tensor.shape)}, expected {tuple(shape)}"
+            elif not bool(torch.isfinite(tensor).all()):
+                problem = "NaN or infinite values"
+        if problem is None:
+            return tensor
+        log.warning("discarding cached text embeddings %s: %s; recomputing them", path, problem)
+        try:
+            path.unlink()
+        except OSError as exc:
+            log.warning("could not delete %s (%s)", path, exc)
+        return None
 
     def put(self, key: str, embeddings: torch.Tensor) -> None:
         from safetensors.torch import save_file
 
         path = self._path(key)
+        if not bool(torch.isfinite(embeddings).all()):
+            log.warning("not caching text embeddings with NaN or infinite values (%s)", path)
+            return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
@@ -64,6 +89,20 @@ class TextEmbeddingCache:
             os.replace(tmp, path)
         except OSError as exc:  # a read-only or full cache must not stop a run
             log.warning("could not cache text embeddings in %s (%s)", path, exc)
+
+
+def _read_entry(path: Path) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    if set(tensors) != {"embeddings"}:
+        raise ValueError(f"holds {sorted(tensors)[:5]} instead of 'embeddings'")
+    return tensors["embeddings"]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _tensor_digest(t: torch.Tensor) -> str:
