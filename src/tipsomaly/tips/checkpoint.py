@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import zipfile
 from collections.abc import Mapping
@@ -108,6 +109,16 @@ def load_into(module: nn.Module, arrays: Mapping[str, np.ndarray], source: str) 
         key: torch.from_numpy(np.ascontiguousarray(value)).to(expected[key].dtype)
         for key, value in arrays.items()
     }
+    # Checked in the model's dtype: a float64 1e300 is as unusable as an inf once cast.
+    nonfinite = sorted(k for k, t in state.items() if not bool(torch.isfinite(t).all()))
+    if nonfinite:
+        shown = ", ".join(nonfinite[:10]) + (
+            f" and {len(nonfinite) - 10} more" if len(nonfinite) > 10 else ""
+        )
+        raise CheckpointError(
+            f"{source}: NaN or infinite values in {shown}; the file is corrupt or not a TIPS "
+            "checkpoint (delete it and download it again)"
+        )
     module.load_state_dict(state, strict=True)
 
 
@@ -118,4 +129,21 @@ def pop_scalar(arrays: dict[str, np.ndarray], key: str, source: str) -> float | 
     value = np.asarray(arrays.pop(key))
     if value.size != 1:
         raise CheckpointError(f"{source}: '{key}' should be a scalar, has shape {value.shape}")
+    if not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
+        raise CheckpointError(f"{source}: '{key}' should be a number, has dtype {value.dtype}")
     return float(value.reshape(()))
+
+
+def check_temperature(value: object, source: str) -> float:
+    """The logit temperature as a float; refuses anything but a finite number > 0.
+
+    ``source`` (the file or description it came from) starts the :class:`CheckpointError`.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        raise CheckpointError(f"{source}: temperature must be a number, got {value!r}")
+    temperature = float(value)
+    if not math.isfinite(temperature) or temperature <= 0:
+        raise CheckpointError(
+            f"{source}: temperature must be a finite number > 0, got {temperature!r}"
+        )
+    return temperature

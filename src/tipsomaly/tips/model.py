@@ -15,6 +15,7 @@ from torch import nn
 
 from .checkpoint import (
     CheckpointError,
+    check_temperature,
     load_into,
     pop_scalar,
     read_npz,
@@ -60,7 +61,7 @@ class TipsModel(nn.Module):
         self.vision = VisionTransformer(vision_config)
         self.text = TextTransformer(text_config)
         self.tokenizer = tokenizer
-        self.temperature = float(temperature)
+        self.temperature = check_temperature(temperature, f"{name} model")
 
     @property
     def embed_dim(self) -> int:
@@ -113,6 +114,7 @@ class ModelFiles:
     text: Path | None = None
     combined: Path | None = None
     temperature: float | None = None
+    temperature_source: str = "the model description"  # named in errors about ``temperature``
 
     def fingerprint(self) -> str:
         """A short hash of the files' identities (path, size, modification time, content hash
@@ -161,15 +163,15 @@ def build_model(
         vision_arrays, text_arrays = read_npz(files.vision), read_npz(files.text)
         vision_src, text_src = str(files.vision), str(files.text)
     temperature = pop_scalar(text_arrays, text_config.temperature_key, text_src)
+    temperature_src = text_src
     if temperature is None:
-        temperature = files.temperature
+        temperature, temperature_src = files.temperature, files.temperature_source
     if temperature is None:
         raise CheckpointError(
             f"{text_src} holds no '{text_config.temperature_key}' and none is known for this "
             "model: add it to the text checkpoint or to the model description"
         )
-    if not temperature > 0:
-        raise CheckpointError(f"{text_src}: temperature must be positive, got {temperature}")
+    temperature = check_temperature(temperature, temperature_src)
     tokenizer = Tokenizer(files.tokenizer, max_len=text_config.max_len)
     if tokenizer.vocab_size > text_config.vocab_size:
         raise CheckpointError(
@@ -227,6 +229,7 @@ def load_model_dir(
         vision=directory / vision_config.npz,
         text=directory / text_config.npz,
         temperature=extra.get("temperature"),
+        temperature_source=str(description_path),
     )
     return build_model(
         vision_config, text_config, files, name=directory.name, device=device, dtype=dtype
@@ -270,7 +273,9 @@ def preset_files(
         raise WeightsUnavailableError(
             f"{preset.name} ({preset.short_name}) is not usable yet:\n  " + "\n  ".join(problems)
         )
-    return ModelFiles(temperature=preset.temperature, **found)
+    return ModelFiles(
+        temperature=preset.temperature, temperature_source=f"preset {preset.name}", **found
+    )
 
 
 def _hub_files(preset: Preset, offline: bool) -> ModelFiles:
@@ -299,14 +304,22 @@ def _hub_files(preset: Preset, offline: bool) -> ModelFiles:
     temperature = preset.temperature
     try:
         config = json.loads(get("config.json").read_text())
-        temperature = float(config.get("temperature", temperature))
-    except (NotInRepo, ValueError, TypeError):
+        temperature = check_temperature(
+            float(config.get("temperature", temperature)), f"{preset.hub_repo}/config.json"
+        )
+    except (NotInRepo, ValueError, TypeError, AttributeError):
+        temperature = preset.temperature
         log.warning("no usable temperature in %s/config.json; using the preset's", preset.hub_repo)
     try:
         tokenizer = get(TOKENIZER_FILE)
     except NotInRepo:  # the hub repos may not carry it: every TIPS model shares v1's tokenizer
         tokenizer = fetch(preset.tokenizer_url, weights_dir() / TOKENIZER_FILE, offline=offline)
-    return ModelFiles(tokenizer=tokenizer, combined=combined, temperature=temperature)
+    return ModelFiles(
+        tokenizer=tokenizer,
+        combined=combined,
+        temperature=temperature,
+        temperature_source=f"preset {preset.name} ({preset.hub_repo})",
+    )
 
 
 def _hub_unavailable(repo: str, filename: str, exc: Exception) -> WeightsUnavailableError:
