@@ -38,7 +38,7 @@ from ..data.meta import read_meta
 from ..errors import TipsomalyError
 from ..method.losses import LossTerms, segmentation_loss
 from ..method.maps import anomaly_maps, upsample
-from ..method.pixel_prompts import PixelPrompts
+from ..method.pixel_prompts import PixelPromptError, PixelPrompts
 from ..method.prompts import PromptSet, learned_embeddings, load_prompts
 from ..method.scoring import state_probabilities
 from ..metrics import pixel_metrics
@@ -61,6 +61,21 @@ CLASS_WORD = "object"
 
 class TrainError(TipsomalyError, ValueError):
     """The training run cannot start or continue (bad settings, nothing to resume, ...)."""
+
+
+class NonFiniteLossError(TrainError):
+    """A step's loss (or the prompts after it) is NaN or infinite: training stopped there.
+
+    ``epoch``, ``step`` (1-based, counted over the run) and ``values`` (the step's loss terms)
+    say where; the message is completed by :func:`train` with the checkpoint that is kept.
+    """
+
+    def __init__(
+        self, epoch: int, step: int, values: dict[str, float], what: str = "the loss is not finite"
+    ) -> None:
+        self.epoch, self.step, self.values, self.what = epoch, step, values, what
+        terms = ", ".join(f"{k} {v:.4g}" for k, v in values.items())
+        super().__init__(f"training stopped at epoch {epoch}, step {step}: {what} ({terms})")
 
 
 @dataclass
@@ -183,10 +198,47 @@ def save_train_state(
 
 
 def load_train_state(path: Path, optimizer: torch.optim.Adam, generator: torch.Generator) -> None:
-    """Restore what :func:`save_train_state` wrote into a fresh optimizer and generator."""
+    """Restore what :func:`save_train_state` wrote into a fresh optimizer and generator.
+
+    Raises :class:`TrainError` naming ``path`` when the file is unreadable (truncated, not
+    safetensors) or its tensors do not fit: moments of another shape than the prompts, not
+    fp32 or not finite; a step that is not a whole number >= 0; a generator state of another
+    size or dtype.
+    """
     from safetensors.torch import load_file
 
-    tensors = load_file(str(path))
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, ...: any broken file
+        raise TrainError(
+            f"cannot resume: {path} is unreadable ({_one_line(exc)}); delete it and the "
+            "prompts of the same epoch to resume from the epoch before"
+        ) from None
+    (param,) = optimizer.param_groups[0]["params"]
+    generator_state = generator.get_state()
+    expected = {
+        "adam.exp_avg": (tuple(param.shape), torch.float32),
+        "adam.exp_avg_sq": (tuple(param.shape), torch.float32),
+        "adam.step": ((1,), torch.float32),
+        "generator": (tuple(generator_state.shape), generator_state.dtype),
+    }
+    problems = [f"missing {k}" for k in expected if k not in tensors]
+    for key, (shape, dtype) in expected.items():
+        t = tensors.get(key)
+        if t is None:
+            continue
+        if tuple(t.shape) != shape or t.dtype != dtype:
+            problems.append(f"{key} is {t.dtype} {tuple(t.shape)}, expected {dtype} {shape}")
+        elif t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            problems.append(f"{key} holds NaN or infinite values")
+    if not problems:
+        step = float(tensors["adam.step"][0])
+        if step < 0 or step != int(step):
+            problems.append(f"adam.step is {step!r}, expected a whole number >= 0")
+        if tensors["adam.exp_avg_sq"].min() < 0:
+            problems.append("adam.exp_avg_sq has negative values")
+    if problems:
+        raise TrainError(f"cannot resume: {path} does not fit this run: " + "; ".join(problems))
     state = optimizer.state_dict()
     state["state"] = {
         0: {
@@ -196,7 +248,17 @@ def load_train_state(path: Path, optimizer: torch.optim.Adam, generator: torch.G
         }
     }
     optimizer.load_state_dict(state)
-    generator.set_state(tensors["generator"])
+    try:
+        generator.set_state(tensors["generator"])
+    except (RuntimeError, ValueError) as exc:
+        raise TrainError(
+            f"cannot resume: {path} holds an invalid generator state ({_one_line(exc)})"
+        ) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def completed_epochs(out: Path) -> int:
@@ -260,8 +322,13 @@ class _Log:
     def __init__(self, path: Path, keep_epochs: int) -> None:
         rows: list[dict[str, str]] = []
         if keep_epochs and path.is_file():
-            with path.open(newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= keep_epochs]
+            try:
+                with path.open(newline="", errors="replace") as f:
+                    rows = [r for r in csv.DictReader(f) if _epoch_of(r) <= keep_epochs]
+            except (OSError, csv.Error) as exc:
+                log.warning("%s is unreadable (%s): starting a new log", path, exc)
+                rows = []
+            rows = [{k: r.get(k, "") for k in LOG_COLUMNS} for r in rows]
         self._file = path.open("w", newline="")
         self._writer = csv.DictWriter(self._file, fieldnames=LOG_COLUMNS)
         self._writer.writeheader()
@@ -274,6 +341,14 @@ class _Log:
 
     def close(self) -> None:
         self._file.close()
+
+
+def _epoch_of(row: dict) -> float:
+    """A log row's epoch; rows with none (a torn last line) sort after every epoch."""
+    try:
+        return int(row.get("epoch") or "")
+    except (TypeError, ValueError):
+        return math.inf
 
 
 def _cell(value: object) -> str:
@@ -311,7 +386,12 @@ def _check_resume(out: Path, identity: dict) -> int:
     path = out / CONFIG_FILE
     if not path.is_file():
         raise TrainError(f"cannot resume: {path} is missing")
-    saved = json.loads(path.read_text())
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise TrainError(f"cannot resume: {path} is unreadable ({_one_line(exc)})") from None
+    if not isinstance(saved, dict):
+        raise TrainError(f"cannot resume: {path} does not hold the settings of a run")
     changed = [f"{k}: {saved.get(k)!r} → {v!r}" for k, v in identity.items() if saved.get(k) != v]
     if changed:
         raise TrainError(
@@ -410,14 +490,19 @@ def _run_epoch(
             if patches.shape[0] == 0:
                 continue
             terms = pixel_prompt_losses(model, prompts, param, patches, masks, config.image_size)
+            values = terms.values()
+            step = (epoch - 1) * steps_per_epoch + steps + 1
+            if not all(math.isfinite(v) for v in values.values()):
+                train_log.write(kind="step", epoch=epoch, step=step, images=len(patches), **values)
+                raise NonFiniteLossError(epoch, step, values)
             optimizer.zero_grad(set_to_none=True)
             terms.total.backward()
             optimizer.step()
-            values = terms.values()
+            if not bool(torch.isfinite(param).all()):
+                raise NonFiniteLossError(epoch, step, values, "the prompts became NaN or infinite")
             steps += 1
             for k in LOSS_NAMES:
                 sums[k] += values[k]
-            step = (epoch - 1) * steps_per_epoch + steps
             train_log.write(kind="step", epoch=epoch, step=step, images=len(patches), **values)
             bar.update(1)
             bar.set_postfix(loss=f"{sums['total'] / steps:.4f}")
@@ -450,7 +535,16 @@ def train(config: TrainConfig) -> TrainResult:
     optimizer = make_optimizer(param, config.lr, tuple(config.betas))
     result = TrainResult(out=out, prompts=init)
     if start:
-        result.prompts = PixelPrompts.load(out / PROMPTS_FILE.format(epoch=start))
+        prompts_path = out / PROMPTS_FILE.format(epoch=start)
+        try:
+            result.prompts = PixelPrompts.load(prompts_path)
+        except PixelPromptError as exc:
+            raise TrainError(f"cannot resume: {exc}") from None
+        if result.prompts.preambles.shape != param.shape:
+            raise TrainError(
+                f"cannot resume: {prompts_path} holds prompts of shape "
+                f"{tuple(result.prompts.preambles.shape)}, this run trains {tuple(param.shape)}"
+            )
         with torch.no_grad():
             param.copy_(result.prompts.preambles.to(param.device))
         load_train_state(out / STATE_FILE.format(epoch=start), optimizer, generator)
@@ -481,9 +575,22 @@ def train(config: TrainConfig) -> TrainResult:
     try:
         for epoch in range(start + 1, config.epochs + 1):
             clock = time.perf_counter()
-            means = _run_epoch(
-                epoch, config, model, prompts, param, optimizer, generator, store, train_log
-            )
+            try:
+                means = _run_epoch(
+                    epoch, config, model, prompts, param, optimizer, generator, store, train_log
+                )
+            except NonFiniteLossError as exc:
+                kept = result.last_checkpoint
+                exc.args = (
+                    f"{exc.args[0]}; "
+                    + (
+                        f"the last good prompts are kept in {kept}"
+                        if kept is not None
+                        else "no prompts were written"
+                    )
+                    + ". Check the features and the model weights, or lower --lr",
+                )
+                raise
             result.epoch_seconds.append(time.perf_counter() - clock)
             result.epoch_losses.append(means)
             scores: dict[str, float] = {}
