@@ -187,6 +187,8 @@ def test_text_file_named_png(tmp_path):
     with pytest.raises(ImageLoadError, match="not a recognised image format") as info:
         load_image(path)
     assert "notes.png" in str(info.value)
+    # the file's content is never echoed into a message (it may be a secret read by mistake)
+    assert "this is" not in str(info.value) and "this is" not in repr(info.value.reason)
 
 
 def test_truncated_png(tmp_path):

@@ -27,6 +27,17 @@ The rules follow the reference TipsOmaly code (``Image.open(p).convert("RGB")``,
   with the same bilinear filter, then thresholded at 0.5 (``v / 255 > 0.5``, i.e. ``v >= 128``),
   which is what the reference (AnomalyCLIP / AdaCLIP / TipsOmaly datasets) computes.
 
+* **Pixel limit.** A file whose header declares more than ``max_pixels`` pixels (default
+  :data:`DEFAULT_MAX_PIXELS`, 100 megapixels; settable per call or process-wide with
+  :func:`set_max_pixels`; ``None`` = no limit) is refused before any pixel is decoded, with an
+  :class:`ImageLoadError` naming the file, its size and the limit. A tiny compressed file can
+  declare a huge image (a 164 KB PNG of 13000×13000 px decodes to 0.5 GB of RGB and needs
+  several GB downstream). Pillow's own decompression-bomb warning and error never escape: the
+  error becomes the same :class:`ImageLoadError`.
+* **Failures.** Every per-file failure (missing, unreadable, not an image, truncated, too large,
+  out of memory, a name the file system cannot encode) is an :class:`ImageLoadError` for that
+  file, so a batch goes on. Messages describe the problem and never quote the file's content.
+
 Sizes: ``size`` arguments are the side S of the square model input, in pixels. Original sizes
 are reported as ``(height, width)`` (the order ``torch.nn.functional.interpolate`` wants).
 """
@@ -35,8 +46,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import threading
 import warnings
 from pathlib import Path
+from typing import Final
 
 import numpy as np
 import torch
@@ -60,13 +74,95 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
     ".webp",
 )
 
+#: Default largest image accepted, in pixels (width × height, read from the header before
+#: decoding): 100 megapixels. That covers every camera sensor in industrial and medical use
+#: (a 61 MP full-frame still, an 8K frame = 33 MP, a 16k line-scan strip of 6000 lines = 98 MP),
+#: while bounding what one image costs downstream: 0.3 GB of decoded RGB and about 1 GB for
+#: ``predict``'s original-size map and overlay. Pillow warns at 89.5 MP and refuses 179 MP;
+#: tipsomaly's limit replaces both. Change it with ``max_pixels=`` or :func:`set_max_pixels`.
+DEFAULT_MAX_PIXELS: Final[int] = 100_000_000
+
+_max_pixels: int | None = DEFAULT_MAX_PIXELS
+# Pillow's decompression-bomb check lives in process-wide state (``Image.MAX_IMAGE_PIXELS`` and
+# the warnings filters); tipsomaly's own changes to either happen under this lock only.
+_PIL_STATE_LOCK = threading.RLock()
+
+
+class _Unset:
+    """Marker: use the process-wide limit (:func:`get_max_pixels`)."""
+
+    def __repr__(self) -> str:
+        return "<process-wide max_pixels>"
+
+
+UNSET: Final = _Unset()
+MaxPixels = int | None | _Unset
+
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 _ORIENTATION_TAG = 0x0112
 _TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # these swap width and height
 
 
+def display_path(path: PathLike | bytes) -> str:
+    """``path`` as printable text for messages, tables and JSON: never raises, always encodable.
+
+    File names are bytes on POSIX; Python keeps bytes that are not valid UTF-8 as lone
+    surrogates (``surrogateescape``), which no UTF-8 writer accepts. Here they are shown as
+    ``\\xNN`` escapes (``b'caf\\xe9.png'`` → ``caf\\xe9.png``); any other character that
+    cannot be encoded becomes a ``\\uNNNN`` escape. Valid names come back unchanged.
+    Use the path itself (not this text) to open the file again.
+    """
+    raw = path if isinstance(path, bytes) else os.fspath(path)
+    if isinstance(raw, bytes):
+        return raw.decode("utf-8", "backslashreplace")
+    try:
+        raw.encode("utf-8")
+        return raw
+    except UnicodeEncodeError:
+        pass
+    try:
+        data = raw.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return raw.encode("utf-8", "backslashreplace").decode("utf-8")
+    return data.decode("utf-8", "backslashreplace")
+
+
+def get_max_pixels() -> int | None:
+    """The process-wide pixel limit used when a call gives no ``max_pixels`` (``None``: none)."""
+    return _max_pixels
+
+
+def set_max_pixels(limit: int | None) -> None:
+    """Set the process-wide pixel limit (:data:`DEFAULT_MAX_PIXELS` by default; ``None``: none).
+
+    Applies to every later :func:`load_image`, :func:`open_image`, :func:`load_mask` and
+    :func:`original_hw` call that gives no ``max_pixels`` of its own, in every thread.
+    """
+    global _max_pixels
+    _max_pixels = _check_max_pixels(limit)
+
+
+def _check_max_pixels(limit: object) -> int | None:
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
+        raise ValueError(f"max_pixels must be a positive integer or None, got {limit!r}")
+    return int(limit)
+
+
+def _resolve_max_pixels(limit: MaxPixels) -> int | None:
+    return _max_pixels if isinstance(limit, _Unset) else _check_max_pixels(limit)
+
+
+def _megapixels(n: int) -> str:
+    return f"{n / 1e6:.1f} megapixels"
+
+
 class ImageLoadError(TipsomalyError):
     """An image or mask file could not be read.
+
+    The message is ``cannot load image 'PATH': reason``, the path shown with
+    :func:`display_path` (so it can always be written to a UTF-8 table).
 
     Attributes:
         path: the file.
@@ -76,7 +172,7 @@ class ImageLoadError(TipsomalyError):
     def __init__(self, path: PathLike, reason: str) -> None:
         self.path = Path(path)
         self.reason = reason
-        super().__init__(f"cannot load image '{self.path}': {reason}")
+        super().__init__(f"cannot load image '{display_path(self.path)}': {reason}")
 
     def __reduce__(self):  # keep it picklable across DataLoader worker processes
         return (type(self), (self.path, self.reason))
@@ -88,15 +184,25 @@ def _check_size(size: int) -> int:
     return int(size)
 
 
-def open_image(path: PathLike) -> Image.Image:
+def open_image(path: PathLike, *, max_pixels: MaxPixels = UNSET) -> Image.Image:
     """Open, fully decode and orient ``path``, keeping its mode (no colour conversion).
 
-    Every failure becomes an :class:`ImageLoadError` naming the file and the problem.
+    Args:
+        path: the image file.
+        max_pixels: largest width × height accepted, checked from the header before decoding;
+            ``None`` for no limit; by default the process-wide limit (:func:`get_max_pixels`,
+            :data:`DEFAULT_MAX_PIXELS` unless changed).
+
+    Raises:
+        ImageLoadError: any failure (missing, empty, permission, not an image, over the pixel
+            limit, truncated or corrupt, out of memory, a name the system cannot encode), with
+            a message naming the file and the problem.
 
     The EXIF orientation is applied while the file is still open (TIFF keeps the tag in the
     file's own tag directory, which a plain copy of the pixels would lose).
     """
     p = Path(path)
+    limit = _resolve_max_pixels(max_pixels)
     try:
         st = p.stat()
     except FileNotFoundError:
@@ -105,38 +211,86 @@ def open_image(path: PathLike) -> Image.Image:
         raise ImageLoadError(p, "permission denied") from None
     except OSError as exc:
         raise ImageLoadError(p, f"cannot access file ({exc.strerror or exc})") from None
+    except ValueError as exc:  # embedded NUL, a name the file system cannot encode
+        raise ImageLoadError(p, f"invalid file name ({exc})") from None
     if p.is_dir():
         raise ImageLoadError(p, "is a directory, not an image file")
     if st.st_size == 0:
         raise ImageLoadError(p, "empty file (0 bytes)")
     try:
-        with Image.open(p) as im:
+        with _open_checked(p, limit) as im:
             # Image.open is lazy; load() decodes the pixels so that a truncated or corrupt file
             # fails here, and the context manager closes the file.
             im.load()
             return _exif_upright(im, p)
-    except Image.DecompressionBombError as exc:
-        raise ImageLoadError(p, f"image too large ({exc})") from None
-    except UnidentifiedImageError:
-        raise ImageLoadError(
-            p, f"not a recognised image format (file starts with {_head(p)!r})"
-        ) from None
-    except PermissionError:
-        raise ImageLoadError(p, "permission denied") from None
-    except MemoryError:
-        raise ImageLoadError(p, "not enough memory to decode the image") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except ImageLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - untrusted input: every failure is this file's
+        raise ImageLoadError(p, _decode_failure(exc)) from None
+
+
+def _decode_failure(exc: BaseException) -> str:
+    """A short reason for an exception raised while decoding (never the file's content)."""
+    if isinstance(exc, MemoryError):
+        return "not enough memory to decode the image"
+    if isinstance(exc, Image.DecompressionBombError):
+        return "image too large (over Pillow's decompression-bomb limit)"
+    if isinstance(exc, UnidentifiedImageError):
+        return "not a recognised image format (its first bytes match no format Pillow reads)"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, (OSError, SyntaxError, ValueError, EOFError)):
         # Pillow reports truncated data as OSError("image file is truncated ..."), broken
         # headers/chunks as SyntaxError or ValueError.
-        raise ImageLoadError(p, f"truncated or corrupt image data ({exc})") from None
+        return f"truncated or corrupt image data ({_short(exc)})"
+    return f"cannot decode the image ({type(exc).__name__}: {_short(exc)})"
 
 
-def _head(p: Path, n: int = 8) -> bytes:
-    try:
-        with open(p, "rb") as fh:
-            return fh.read(n)
-    except OSError:
-        return b""
+def _short(exc: BaseException, limit: int = 200) -> str:
+    """``str(exc)`` (an OSError's ``strerror``) made printable and cut to ``limit`` characters."""
+    strerror = exc.strerror if isinstance(exc, OSError) else None
+    text = display_path(str(strerror or exc))
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
+
+
+def _open_checked(p: Path, limit: int | None) -> Image.Image:
+    """``Image.open(p)`` (lazy, header only) refusing more than ``limit`` pixels.
+
+    Pillow's decompression-bomb warning is silenced (this check replaces it) and its error is
+    turned into an :class:`ImageLoadError`; when ``limit`` is above Pillow's own error
+    threshold (or ``None``), Pillow's limit is lifted for the duration of the header read.
+    """
+    with _PIL_STATE_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        saved = Image.MAX_IMAGE_PIXELS
+        lift = saved is not None and (limit is None or limit > 2 * saved)
+        if lift:
+            Image.MAX_IMAGE_PIXELS = None
+        try:
+            im = Image.open(p)
+        except Image.DecompressionBombError as exc:
+            found = _BOMB_PIXELS.search(str(exc))
+            size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+            shown = "no limit" if limit is None else f"{limit:,} ({_megapixels(limit)})"
+            raise ImageLoadError(
+                p, f"image too large: {size}, over the limit of {shown} pixels (max_pixels)"
+            ) from None
+        finally:
+            if lift:
+                Image.MAX_IMAGE_PIXELS = saved
+    width, height = im.size
+    if limit is not None and width * height > limit:
+        im.close()
+        raise ImageLoadError(
+            p,
+            f"image too large: {width}×{height} = {_megapixels(width * height)}, over the limit "
+            f"of {limit:,} pixels ({_megapixels(limit)}; max_pixels)",
+        )
+    return im
 
 
 def _exif_upright(im: Image.Image, path: PathLike) -> Image.Image:
@@ -171,9 +325,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
         arr = np.nan_to_num(arr, nan=0.0, posinf=1.0, neginf=0.0)
         gray = np.round(np.clip(arr, 0.0, 1.0) * 255.0).astype(np.uint8)
         return Image.fromarray(gray, mode="L").convert("RGB")
-    with warnings.catch_warnings():
+    with _PIL_STATE_LOCK, warnings.catch_warnings():
         # "Palette images with Transparency expressed in bytes should be converted to RGBA":
-        # dropping transparency is intended (it is what the reference does).
+        # dropping transparency is intended (it is what the reference does). The warnings
+        # filters are process-wide: changed under the lock only (images load in threads).
         warnings.filterwarnings("ignore", message="Palette images with Transparency")
         try:
             return image.convert("RGB")
@@ -182,53 +337,65 @@ def to_rgb(image: Image.Image) -> Image.Image:
             return image.convert("RGBA").convert("RGB")
 
 
-def load_image(path: PathLike) -> Image.Image:
+def load_image(path: PathLike, *, max_pixels: MaxPixels = UNSET) -> Image.Image:
     """Read an image file as an upright 8-bit RGB PIL image at its original size.
 
     Args:
         path: image file (any format Pillow reads: PNG, JPEG, BMP, TIFF, WebP, …).
+        max_pixels: largest width × height accepted (checked before decoding); ``None``: no
+            limit; default: the process-wide limit (:func:`get_max_pixels`, 100 megapixels).
 
     Returns:
         ``PIL.Image.Image`` in mode ``RGB``; ``image.size`` is the original (width, height)
         after EXIF orientation.
 
     Raises:
-        ImageLoadError: the file is missing, empty, not an image, truncated or corrupt; the
-            message names the file and the problem.
+        ImageLoadError: the file is missing, empty, unreadable, not an image, over the pixel
+            limit, truncated or corrupt, or needs more memory than there is; the message names
+            the file and the problem.
     """
-    im = open_image(path)
+    im = open_image(path, max_pixels=max_pixels)
     try:
         return to_rgb(im)
-    except (OSError, ValueError) as exc:
-        raise ImageLoadError(path, f"cannot convert mode {im.mode!r} to RGB ({exc})") from None
+    except MemoryError:
+        raise ImageLoadError(path, "not enough memory to convert the image to RGB") from None
+    except Exception as exc:  # noqa: BLE001 - a per-file failure must not stop a batch
+        raise ImageLoadError(
+            path, f"cannot convert mode {im.mode!r} to RGB ({_short(exc)})"
+        ) from None
 
 
-def original_hw(path: PathLike) -> tuple[int, int]:
+def original_hw(path: PathLike, *, max_pixels: MaxPixels = UNSET) -> tuple[int, int]:
     """(height, width) of an image file as :func:`load_image` would return it, in pixels.
 
     Reads the header only (plus the EXIF orientation tag); orientations 5–8 swap the sides.
 
     Raises:
-        ImageLoadError: as :func:`load_image`, for files whose header cannot be read.
+        ImageLoadError: as :func:`load_image`, for files whose header cannot be read or that
+            are over ``max_pixels``.
     """
     p = Path(path)
-    if not p.is_file():
-        raise ImageLoadError(p, "file not found" if not p.exists() else "not a regular file")
+    limit = _resolve_max_pixels(max_pixels)
     try:
-        with Image.open(p) as im:
+        if not p.is_file():
+            raise ImageLoadError(p, "file not found" if not p.exists() else "not a regular file")
+        if p.stat().st_size == 0:
+            raise ImageLoadError(p, "empty file (0 bytes)")
+        with _open_checked(p, limit) as im:
             width, height = im.size
             fmt = im.format
             try:
                 orientation = im.getexif().get(_ORIENTATION_TAG, 1)
             except Exception:  # noqa: BLE001 - broken EXIF: same policy as load_image
                 orientation = 1
-    except UnidentifiedImageError:
-        reason = (
-            "empty file (0 bytes)" if p.stat().st_size == 0 else "not a recognised image format"
-        )
-        raise ImageLoadError(p, reason) from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageLoadError(p, f"unreadable image header ({exc})") from None
+    except ImageLoadError:
+        raise
+    except UnidentifiedImageError as exc:
+        raise ImageLoadError(p, _decode_failure(exc)) from None
+    except (ValueError, UnicodeError) as exc:  # embedded NUL, unencodable name
+        raise ImageLoadError(p, f"invalid file name ({_short(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - a per-file failure must not stop a batch
+        raise ImageLoadError(p, f"unreadable image header ({_short(exc)})") from None
     # Pillow's TIFF reader applies the orientation itself and already reports the upright size.
     if orientation in _TRANSPOSED_ORIENTATIONS and fmt != "TIFF":
         width, height = height, width
@@ -351,8 +518,10 @@ def preprocess(image: ImageInput, size: int) -> torch.Tensor:
     return pil_to_tensor(rgb.resize((size, size), Image.Resampling.BILINEAR))
 
 
-def load_tensor(path: PathLike, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """:func:`load_image` then :func:`preprocess`.
+def load_tensor(
+    path: PathLike, size: int, *, max_pixels: MaxPixels = UNSET
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """:func:`load_image` (with ``max_pixels``) then :func:`preprocess`.
 
     Returns:
         (tensor (3, S, S) float32 in [0, 1], original (height, width) in pixels).
@@ -360,7 +529,7 @@ def load_tensor(path: PathLike, size: int) -> tuple[torch.Tensor, tuple[int, int
     Raises:
         ImageLoadError: see :func:`load_image`.
     """
-    img = load_image(path)
+    img = load_image(path, max_pixels=max_pixels)
     return preprocess(img, size), (img.height, img.width)
 
 
@@ -372,7 +541,7 @@ def binarize_mask_image(image: Image.Image) -> np.ndarray:
     """
     if image.mode in _SIXTEEN_BIT_MODES or image.mode in ("I", "F"):
         return np.asarray(image) > 0
-    with warnings.catch_warnings():
+    with _PIL_STATE_LOCK, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Palette images with Transparency")
         return np.asarray(image.convert("L")) > 0
 
@@ -392,13 +561,16 @@ def resize_mask(mask: np.ndarray, size: int) -> torch.Tensor:
     return torch.from_numpy((resized > 127).astype(np.float32))
 
 
-def load_mask(path: PathLike | None, size: int | None) -> torch.Tensor:
+def load_mask(
+    path: PathLike | None, size: int | None, *, max_pixels: MaxPixels = UNSET
+) -> torch.Tensor:
     """Read a ground-truth mask as a float {0, 1} tensor.
 
     Args:
         path: mask file, or ``None`` for a normal image (an all-zero mask is returned).
         size: side S of the square output; ``None`` keeps the original resolution (then
             ``path`` must be given).
+        max_pixels: pixel limit, as for :func:`load_image`.
 
     Returns:
         float32 tensor (S, S) — or (H, W) at the original size — holding 0.0 and 1.0 only.
@@ -414,11 +586,15 @@ def load_mask(path: PathLike | None, size: int | None) -> torch.Tensor:
             raise ValueError("load_mask(None, None): give a size for the all-zero mask")
         size = _check_size(size)
         return torch.zeros((size, size), dtype=torch.float32)
-    im = open_image(path)
+    im = open_image(path, max_pixels=max_pixels)
     try:
         binary = binarize_mask_image(im)
-    except (OSError, ValueError) as exc:
-        raise ImageLoadError(path, f"cannot read mode {im.mode!r} as a mask ({exc})") from None
+    except MemoryError:
+        raise ImageLoadError(path, "not enough memory to read the mask") from None
+    except Exception as exc:  # noqa: BLE001 - a per-file failure must not stop a batch
+        raise ImageLoadError(
+            path, f"cannot read mode {im.mode!r} as a mask ({_short(exc)})"
+        ) from None
     if size is None:
         return torch.from_numpy(binary.astype(np.float32))
     return resize_mask(binary, size)
