@@ -26,3 +26,22 @@ class OutputError(TipsomalyError, OSError):
 
     def __reduce__(self):  # picklable across worker processes
         return (OutputError, (self.path, self.args[0].split(": ", 1)[-1]))
+
+
+class InvalidOptionError(TipsomalyError, ValueError):
+    """An option or argument has a value that cannot work (nan, out of range, wrong kind).
+
+    Raised by :mod:`tipsomaly.validation` before any work starts; the message names the option
+    and says which values are accepted.
+    """
+
+
+class UnknownModelError(TipsomalyError, KeyError):
+    """A model name is neither a known TIPS preset nor a model directory.
+
+    A ``KeyError`` for callers that look presets up like a mapping; its ``str`` is the plain
+    message (``KeyError`` would quote it).
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

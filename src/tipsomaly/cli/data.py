@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .options import HelpFormatter, writing
+
 # Spelled out here so that building the parser does not import the data layer (and torch);
 # a test checks it against tipsomaly.data.layouts.LAYOUTS.
 LAYOUT_NAMES = ("mvtec", "visa", "mpdd", "btad", "dtd", "ksdd", "dagm", "medical", "folder")
 
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    parser = sub.add_parser("data", help="prepare datasets")
+    parser = sub.add_parser("data", help="prepare datasets", formatter_class=HelpFormatter)
     verbs = parser.add_subparsers(dest="data_verb", metavar="ACTION", required=True)
     p = verbs.add_parser(
         "meta",
@@ -19,19 +21,21 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         help="write ROOT/meta.json from a native layout",
         description="Scan a dataset in its native layout and write ROOT/meta.json "
         "(the AnomalyCLIP/AdaCLIP convention that eval and train read).",
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("root", help="dataset root")
+    p.add_argument("root", help="dataset root (meta.json is written there)")
     p.add_argument(
         "--layout",
         metavar="LAYOUT",
         help=f"native layout: {', '.join(LAYOUT_NAMES)} (default: detected)",
     )
-    p.add_argument("--classes", nargs="+", help="only these classes")
+    p.add_argument("--classes", nargs="+", help="only these classes (default: all)")
     p.add_argument("--force", action="store_true", help="overwrite an existing meta.json")
     p.set_defaults(func=run_meta)
 
 
 def run_meta(args: argparse.Namespace) -> int:
+    """Run ``data meta``: detect or take the layout, write ``ROOT/meta.json``, print counts."""
     from pathlib import Path
 
     from ..data.layouts import build_meta, detect_layout
@@ -45,7 +49,8 @@ def run_meta(args: argparse.Namespace) -> int:
     # LayoutError / MetaError reach main(), which prints them as one-line user errors.
     layout = args.layout or detect_layout(root)
     meta = build_meta(root, layout, classes=args.classes)
-    write_meta(root, meta)
+    with writing(target):
+        write_meta(root, meta)
     summary = read_meta(root, "test")
     for cls, (normal, anomalous) in summary.counts().items():
         print(f"{cls}: {normal} normal, {anomalous} anomalous")

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-from .options import add_model_options, non_negative_float, positive_int
+from .options import (
+    HelpFormatter,
+    add_model_options,
+    check_model_options,
+    dtype_name,
+    ensure_out_dir,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+    writing,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -16,8 +26,13 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         "stored as they are computed under OUT/<dataset>/predictions), then compute image "
         "metrics for both CLS tokens and pixel metrics per class. Changing only --aupro, "
         "--sigma or --cls reuses the stored predictions without running the network.",
+        epilog="exit status: 0 done, 3 some images could not be read (listed), 1 an option, "
+        "model, dataset or output error. Every option is checked before the model loads.",
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("--data", nargs="+", required=True, metavar="DIR", help="dataset root(s)")
+    p.add_argument(
+        "--data", nargs="+", required=True, metavar="DIR", help="dataset root(s) with meta.json"
+    )
     add_model_options(p)
     p.add_argument(
         "--pixel-prompts",
@@ -27,16 +42,23 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         "prompts trained on VisA for MVTec AD, on MVTec AD for every other dataset; none for "
         "other backbones)",
     )
-    p.add_argument("--classes", nargs="+", help="only these classes")
-    p.add_argument("--sigma", type=non_negative_float, default=4.0, help="map smoothing (px)")
+    p.add_argument("--classes", nargs="+", help="only these classes (default: all)")
+    p.add_argument(
+        "--sigma", type=non_negative_float, default=4.0, help="map smoothing, model-input px"
+    )
     p.add_argument(
         "--cls",
         choices=["cls1", "cls2"],
         default="cls1",
         help="CLS token of the image metrics in the printed table (both are in the files)",
     )
-    p.add_argument("--batch-size", type=positive_int, default=8)
-    p.add_argument("--workers", type=int, default=1, help="image-loading worker processes")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass")
+    p.add_argument(
+        "--workers",
+        type=non_negative_int,
+        default=1,
+        help="image-loading worker processes (0: load in the main process)",
+    )
     p.add_argument(
         "--aupro",
         choices=["zsad", "mvtec"],
@@ -49,9 +71,12 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``eval``: check options, evaluate every dataset, write and print the results."""
     from ..report.results import render_text, write_results
     from ..runners.evaluate import EvalSettings, environment, evaluate_datasets
 
+    device, dtype = check_model_options(args)  # before any model loads
+    ensure_out_dir(args.out)
     pixel_prompts = None if args.pixel_prompts == "none" else args.pixel_prompts
     settings = EvalSettings(
         model=args.model,
@@ -61,8 +86,8 @@ def run(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         sigma=args.sigma,
         cls=args.cls,
-        device=args.device,
-        dtype=args.dtype,
+        device=str(device),  # the device used, not "auto", goes into results.json
+        dtype=dtype_name(dtype),
         batch_size=args.batch_size,
         workers=args.workers,
         aupro=args.aupro,
@@ -72,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
     results = evaluate_datasets(args.data, settings, args.out, progress=not args.quiet)
     config = {"settings": vars(settings) | {"classes": args.classes}, "environment": environment()}
     config["settings"]["data"] = list(args.data)
-    files = write_results(results, args.out, config, args.cls)
+    with writing(args.out):
+        files = write_results(results, args.out, config, args.cls)
     print(render_text(results, args.cls))
     print("written: " + ", ".join(str(f) for f in files))
     failed = sum(len(r.errors) for r in results)

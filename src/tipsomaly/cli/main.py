@@ -14,6 +14,7 @@ from . import evaluate as eval_cli
 from . import predict as predict_cli
 from . import train as train_cli
 from . import weights as weights_cli
+from .options import HelpFormatter, Parser
 
 log = logging.getLogger("tipsomaly")
 
@@ -21,10 +22,20 @@ log = logging.getLogger("tipsomaly")
 VERBS = [predict_cli, eval_cli, train_cli, data_cli, weights_cli]
 
 
+# Third-party loggers quiet unless -vv; PIL's plugin chatter (a line per PNG chunk) never shown.
+THIRD_PARTY = ("urllib3", "huggingface_hub", "filelock", "fsspec", "matplotlib")
+ALWAYS_QUIET = ("PIL",)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``tipsomaly`` parser with every verb (importing no torch)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="-v: tipsomaly's debug messages; -vv: also those of the libraries it uses",
     )
     common.add_argument(
         "-q", "--quiet", action="store_true", help="only warnings and errors, no progress bars"
@@ -35,8 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="never download; fail with the URL and path to place a missing file "
         "(also: TIPSOMALY_OFFLINE=1)",
     )
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="tipsomaly",
+        formatter_class=HelpFormatter,
         description="Zero-shot visual anomaly detection (TipsOmaly) on the TIPS backbone.",
     )
     parser.add_argument("--version", action="version", version=f"tipsomaly {__version__}")
@@ -47,16 +59,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
-    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose >= 2 else logging.INFO
-    logging.basicConfig(
-        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    if args.verbose < 2:  # keep third-party chatter out of normal output
-        for name in ("urllib3", "huggingface_hub", "filelock", "PIL"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+    """Levels: default INFO for tipsomaly, WARNING for libraries; ``-q`` WARNING for all;
+    ``-v`` DEBUG for tipsomaly's loggers only; ``-vv`` DEBUG for the libraries too, except
+    PIL, whose plugins log every chunk they parse (kept at INFO)."""
+    verbose = 0 if args.quiet else args.verbose
+    ours = logging.WARNING if args.quiet else logging.DEBUG if verbose >= 1 else logging.INFO
+    root = logging.DEBUG if verbose >= 2 else logging.WARNING
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger().setLevel(root)
+    log.setLevel(ours)
+    for name in THIRD_PARTY:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
+    for name in ALWAYS_QUIET:
+        logging.getLogger(name).setLevel(logging.INFO if verbose >= 2 else logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv``; returns the exit status (see the README).
+
+    0 done, 3 some images failed, 2 no input images, 1 an error the user can fix (one line,
+    no traceback; usage errors too), 130 interrupted. Anything else is a bug and keeps its
+    traceback.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args)
@@ -64,9 +88,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except TipsomalyError as exc:
         print(f"tipsomaly: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyError as exc:  # unknown preset names and the like carry their message
-        print(f"tipsomaly: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("tipsomaly: interrupted", file=sys.stderr)

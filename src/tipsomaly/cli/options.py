@@ -1,30 +1,75 @@
-"""Argument types and the option groups that several verbs share (model, prompts, runtime)."""
+"""Argument types, the help formatter, and the option groups several verbs share.
+
+Every option is checked while the arguments are parsed (the ``type=`` adapters of
+:mod:`tipsomaly.validation`) or, for what depends on the model or the machine (the image size
+against the model's patch size, ``--device``, ``--dtype``, the output folder), by
+:func:`check_model_options` / :func:`ensure_out_dir` before any model is loaded. Nothing here
+imports torch at parse time.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InvalidOptionError, OutputError, TipsomalyError
+from ..validation import float_type, int_type, multiple_of, text_type
+
+if TYPE_CHECKING:
+    import torch
 
 DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")
 
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+# Reusable ``type=`` adapters (predict, eval, train; later fit and serve).
+positive_int = int_type(1)
+non_negative_int = int_type(0)
+non_empty = text_type()
+non_negative_float = float_type(0)
+positive_float = float_type(0, low_open=True)
+pixel_threshold = float_type(0, 1, hint="the maps are abnormal probabilities in [0, 1]")
+image_threshold = float_type(0, 2, hint="image_score = global + max patch probability, in [0, 2]")
+unit_interval_open = float_type(0, 1, high_open=True)
+seed_int = int_type(0, 2**64 - 1)
 
 
-def non_empty(text: str) -> str:
-    if not text.strip():
-        raise argparse.ArgumentTypeError("must not be empty")
-    return text
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps epilogs as written and shows every option's default that means something.
+
+    ``(default: X)`` is appended unless the help already says ``default``; options without a
+    default (None) and off-by-default flags get nothing.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text.lower()
+            or not action.option_strings
+            or default is None
+            or default is False
+            or default is argparse.SUPPRESS
+        ):
+            return text
+        if isinstance(default, (list, tuple)):
+            shown = " ".join(str(v) for v in default)
+        else:
+            shown = str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line and exit 1, as the README says.
+
+    (argparse's own status 2 would collide with ``2 = no input images found``.)
+    """
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(1, f"tipsomaly: error: {message} (see `{self.prog} --help`)\n")
 
 
 def add_model_options(p: argparse.ArgumentParser, *, dtype_default: str = "fp32") -> None:
@@ -49,10 +94,13 @@ def add_model_options(p: argparse.ArgumentParser, *, dtype_default: str = "fp32"
         "--image-size",
         type=positive_int,
         default=518,
-        help="side of the square model input, a multiple of 14 (default: 518, as the paper)",
+        help="side of the square model input, a multiple of the patch size 14 "
+        "(default: 518, as the paper)",
     )
     p.add_argument(
-        "--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1…"
+        "--device",
+        default="auto",
+        help="auto (cuda if available, else cpu), cpu, cuda, cuda:1… (default: auto)",
     )
     p.add_argument(
         "--dtype",
@@ -61,4 +109,69 @@ def add_model_options(p: argparse.ArgumentParser, *, dtype_default: str = "fp32"
         help="matmul precision of the vision tower: fp32, bf16 (CPUs with AMX/AVX-512-BF16, "
         "recent GPUs), fp16 (GPUs); auto = the fastest this machine runs accurately "
         f"(default: {dtype_default})",
+    )
+
+
+def check_model_options(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
+    """The checks that need the model's description or the machine, before any model loads.
+
+    Reads ``--model`` (a preset name, or the directory's ``model.json`` against its schema),
+    checks ``--image-size`` against the model's patch size and resolves ``--device`` and
+    ``--dtype``. Returns the resolved device and dtype; raises a :class:`TipsomalyError`.
+    """
+    from ..tips.presets import model_configs
+
+    vision, _ = model_configs(args.model)
+    multiple_of(args.image_size, "--image-size", vision.patch_size, what="the model's patch size")
+    return resolve_runtime(args.device, args.dtype)
+
+
+def resolve_runtime(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+    """``--device`` and ``--dtype`` resolved on this machine; the error names the option."""
+    from ..tips.runtime import resolve_device, resolve_dtype
+
+    try:
+        resolved = resolve_device(device)
+    except ValueError as exc:
+        raise InvalidOptionError(f"--device {device}: {exc}") from None
+    try:
+        return resolved, resolve_dtype(dtype, resolved)
+    except ValueError as exc:
+        raise InvalidOptionError(f"--dtype {dtype} on {resolved}: {exc}") from None
+
+
+def ensure_out_dir(path: str | os.PathLike) -> Path:
+    """Create the output folder ``path`` and check that files can be written in it.
+
+    Raises :class:`OutputError` (``cannot write PATH: reason``) for a path that is a file, under
+    a file, on a read-only file system, without permission or on a full disk.
+    """
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise OutputError(out, "exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".tipsomaly-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(exc.filename or out, exc) from None
+    return out
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a plain ``OSError`` raised while writing outputs into :class:`OutputError`."""
+    try:
+        yield
+    except TipsomalyError:
+        raise
+    except OSError as exc:
+        raise OutputError(exc.filename or path, exc) from exc
+
+
+def dtype_name(dtype: Any) -> str:
+    """``fp32`` / ``bf16`` / ``fp16`` for a torch dtype (the names the options use)."""
+    return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(
+        str(dtype).removeprefix("torch."), str(dtype).removeprefix("torch.")
     )

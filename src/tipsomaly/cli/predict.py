@@ -6,7 +6,18 @@ import argparse
 import sys
 from pathlib import Path
 
-from .options import add_model_options, non_empty, non_negative_float, positive_int
+from ..errors import OutputError
+from .options import (
+    HelpFormatter,
+    add_model_options,
+    check_model_options,
+    ensure_out_dir,
+    image_threshold,
+    non_empty,
+    non_negative_float,
+    pixel_threshold,
+    positive_int,
+)
 
 EXIT_OK, EXIT_USAGE, EXIT_NO_INPUTS, EXIT_SOME_FAILED = 0, 1, 2, 3
 
@@ -27,7 +38,8 @@ inputs differing only by extension keep it (x.png, x.jpg).
 scores: image_score in [0, 2] and the maps (abnormal probability per pixel, in [0, 1]);
 higher = more anomalous.
 exit status: 0 all images scored, 3 some could not be read (their rows say why),
-2 no input images found, 1 model/prompt/option errors, 130 interrupted."""
+2 no input images found, 1 model/prompt/option/output errors, 130 interrupted.
+Every option is checked before the model loads (one line per mistake, exit status 1)."""
 
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -41,7 +53,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         description="Zero-shot anomaly detection: an image score and a heat map for every "
         "image, given the name of what the images show.",
         epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "paths",
@@ -81,16 +93,18 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         help="CLS token giving image_score: cls1 (alt-text) or cls2 (dense captions); both "
         "scores are always in the table (default: cls1)",
     )
-    p.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=8, help="images per forward pass (default: 8)"
+    )
     p.add_argument(
         "--threshold",
-        type=float,
+        type=pixel_threshold,
         help="pixel threshold on the maps (abnormal probability, [0, 1]): writes "
         "masks/NAME.png = map >= threshold",
     )
     p.add_argument(
         "--image-threshold",
-        type=float,
+        type=image_threshold,
         help="image-score threshold (scores in [0, 2]): adds the column is_anomalous = "
         "image_score >= threshold",
     )
@@ -122,45 +136,36 @@ def default_pixel_prompts(model: str, pixel_prompts: str | None) -> str | None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    """Run ``predict``: check options, find the inputs, load the model, score, report."""
     from ..data.inputs import NoInputsError, expand_inputs
     from ..method.detector import Detector
     from ..runners.predict import run_predict
-    from ..tips.runtime import resolve_device, resolve_dtype
 
+    # options first, inputs next: no model download before we know the settings work and
+    # there is something to score
+    device, dtype = check_model_options(args)
     if Path(args.out).exists() and not Path(args.out).is_dir():
-        print(f"tipsomaly: error: --out {args.out} exists and is not a folder", file=sys.stderr)
-        return EXIT_USAGE
-    # inputs first: no model download before we know there is something to score
+        raise OutputError(args.out, "exists and is not a folder")
     files = expand_inputs(args.paths, exclude=[args.out])
     if not files:
         print(f"tipsomaly: error: {NoInputsError(args.paths)}", file=sys.stderr)
         return EXIT_NO_INPUTS
+    ensure_out_dir(args.out)  # read-only, full, or under a file: one line before the model
     pixel_prompts = default_pixel_prompts(args.model, args.pixel_prompts)
-    try:
-        device = resolve_device(args.device)
-        dtype = resolve_dtype(args.dtype, device)
-    except ValueError as exc:
-        print(
-            f"tipsomaly: error: --device {args.device} --dtype {args.dtype}: {exc}", file=sys.stderr
-        )
-        return EXIT_USAGE
-    try:
-        detector = Detector(
-            args.model,
-            prompt_type=args.prompt_type,
-            prompt_file=args.prompt_file,
-            pixel_prompts=pixel_prompts,
-            image_size=args.image_size,
-            sigma=args.sigma,
-            cls=args.cls,
-            device=device,
-            dtype=dtype,
-            batch_size=args.batch_size,
-            offline=args.offline or None,
-        )
-    except (ValueError, OSError, RuntimeError) as exc:  # prompts, sizes, device, model files
-        print(f"tipsomaly: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    # prompt, pixel-prompt and model-file problems are TipsomalyErrors: main() shows them
+    detector = Detector(
+        args.model,
+        prompt_type=args.prompt_type,
+        prompt_file=args.prompt_file,
+        pixel_prompts=pixel_prompts,
+        image_size=args.image_size,
+        sigma=args.sigma,
+        cls=args.cls,
+        device=device,
+        dtype=dtype,
+        batch_size=args.batch_size,
+        offline=args.offline or None,
+    )
     try:
         summary = run_predict(
             detector,

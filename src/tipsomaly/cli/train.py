@@ -6,7 +6,18 @@ import argparse
 import logging
 import sys
 
-from .options import add_model_options, positive_int
+from .options import (
+    HelpFormatter,
+    add_model_options,
+    check_model_options,
+    dtype_name,
+    ensure_out_dir,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    seed_int,
+    unit_interval_open,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,19 +42,24 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         description="Train TipsOmaly's learnable pixel prompts with the backbone frozen: each "
         "image's patch features are computed once, then only the text tower runs per step.",
         epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--data", required=True, metavar="DIR", help="dataset root with meta.json")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     add_model_options(p)
-    p.add_argument("--batch-size", type=positive_int, default=8)
-    p.add_argument("--epochs", type=positive_int, default=2)
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="images per step")
+    p.add_argument("--epochs", type=positive_int, default=2, help="passes over the data")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (> 0)")
     p.add_argument(
-        "--betas", type=float, nargs=2, default=(0.5, 0.999), metavar=("B1", "B2"), help="Adam"
+        "--betas",
+        type=unit_interval_open,
+        nargs=2,
+        default=(0.5, 0.999),
+        metavar=("B1", "B2"),
+        help="Adam's betas, each in [0, 1)",
     )
     p.add_argument("--n-prompt", type=positive_int, default=8, help="learned vectors per state")
-    p.add_argument("--seed", type=int, default=111, help="initialisation and shuffling")
+    p.add_argument("--seed", type=seed_int, default=111, help="initialisation and shuffling")
     p.add_argument("--classes", nargs="+", help="train on these classes only (default: all)")
     p.add_argument(
         "--feature-cache",
@@ -56,7 +72,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         "--cache-dtype",
         default="fp32",
         choices=["fp32", "fp16"],
-        help="precision of the cached features (fp16: half the memory)",
+        help="precision of the cached features (fp16: half the memory; default: fp32)",
     )
     p.add_argument(
         "--resume",
@@ -69,12 +85,18 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument(
         "--aupro", choices=["zsad", "mvtec"], default="zsad", help="AUPRO definition of --eval-data"
     )
-    p.add_argument("--sigma", type=float, default=4.0, help="map smoothing for --eval-data (px)")
+    p.add_argument(
+        "--sigma", type=non_negative_float, default=4.0, help="map smoothing for --eval-data (px)"
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``train``: check options, train, print the last checkpoint's path."""
     from ..runners.train import TrainConfig, train
+
+    device, dtype = check_model_options(args)  # before any model loads
+    ensure_out_dir(args.out)
 
     config = TrainConfig(
         data=args.data,
@@ -90,8 +112,8 @@ def run(args: argparse.Namespace) -> int:
         prompt_type=args.prompt_type,
         prompt_file=args.prompt_file,
         classes=args.classes,
-        device=args.device,
-        dtype=args.dtype,
+        device=str(device),
+        dtype=dtype_name(dtype),
         feature_cache=args.feature_cache,
         cache_dtype=args.cache_dtype,
         resume=args.resume,

@@ -8,27 +8,46 @@ from pathlib import Path
 
 from ..tips.presets import PRESETS, TOKENIZER_FILE, Preset, get_preset
 from ..tips.weights import weights_dir
+from .options import HelpFormatter
 
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    parser = sub.add_parser("weights", help="list, download and locate TIPS checkpoints")
+    parser = sub.add_parser(
+        "weights", help="list, download and locate TIPS checkpoints", formatter_class=HelpFormatter
+    )
     verbs = parser.add_subparsers(dest="weights_verb", metavar="ACTION", required=True)
 
-    p = verbs.add_parser("list", parents=[common], help="every preset, its size, cached or not")
+    p = verbs.add_parser(
+        "list",
+        parents=[common],
+        help="every preset, its size, cached or not",
+        formatter_class=HelpFormatter,
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_list)
 
-    p = verbs.add_parser("download", parents=[common], help="download a preset into the cache")
+    p = verbs.add_parser(
+        "download",
+        parents=[common],
+        help="download a preset into the cache",
+        formatter_class=HelpFormatter,
+    )
     p.add_argument("name", nargs="+", help="preset name(s), e.g. l14h")
     p.add_argument(
         "--source",
         choices=["auto", "gcs", "hub"],
         default="auto",
-        help="Google's bucket (.npz, every preset) or the Hugging Face hub (TIPSv2)",
+        help="gcs: Google's bucket (.npz, every preset); hub: the Hugging Face hub (TIPSv2); "
+        "auto: the hub's cache if it already holds the preset, else the bucket",
     )
     p.set_defaults(func=cmd_download)
 
-    p = verbs.add_parser("path", parents=[common], help="where a preset's files are kept")
+    p = verbs.add_parser(
+        "path",
+        parents=[common],
+        help="where a preset's files are kept",
+        formatter_class=HelpFormatter,
+    )
     p.add_argument("name", help="preset name, e.g. l14h")
     p.set_defaults(func=cmd_path)
 
@@ -54,6 +73,7 @@ def _cached(preset: Preset) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    """``weights list``: a table (or ``--json``) of every preset and whether it is cached."""
     rows = []
     for p in PRESETS.values():
         rows.append(
@@ -85,6 +105,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
+    """``weights download``: fetch each named preset into the cache; prints the paths."""
     from ..tips.model import preset_files
 
     for name in args.name:
@@ -99,6 +120,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_path(args: argparse.Namespace) -> int:
+    """``weights path``: each file of a preset in the cache, with its URL."""
     preset = get_preset(args.name)
     for path, url in _files(preset):
         print(f"{path}\t{url}")

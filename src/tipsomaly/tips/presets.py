@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
-from .config import TextConfig, VisionConfig
+from ..errors import UnknownModelError
+from .config import ConfigError, TextConfig, VisionConfig, read_model_json
+
+MODEL_FILE = "model.json"
 
 GCS_ROOT = "https://storage.googleapis.com/tips_data"
 TOKENIZER_URL = f"{GCS_ROOT}/v1_0/checkpoints/tokenizer.model"
@@ -262,9 +267,35 @@ def is_preset(name: str) -> bool:
 
 
 def get_preset(name: str) -> Preset:
-    """The preset called ``name`` (case-insensitive; any of its names)."""
+    """The preset called ``name`` (case-insensitive; any of its names).
+
+    Raises :class:`~tipsomaly.errors.UnknownModelError` (a ``KeyError``) listing the known ones.
+    """
     try:
         return PRESETS[_ALIASES[name.lower()]]
     except KeyError:
         known = ", ".join(f"{p.short_name} ({p.name})" for p in PRESETS.values())
-        raise KeyError(f"unknown TIPS preset {name!r}; known presets: {known}") from None
+        raise UnknownModelError(
+            f"unknown TIPS preset {name!r}; known presets: {known} "
+            f"(or give a model directory holding {MODEL_FILE})"
+        ) from None
+
+
+def model_configs(model: str | os.PathLike) -> tuple[VisionConfig, TextConfig]:
+    """The tower descriptions of ``model`` (a preset name or a model directory), without
+    loading any weights: what the CLI checks options against before a model loads.
+
+    A directory's ``model.json`` is validated against its schema (:class:`ConfigError`); a
+    name that is neither raises :class:`~tipsomaly.errors.UnknownModelError`.
+    """
+    path = Path(model)
+    if path.is_dir():
+        vision, text, _ = read_model_json(path / MODEL_FILE)
+        return vision, text
+    if is_preset(str(model)):
+        preset = get_preset(str(model))
+        return preset.vision, preset.text
+    if path.exists() or os.sep in str(model) or (os.altsep and os.altsep in str(model)):
+        raise ConfigError(f"{model} is not a model directory (a folder holding {MODEL_FILE})")
+    get_preset(str(model))  # raises with the list of known presets
+    raise AssertionError("unreachable")

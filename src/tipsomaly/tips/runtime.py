@@ -6,6 +6,8 @@ import logging
 
 import torch
 
+from ..errors import InvalidOptionError
+
 log = logging.getLogger(__name__)
 
 DTYPE_NAMES = {
@@ -19,7 +21,11 @@ DTYPE_NAMES = {
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """``auto``: the first CUDA GPU if any, else the CPU; other names as torch reads them."""
+    """``auto``: the first CUDA GPU if any, else the CPU; other names as torch reads them.
+
+    A device this machine lacks raises :class:`~tipsomaly.errors.InvalidOptionError` (a
+    ``ValueError``) saying what to use instead.
+    """
     if isinstance(name, torch.device):
         return name
     if name == "auto":
@@ -27,11 +33,11 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as exc:
-        raise ValueError(f"not a device PyTorch knows ({exc})") from None
+        raise InvalidOptionError(f"not a device PyTorch knows ({exc})") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("PyTorch sees no CUDA GPU here; use cpu")
+        raise InvalidOptionError("PyTorch sees no CUDA GPU here; use cpu (or auto)")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"there are only {torch.cuda.device_count()} CUDA device(s)")
+        raise InvalidOptionError(f"there are only {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 
@@ -59,7 +65,8 @@ def resolve_dtype(
     """``fp32`` / ``bf16`` / ``fp16`` / ``auto`` → the vision tower's matmul dtype.
 
     ``auto``: bf16 on GPUs that support it (else fp16), bf16 on CPUs with bf16 matrix
-    instructions, fp32 elsewhere. A format the hardware lacks raises ValueError saying so.
+    instructions, fp32 elsewhere. A format the hardware lacks raises
+    :class:`~tipsomaly.errors.InvalidOptionError` (a ``ValueError``) saying so.
     """
     device = device or torch.device("cpu")
     if name == "auto":
@@ -72,15 +79,17 @@ def resolve_dtype(
         try:
             dtype = DTYPE_NAMES[name.lower()]
         except KeyError:
-            raise ValueError(f"unknown dtype {name!r}; use fp32, bf16, fp16 or auto") from None
+            raise InvalidOptionError(
+                f"unknown dtype {name!r}; use fp32, bf16, fp16 or auto"
+            ) from None
     if dtype == torch.float16 and device.type == "cpu":
-        raise ValueError("fp16 is for GPUs; on the CPU use fp32 (or bf16 where supported)")
+        raise InvalidOptionError("fp16 is for GPUs; on the CPU use fp32 (or bf16 where supported)")
     if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError("this GPU has no bf16 support; use fp16 (or fp32)")
+        raise InvalidOptionError("this GPU has no bf16 support; use fp16 (or fp32)")
     if dtype == torch.bfloat16 and device.type == "cpu":
         native = cpu_has_native_bf16()
         if native is False:
-            raise ValueError(
+            raise InvalidOptionError(
                 "this CPU has no bf16 matrix instructions (AVX-512-BF16 or AMX): PyTorch would "
                 "emulate bf16, several times slower than fp32; use fp32 (or auto)"
             )

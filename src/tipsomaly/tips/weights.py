@@ -10,16 +10,25 @@ import logging
 import os
 import sys
 import tempfile
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 from ..errors import TipsomalyError
+from ..validation import in_range
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 USER_AGENT = "tipsomaly"
+# Seconds to wait for a connection, and then for each read, before giving up on a download.
+DEFAULT_TIMEOUT = 30.0
+TIMEOUT_ENV = "TIPSOMALY_DOWNLOAD_TIMEOUT"
+# A host that did not answer is not tried again for this long (one stall, not one per file).
+UNREACHABLE_FOR_S = 300.0
+_unreachable: dict[str, tuple[float, str]] = {}  # host -> (monotonic time, why)
 
 
 class WeightsUnavailableError(TipsomalyError, RuntimeError):
@@ -36,6 +45,36 @@ def offline_mode() -> bool:
         if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
             return True
     return False
+
+
+def download_timeout() -> float:
+    """Seconds a download waits to connect and then for each read: ``$TIPSOMALY_DOWNLOAD_TIMEOUT``
+    or 30. A value that is not a positive number raises
+    :class:`~tipsomaly.errors.InvalidOptionError`."""
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = text  # type: ignore[assignment]  # in_range names it as not a number
+    return in_range(value, TIMEOUT_ENV, 0, None, low_open=True, hint="seconds")
+
+
+def _host(url: str) -> str:
+    return urllib.parse.urlsplit(url).netloc or url
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    reason = getattr(exc, "reason", exc)
+    return isinstance(reason, TimeoutError) or isinstance(exc, TimeoutError)
+
+
+def _network_failure(exc: BaseException) -> bool:
+    """True when the host could not be reached at all (as opposed to an HTTP error answer)."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return False
+    return _is_timeout(exc) or isinstance(exc, urllib.error.URLError)
 
 
 def cache_dir() -> Path:
@@ -113,9 +152,13 @@ def download(
     *,
     expected_sha256: str | None = None,
     progress: bool = True,
-    timeout: float = 60.0,
+    timeout: float | None = None,
 ) -> str:
     """Download ``url`` to ``dest`` and return the file's SHA-256.
+
+    ``timeout``: seconds to wait for the connection and then for each read (default
+    :func:`download_timeout`: ``$TIPSOMALY_DOWNLOAD_TIMEOUT`` or 30); a server that stops
+    answering raises ``TimeoutError`` instead of waiting.
 
     Bytes go to ``dest + ".part"``; an existing ``.part`` is resumed with an HTTP range request
     (a server that ignores the range restarts it). Only a complete file whose checksum matches
@@ -124,6 +167,8 @@ def download(
     """
     from tqdm.auto import tqdm
 
+    if timeout is None:
+        timeout = download_timeout()
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -198,13 +243,16 @@ def fetch(
     offline: bool | None = None,
     expected_sha256: str | None = None,
     progress: bool = True,
+    timeout: float | None = None,
 ) -> Path:
     """``dest``, verified against its recorded checksum, downloading it first if missing.
 
     The SHA-256 of a file is recorded in the directory's ``checksums.json`` the first time it is
     seen (downloaded, or placed there by hand) and checked at every later call. Offline (or on a
     network failure), a missing file raises :class:`WeightsUnavailableError` naming the URL and
-    the exact path to save it to.
+    the exact path to save it to. ``timeout`` as for :func:`download`; the error says what timed
+    out, and a host that did not answer is not tried again for :data:`UNREACHABLE_FOR_S`
+    seconds (the other files of a model fail at once instead of each waiting).
     """
     dest = Path(dest)
     registry = ChecksumRegistry(dest.parent)
@@ -218,11 +266,27 @@ def fetch(
         raise WeightsUnavailableError(
             f"{dest.name} is not in the cache and downloads are off. {how}"
         )
-    log.info("downloading %s to %s", url, dest)
+    if timeout is None:
+        timeout = download_timeout()
+    host = _host(url)
+    failed = _unreachable.get(host)
+    if failed and time.monotonic() - failed[0] < UNREACHABLE_FOR_S:
+        raise WeightsUnavailableError(f"could not download {url} ({failed[1]}). {how}")
+    log.info("downloading %s to %s (timeout %g s)", url, dest, timeout)
     try:
-        sha = download(url, dest, expected_sha256=expected_sha256, progress=progress)
+        sha = download(
+            url, dest, expected_sha256=expected_sha256, progress=progress, timeout=timeout
+        )
     except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts, cut connections
-        reason = getattr(exc, "reason", exc)
+        if _is_timeout(exc):
+            reason = (
+                f"timed out: {host} did not answer within {timeout:g} s; check the network or "
+                f"proxy, or wait longer with {TIMEOUT_ENV}=120"
+            )
+        else:
+            reason = str(getattr(exc, "reason", exc))
+        if _network_failure(exc):
+            _unreachable[host] = (time.monotonic(), f"{host} unreachable earlier: {reason}")
         raise WeightsUnavailableError(f"could not download {url} ({reason}). {how}") from exc
     registry.record(dest.name, sha)
     return dest
