@@ -67,9 +67,13 @@ def test_hub_checkpoint_loads_like_the_npz_files(fake_hub, golden):
     assert ("google/tipsv2-b14", "model.safetensors", False) in calls
 
 
-def test_hub_offline_without_cache_names_the_repo(fake_hub):
-    with pytest.raises(WeightsUnavailableError, match="google/tipsv2-l14.*huggingface-cli"):
+def test_hub_offline_without_cache_names_the_repo_and_the_current_cli(fake_hub):
+    """The advice names `hf download`: current huggingface_hub no longer installs
+    `huggingface-cli`."""
+    with pytest.raises(WeightsUnavailableError) as info:
         model_module._hub_files(get_preset("v2-l14"), offline=True)
+    assert "`hf download google/tipsv2-l14`" in str(info.value)
+    assert "huggingface-cli" not in str(info.value)
 
 
 def test_v1_presets_are_not_on_the_hub():

@@ -325,8 +325,8 @@ def _hub_files(preset: Preset, offline: bool) -> ModelFiles:
 def _hub_unavailable(repo: str, filename: str, exc: Exception) -> WeightsUnavailableError:
     return WeightsUnavailableError(
         f"could not get {filename} of {repo} from the Hugging Face hub ({type(exc).__name__}: "
-        f"{exc}). With network access run `huggingface-cli download {repo}` (files go to the "
-        f"Hugging Face cache), or use the bucket source: --source gcs"
+        f"{exc}). With network access run `hf download {repo}` (huggingface_hub's current CLI; "
+        f"files go to the Hugging Face cache), or use the bucket source: --source gcs"
     )
 
 
