@@ -11,7 +11,7 @@ import pytest
 from synthetic import mvtec_tree, tiny_model_dir
 from tipsomaly.cli.main import main
 from tipsomaly.runners import evaluate as evaluate_module
-from tipsomaly.runners.evaluate import EvalSettings, Evaluator, evaluate_datasets
+from tipsomaly.runners.evaluate import EvalSettings, Evaluator
 
 CLASSES = {"bottle": (3, 4), "wood_grain": (2, 3)}
 
@@ -64,37 +64,6 @@ def test_cli_writes_tables_and_files(setup, tmp_path, capsys):
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [r["class"] for r in rows] == ["bottle", "wood_grain", "mean"]
     assert (out / "results.md").read_text().count("| bottle |") == 1
-
-
-def test_resume_after_interruption_gives_the_same_numbers(setup, tmp_path, monkeypatch):
-    model, data = setup
-    reference = evaluate_datasets([data], _settings(model), tmp_path / "a", progress=False)[0]
-
-    calls = {"n": 0}
-    original = Evaluator._batch_arrays
-
-    def dying(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt  # killed part-way through the first class... or the second
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(Evaluator, "_batch_arrays", staticmethod(dying))
-    with pytest.raises(KeyboardInterrupt):
-        evaluate_datasets([data], _settings(model), tmp_path / "b", progress=False)
-    monkeypatch.setattr(Evaluator, "_batch_arrays", staticmethod(original))
-
-    seen = {"batches": 0}
-
-    def counting(*args, **kwargs):
-        seen["batches"] += 1
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(Evaluator, "_batch_arrays", staticmethod(counting))
-    resumed = evaluate_datasets([data], _settings(model), tmp_path / "b", progress=False)[0]
-    total_batches = sum(-(-(g + b) // 2) for g, b in CLASSES.values())
-    assert seen["batches"] == total_batches - 2  # the two finished batches were not recomputed
-    assert resumed.classes == reference.classes
 
 
 def test_metric_only_rerun_does_not_load_the_model(setup, tmp_path):

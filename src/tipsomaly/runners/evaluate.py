@@ -14,7 +14,7 @@ import os
 import platform
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,23 +27,43 @@ from ..method.detector import Detector
 from ..method.maps import anomaly_maps
 from ..method.pixel_prompts import BUNDLED
 from ..metrics import image_metrics, pixel_metrics
+from ..report.results import (
+    INDUSTRIAL,
+    MEDICAL,
+    TABLE_METRICS,
+    DatasetResult,
+    domain_of,
+)
 from ..tips.presets import get_preset, is_preset
 from ..tips.runtime import resolve_device, resolve_dtype
-from .store import ClassPredictions, PredictionStore, config_key
+from .lock import OutputLock
+from .store import (
+    FIELDS,
+    ClassPredictions,
+    PredictionStore,
+    StoredClass,
+    config_key,
+    file_digest,
+    sample_keys,
+)
 
 log = logging.getLogger(__name__)
 
-INDUSTRIAL = ("mvtec", "visa", "mpdd", "btad", "ksdd", "sdd", "dagm", "dtd")
-MEDICAL = ("headct", "brainmri", "br35h", "isic", "colondb", "clinicdb", "tn3k", "kvasir", "endo")
-# The six numbers of the paper's Table 1, in its order.
-TABLE_METRICS = (
-    "image_auroc",
-    "image_ap",
-    "image_f1-max",
-    "pixel_auroc",
-    "pixel_aupro",
-    "pixel_f1-max",
-)
+NETWORK_OUTPUTS = ("global_probs_cls1", "global_probs_cls2", "patch_probs")
+
+__all__ = [
+    "INDUSTRIAL",
+    "MEDICAL",
+    "TABLE_METRICS",
+    "DatasetResult",
+    "EvalSettings",
+    "Evaluator",
+    "class_metrics",
+    "domain_of",
+    "environment",
+    "evaluate_datasets",
+    "protocol_pixel_prompts",
+]
 
 
 def class_metrics(
@@ -69,40 +89,6 @@ def class_metrics(
     return out
 
 
-def domain_of(dataset_name: str) -> str:
-    """``industrial``, ``medical`` or ``other``, from a dataset's folder name."""
-    key = "".join(c for c in dataset_name.lower() if c.isalnum())
-    if any(key.startswith(n) for n in INDUSTRIAL):
-        return "industrial"
-    if any(key.startswith(n) for n in MEDICAL):
-        return "medical"
-    return "other"
-
-
-@dataclass
-class DatasetResult:
-    """Per-class metrics of one dataset and their mean over classes (NaNs skipped)."""
-
-    name: str
-    root: str
-    classes: dict[str, dict[str, float]]
-    counts: dict[str, dict[str, int]]
-    errors: list[dict[str, str]] = field(default_factory=list)
-
-    @property
-    def domain(self) -> str:
-        return domain_of(self.name)
-
-    @property
-    def mean(self) -> dict[str, float]:
-        keys = sorted({k for m in self.classes.values() for k in m})
-        out = {}
-        for k in keys:
-            values = [m[k] for m in self.classes.values() if k in m and not math.isnan(m[k])]
-            out[k] = float(np.mean(values)) if values else float("nan")
-        return out
-
-
 @dataclass
 class EvalSettings:
     """What ``tipsomaly eval`` runs: the detector's construction and the metric options."""
@@ -123,35 +109,72 @@ class EvalSettings:
     offline: bool | None = None
 
     def prediction_config(self) -> dict:
-        """The settings that change the network's outputs (not sigma, cls or aupro)."""
+        """The settings that change the network's outputs (not sigma, cls or aupro).
+
+        Files are identified by a digest of their bytes: the model's weights (for a model
+        directory, every file in it and every file its ``model.json`` names, also outside it),
+        the pixel prompts and the prompt file. ``dtype`` is the resolved one (``auto`` → the
+        dtype this machine would use).
+        """
         return {
-            "format": 1,
-            "model": _identity(self.model),
+            "model": _model_identity(self.model),
             "pixel_prompts": _identity(self.pixel_prompts) if self.pixel_prompts else None,
             "prompt_type": self.prompt_type,
             "prompt_file": _identity(self.prompt_file) if self.prompt_file else None,
             "image_size": self.image_size,
-            "dtype": self.dtype,
+            "dtype": _resolved_dtype(self.dtype, self.device),
         }
 
 
+def _resolved_dtype(dtype: str, device: str) -> str:
+    try:
+        return str(resolve_dtype(dtype, resolve_device(device))).removeprefix("torch.")
+    except (ValueError, RuntimeError):  # reported when the model is built, if it ever is
+        return str(dtype)
+
+
 def _identity(spec: str) -> str:
-    """A name stays a name; a file or directory becomes its path plus a content fingerprint."""
+    """A name stays a name; a file becomes its path plus the SHA-256 of its bytes."""
     path = Path(spec)
     if path.is_file():
-        return f"{path.resolve()}#{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}"
+        return f"{path.resolve()}#{file_digest(path)}"
     if path.is_dir():
-        parts = sorted(
-            f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
-            for p in path.iterdir()
-            if p.is_file()
-        )
-        return f"{path.resolve()}#{hashlib.sha256('|'.join(parts).encode()).hexdigest()[:16]}"
+        return _model_identity(spec)
     return spec
 
 
+def _model_identity(spec: str) -> str:
+    """A preset → its canonical name; a model directory → a digest over the bytes of every
+    file in it and of every file its ``model.json`` names (wherever they are)."""
+    path = Path(spec)
+    if not path.is_dir():
+        if path.is_file():
+            return _identity(spec)
+        return get_preset(spec).name if is_preset(spec) else spec
+    files = {p.resolve() for p in path.iterdir() if p.is_file()}
+    try:
+        from ..tips.model import MODEL_FILE, read_model_description
+
+        vision, text = read_model_description(path / MODEL_FILE)
+        named = (vision.npz, text.npz, text.tokenizer)
+        files |= {(path / n).resolve() for n in named if n and (path / n).is_file()}
+    except Exception as exc:  # noqa: BLE001 - the loader reports a bad model.json itself
+        log.debug("model identity of %s: %s", path, exc)
+    digest = hashlib.sha256()
+    for f in sorted(files):
+        try:
+            digest.update(f"{f}#{file_digest(f)}\n".encode("utf-8", "surrogateescape"))
+        except OSError as exc:  # unreadable: loading would fail anyway; never reuse then
+            digest.update(f"{f}#unreadable:{exc}\n".encode("utf-8", "surrogateescape"))
+    return f"{path.resolve()}#{digest.hexdigest()[:32]}"
+
+
 class Evaluator:
-    """Evaluates datasets with one configuration, building the detector only when needed."""
+    """Evaluates datasets with one configuration, building the detector only when needed.
+
+    :meth:`evaluate` holds the output folder's lock (:class:`~tipsomaly.runners.lock.OutputLock`)
+    unless ``locked=True`` says the caller holds it already.
+    """
 
     def __init__(
         self,
@@ -161,6 +184,7 @@ class Evaluator:
         progress: bool = True,
         detector_factory: Callable[[], Detector] | None = None,
         shared_models: dict | None = None,
+        locked: bool = False,
     ) -> None:
         self.settings = settings
         self.out_dir = Path(out_dir)
@@ -168,6 +192,8 @@ class Evaluator:
         self._factory = detector_factory or self._build_detector
         self._detector: Detector | None = None
         self.shared_models = shared_models  # model spec → loaded TipsModel, across evaluators
+        self.locked = locked
+        self.network_images = 0  # images that went through the network in this object
 
     def _build_detector(self) -> Detector:
         s = self.settings
@@ -197,17 +223,45 @@ class Evaluator:
             self._detector = self._factory()
         return self._detector
 
+    @property
+    def device(self) -> str:
+        """The device the network runs on (``cpu``, ``cuda:0``): the built detector's, else the
+        one the settings resolve to."""
+        if self._detector is not None:
+            device = torch.device(self._detector.device)
+        else:
+            try:
+                device = resolve_device(self.settings.device)
+            except ValueError:
+                return str(self.settings.device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        return str(device)
+
     def store_for(self, dataset_name: str) -> PredictionStore:
         key = config_key(self.settings.prediction_config())
         return PredictionStore(self.out_dir / dataset_name / "predictions" / key)
 
     def evaluate(self, root: str | os.PathLike, name: str | None = None) -> DatasetResult:
-        """Predict what is missing, then compute every class's metrics, one class at a time."""
+        """Predict what is missing, then compute every class's metrics, one class at a time.
+
+        Raises:
+            OutputLockedError: another run writes into the output folder.
+            OutputError: the prediction store cannot be written.
+        """
+        if self.locked:
+            return self._evaluate(root, name)
+        with OutputLock(self.out_dir):
+            return self._evaluate(root, name)
+
+    def _evaluate(self, root: str | os.PathLike, name: str | None) -> DatasetResult:
         root = Path(root)
         name = name or root.resolve().name
         meta = read_meta(root, "test", self.settings.classes)
         store = self.store_for(name)
-        result = DatasetResult(name=name, root=str(root), classes={}, counts={})
+        result = DatasetResult(
+            name=name, root=str(root), classes={}, counts={}, aupro=self.settings.aupro
+        )
         for class_name, samples in meta.samples.items():
             predictions = self._predict_class(store, class_name, samples)
             result.counts[class_name] = {
@@ -221,36 +275,94 @@ class Evaluator:
                     {"class": class_name, "path": predictions.paths[index], "error": message}
                 )
             result.classes[class_name] = self._metrics(class_name, predictions)
+        result.device = self.device
         return result
 
     # -- prediction -----------------------------------------------------------------------
     def _predict_class(self, store: PredictionStore, class_name: str, samples) -> ClassPredictions:
+        """Every sample's stored row, computing those the store lacks (see runners.store)."""
         paths = [str(s.image_path) for s in samples]
-        done = store.begin_class(class_name, paths)
-        if store.is_complete(class_name):
-            return store.load_class(class_name)
-        todo = [i for i in range(len(samples)) if i not in done]
+        keys: list[tuple[str, str] | None] = []
+        for s in samples:
+            try:
+                keys.append(sample_keys(class_name, s.image_path, s.anomaly, s.mask_path))
+            except OSError:  # unreadable: the loader says why; never stored
+                keys.append(None)
+        stored = store.open_class(class_name)
+        todo, queued = [], set()
+        for i, k in enumerate(keys):
+            if k is None:
+                todo.append(i)
+            elif k[0] not in stored.rows and k[0] not in queued:
+                todo.append(i)
+                queued.add(k[0])
+        errors: dict[int, str] = {}
+        unkeyed: dict[int, dict[str, np.ndarray]] = {}
         if todo:
-            self._run_network(store, class_name, [samples[i] for i in todo], todo, len(samples))
-        return store.finish_class(class_name)
+            log.info(
+                "class %s: %d of %d images to compute (%d stored)",
+                class_name,
+                len(todo),
+                len(samples),
+                len(samples) - len(todo),
+            )
+            self._compute(store, stored, class_name, samples, keys, todo, errors, unkeyed)
+        failed_keys = {keys[i][0]: m for i, m in errors.items() if keys[i] is not None}
+        index, rows = [], []
+        for i, k in enumerate(keys):
+            if i in errors:
+                continue
+            if k is not None and k[0] in failed_keys:  # a duplicate of a failed sample
+                errors[i] = failed_keys[k[0]]
+                continue
+            row = unkeyed.get(i) if k is None else stored.rows.get(k[0])
+            if row is None:  # cannot happen: every sample was stored, computed or failed
+                errors[i] = f"{paths[i]}: no prediction was computed"
+                continue
+            index.append(i)
+            rows.append(row)
+        store.finish_class(class_name, [k[0] for k in keys if k is not None])
+        arrays = {"index": np.array(index, dtype=np.int64)}
+        for field_name, dtype in FIELDS.items():
+            arrays[field_name] = (
+                np.stack([r[field_name] for r in rows]).astype(dtype, copy=False)
+                if rows
+                else np.zeros((0,), dtype)
+            )
+        return ClassPredictions(arrays, errors, paths)
 
-    def _run_network(self, store, class_name, samples, indices, total) -> None:
+    def _compute(
+        self,
+        store: PredictionStore,
+        stored: StoredClass,
+        class_name: str,
+        samples,
+        keys: list[tuple[str, str] | None],
+        todo: list[int],
+        errors: dict[int, str],
+        unkeyed: dict[int, dict[str, np.ndarray]],
+    ) -> None:
+        """Load the ``todo`` samples; run the network on those whose image is not stored (the
+        others changed only their label or mask); store every finite row."""
         from torch.utils.data import DataLoader
         from tqdm.auto import tqdm
 
-        detector = self.detector
         size = self.settings.image_size
-        dataset = AnomalyDataset(samples, size)
+        try:
+            on_gpu = resolve_device(self.settings.device).type == "cuda"
+        except ValueError:
+            on_gpu = False
         loader = DataLoader(
-            dataset,
+            AnomalyDataset([samples[i] for i in todo], size),
             batch_size=self.settings.batch_size,
             num_workers=self.settings.workers,
             collate_fn=collate_samples,
-            pin_memory=detector.device.type == "cuda",
+            pin_memory=on_gpu,
         )
+        total = len(samples)
         bar = tqdm(
             total=total,
-            initial=total - len(indices),
+            initial=total - len(todo),
             desc=class_name,
             unit="img",
             disable=not self.progress,
@@ -258,34 +370,73 @@ class Evaluator:
         )
         with bar:
             for batch in loader:
-                positions = batch["index"].tolist()  # positions within `samples`
-                errors = {indices[e["index"]]: e["error"] for e in batch["errors"]}
-                arrays = self._batch_arrays(detector, batch, class_name, indices, positions)
-                store.add(class_name, arrays, errors)
-                bar.update(len(positions) + len(errors))
+                for e in batch["errors"]:
+                    errors[todo[e["index"]]] = e["error"]
+                positions = [todo[p] for p in batch["index"].tolist()]
+                if positions:
+                    self._store_batch(
+                        store, stored, class_name, batch, positions, keys, errors, unkeyed
+                    )
+                bar.update(len(positions) + len(batch["errors"]))
 
-    @staticmethod
-    def _batch_arrays(detector, batch, class_name, indices, positions) -> dict[str, np.ndarray]:
+    def _store_batch(
+        self, store, stored, class_name, batch, positions, keys, errors, unkeyed
+    ) -> None:
         n = len(positions)
-        size = detector.image_size
-        if n:
-            scores = detector.score_batch(batch["image"], [class_name] * n)
-            g1, g2 = scores.global_probs_cls1.cpu().numpy(), scores.global_probs_cls2.cpu().numpy()
-            patch = scores.patch_probs.cpu().numpy()
-        else:
-            g1 = g2 = np.zeros((0, 2), np.float32)
-            patch = np.zeros((0, math.prod(detector.grid), 2), np.float32)
+        size = self.settings.image_size
+        known = [stored.by_pred.get(keys[i][1]) if keys[i] is not None else None for i in positions]
+        need = [j for j in range(n) if known[j] is None]
+        outputs: dict[str, list] = {k: [None] * n for k in NETWORK_OUTPUTS}
+        for j, row in enumerate(known):
+            if row is not None:  # same image, new label or mask: no network
+                for k in NETWORK_OUTPUTS:
+                    outputs[k][j] = row[k]
+        if need:
+            detector = self.detector
+            scores = detector.score_batch(batch["image"][need], [class_name] * len(need))
+            self.network_images += len(need)
+            computed = {
+                "global_probs_cls1": scores.global_probs_cls1.float().cpu().numpy(),
+                "global_probs_cls2": scores.global_probs_cls2.float().cpu().numpy(),
+                "patch_probs": scores.patch_probs.float().cpu().numpy(),
+            }
+            for m, j in enumerate(need):
+                for k in NETWORK_OUTPUTS:
+                    outputs[k][j] = computed[k][m]
         masks = batch["mask"].numpy().reshape(n, size * size) > 0.5
-        return {
-            "index": np.array([indices[p] for p in positions], dtype=np.int64),
-            "label": batch["label"].numpy(),
-            "has_mask": batch["has_mask"].numpy(),
-            "original_hw": batch["original_hw"].numpy().reshape(n, 2),
-            "global_probs_cls1": g1,
-            "global_probs_cls2": g2,
-            "patch_probs": patch,
-            "masks_packed": np.packbits(masks, axis=1).reshape(n, -1),
-        }
+        packed = np.packbits(masks, axis=1).reshape(n, -1)
+        labels, has_mask = batch["label"].numpy(), batch["has_mask"].numpy()
+        hw = batch["original_hw"].numpy().reshape(n, 2)
+        good_keys, good_rows = [], []
+        for j, i in enumerate(positions):
+            if not all(np.isfinite(outputs[k][j]).all() for k in NETWORK_OUTPUTS):
+                errors[i] = (
+                    f"{batch['path'][j]}: the network's output is not finite (NaN or inf); left out"
+                )
+                log.warning("%s", errors[i])
+                continue
+            row = {k: np.asarray(outputs[k][j], dtype=FIELDS[k]) for k in NETWORK_OUTPUTS}
+            row.update(
+                label=np.asarray(labels[j], FIELDS["label"]),
+                has_mask=np.asarray(has_mask[j], FIELDS["has_mask"]),
+                original_hw=np.asarray(hw[j], FIELDS["original_hw"]),
+                masks_packed=packed[j],
+            )
+            if keys[i] is None:
+                unkeyed[i] = row
+            else:
+                good_keys.append(keys[i])
+                good_rows.append(row)
+        if good_rows:
+            arrays = {k: np.stack([r[k] for r in good_rows]) for k in FIELDS}
+            store.add(class_name, good_keys, arrays)
+            stored.add_rows(
+                {
+                    **arrays,
+                    "key": np.array([k for k, _ in good_keys]),
+                    "pred_key": np.array([p for _, p in good_keys]),
+                }
+            )
 
     # -- metrics --------------------------------------------------------------------------
     def _metrics(self, class_name: str, predictions: ClassPredictions) -> dict[str, float]:
@@ -342,11 +493,20 @@ def evaluate_datasets(
     out_dir: str | os.PathLike,
     *,
     progress: bool = True,
+    lock: bool = True,
 ) -> list[DatasetResult]:
     """Evaluate several datasets with one model (loaded at most once).
 
     ``settings.pixel_prompts == "auto"`` applies :func:`protocol_pixel_prompts` per dataset.
+    ``lock``: hold ``out_dir``'s :class:`~tipsomaly.runners.lock.OutputLock` meanwhile (False
+    when the caller holds it, e.g. to write the result files under the same lock).
+
+    Raises:
+        OutputLockedError: another run writes into ``out_dir``.
     """
+    if lock:
+        with OutputLock(out_dir):
+            return evaluate_datasets(roots, settings, out_dir, progress=progress, lock=False)
     from dataclasses import replace
 
     models: dict = {}
@@ -358,7 +518,7 @@ def evaluate_datasets(
             chosen = protocol_pixel_prompts(settings.model, name)
             log.info("%s: pixel prompts %s", name, chosen or "none (fixed prompts for patches)")
             own = replace(settings, pixel_prompts=chosen)
-        evaluator = Evaluator(own, out_dir, progress=progress, shared_models=models)
+        evaluator = Evaluator(own, out_dir, progress=progress, shared_models=models, locked=True)
         results.append(evaluator.evaluate(root, name))
     return results
 

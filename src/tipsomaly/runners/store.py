@@ -1,11 +1,28 @@
-"""On-disk store of per-image predictions, so evaluation resumes and metric-only reruns are free.
+"""On-disk store of per-image predictions, keyed on content, so evaluation resumes and
+metric-only reruns are free, and nothing stored can go stale.
 
-Layout: ``<root>/<class>/`` holds ``samples.json`` (the class's image paths, in order) and
-``part-NNNNN.npz`` files, one per computed batch, written atomically; a finished class is
-consolidated into ``<root>/<class>.npz``. Only network outputs are stored (global and patch
-probabilities, small), plus the resized ground-truth masks bit-packed; anomaly maps are rebuilt
-from the patch probabilities at metric time, so changing ``sigma`` needs no network either.
-Everything is read with ``allow_pickle=False``.
+Keys. The store of one configuration lives under ``predictions/<config key>/``; the config key
+(:func:`config_key`) hashes the settings that change the network's outputs, with every file
+among them (model weights, also those ``model.json`` names outside its folder, pixel prompts,
+prompt file) identified by a digest of its bytes. Inside it, every stored row carries two keys
+(:func:`sample_keys`):
+
+* ``pred_key`` = (class name, SHA-256 of the image file's bytes): what the network saw;
+* ``key`` = ``pred_key`` + (label, SHA-256 of the mask file's bytes): the whole row.
+
+A sample whose ``key`` is stored is done; one whose ``pred_key`` alone is stored (its label or
+mask changed) only has its ground truth read again, without the network; any other is computed.
+Rows are never addressed by path or position, so a changed image, mask or label is recomputed
+(only it), duplicates collapse, and a changed image list never mixes with an older one.
+
+Layout: ``<root>/<class>/`` holds ``part-<unique>.npz`` files, one per computed batch, and
+``store.npz``, the class's rows consolidated by :meth:`PredictionStore.finish_class`. Every
+file is written to a temporary name and renamed into place; a file that cannot be read (for
+any reason: truncated, not a zip, wrong fields, non-finite values) is deleted with a warning and
+its rows are computed again. Only network outputs (global and patch probabilities), the original
+size and the resized ground-truth masks (bit-packed) are stored; maps are rebuilt at metric
+time. Failed images are not stored: they are tried again by every run. Everything is read with
+``allow_pickle=False``.
 """
 
 from __future__ import annotations
@@ -14,18 +31,23 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import tempfile
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..errors import OutputError
+
 log = logging.getLogger(__name__)
 
+FORMAT = "tipsomaly-predictions-2"
+STORE_NAME = "store.npz"
+
 FIELDS = {
-    # name: dtype of the stored array (first axis = images)
-    "index": np.int64,
+    # name: dtype of the stored array (first axis = rows)
     "label": np.int8,
     "has_mask": np.bool_,
     "original_hw": np.int32,
@@ -34,14 +56,17 @@ FIELDS = {
     "patch_probs": np.float32,
     "masks_packed": np.uint8,
 }
+KEY_FIELDS = ("key", "pred_key")
 
 
 @dataclass
 class ClassPredictions:
-    """Everything stored for one class, rows sorted by sample index.
+    """Everything known for one class's samples, rows in sample order.
 
-    ``patch_probs`` (n, N, 2), ``global_probs_cls*`` (n, 2), ``masks_packed`` (n, ceil(S²/8))
-    bit-packed masks at model resolution; ``errors`` maps failed sample indices to messages.
+    ``arrays``: ``index`` (n,) the sample positions evaluated, ``patch_probs`` (n, N, 2),
+    ``global_probs_cls*`` (n, 2), ``label`` (n,), ``has_mask`` (n,), ``original_hw`` (n, 2),
+    ``masks_packed`` (n, ceil(S²/8)) bit-packed masks at model resolution. ``errors`` maps the
+    positions of failed samples to messages; ``paths`` lists every sample's image path.
     """
 
     arrays: dict[str, np.ndarray]
@@ -58,13 +83,68 @@ class ClassPredictions:
         return bits.reshape(-1, size, size).astype(bool)
 
 
+# -- content digests --------------------------------------------------------------------------
+_DIGESTS: dict[tuple, str] = {}
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (hex). Remembered in this process while the file's identity
+    (device, inode, size, modification and change times) stays the same.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        known = _DIGESTS.get(identity)
+        if known is not None:
+            return known
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    _DIGESTS[identity] = digest
+    return digest
+
+
+def _hash(parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def sample_keys(
+    class_name: str, image_path: str | os.PathLike, label: int, mask_path: str | os.PathLike | None
+) -> tuple[str, str]:
+    """``(key, pred_key)`` of one sample (see the module doc); ``mask_path`` is used for
+    anomalous samples only (normal images are scored against an all-zero mask).
+
+    Raises:
+        OSError: the image or mask file cannot be read.
+    """
+    image = file_digest(image_path)
+    mask = file_digest(mask_path) if int(label) == 1 and mask_path is not None else None
+    pred_key = _hash([FORMAT, class_name, image])
+    return _hash([FORMAT, class_name, image, int(label), mask]), pred_key
+
+
+def config_key(config: dict) -> str:
+    """A short stable hash of the settings that determine the network's outputs."""
+    text = json.dumps([FORMAT, config], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# -- files ------------------------------------------------------------------------------------
 def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
+    """Write ``path`` whole or not at all: a temporary file in its folder, then renamed."""
     try:
-        with open(tmp, "wb") as f:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise OutputError(path, exc) from None
+    try:
+        with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputError(path, exc) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -72,13 +152,49 @@ def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
 
 def _safe_name(name: str) -> str:
     cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-    if cleaned != name:
-        cleaned += "-" + hashlib.sha1(name.encode()).hexdigest()[:8]
+    if cleaned != name or cleaned.startswith("."):
+        digest = hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+        cleaned = f"{cleaned.lstrip('.')}-{digest}"
     return cleaned
 
 
+def _read_rows(path: Path) -> dict[str, np.ndarray]:
+    """A part or store file's rows, checked: any problem raises."""
+    with np.load(path, allow_pickle=False) as data:
+        rows = {k: data[k] for k in (*KEY_FIELDS, *FIELDS)}
+    n = rows["key"].shape[0]
+    for name, value in rows.items():
+        if value.shape[:1] != (n,):
+            raise ValueError(f"{name} has {value.shape[:1]} rows, keys {n}")
+    for name in KEY_FIELDS:
+        if rows[name].dtype.kind != "U":
+            raise ValueError(f"{name} is not text")
+    for name in ("global_probs_cls1", "global_probs_cls2", "patch_probs"):
+        if not np.isfinite(rows[name]).all():
+            raise ValueError(f"{name} holds non-finite values")
+    return {k: np.asarray(v, dtype=FIELDS[k]) if k in FIELDS else v for k, v in rows.items()}
+
+
+class StoredClass:
+    """The rows stored for one class, by ``key`` and by ``pred_key``."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[str, np.ndarray]] = {}
+        self.by_pred: dict[str, dict[str, np.ndarray]] = {}
+
+    def add_rows(self, rows: dict[str, np.ndarray]) -> None:
+        for i, key in enumerate(rows["key"]):
+            row = {k: rows[k][i] for k in FIELDS}
+            row["pred_key"] = rows["pred_key"][i]
+            self.rows[str(key)] = row
+            self.by_pred[str(rows["pred_key"][i])] = row
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
 class PredictionStore:
-    """Predictions of one configuration on one dataset, class by class."""
+    """Predictions of one configuration on one dataset, class by class (see the module doc)."""
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
@@ -86,110 +202,77 @@ class PredictionStore:
     def _class_dir(self, class_name: str) -> Path:
         return self.root / _safe_name(class_name)
 
-    def _final(self, class_name: str) -> Path:
-        return self.root / f"{_safe_name(class_name)}.npz"
-
-    def is_complete(self, class_name: str) -> bool:
-        """True once :meth:`finish_class` has consolidated the class."""
-        return self._final(class_name).exists()
-
-    def begin_class(self, class_name: str, paths: list[str]) -> set[int]:
-        """Start or resume a class; returns the sample indices already done (or failed).
-
-        Stored predictions made for a different list of images are discarded.
-        """
-        final = self._final(class_name)
+    def open_class(self, class_name: str) -> StoredClass:
+        """Every readable row stored for ``class_name``; unreadable files are deleted (warned)."""
         directory = self._class_dir(class_name)
-        if final.exists():
-            stored = self._read_npz(final)
-            if list(stored["paths"]) == paths:
-                return set(range(len(paths)))
-            log.warning("the images of class %s changed: recomputing its predictions", class_name)
-            final.unlink()
-        listing = directory / "samples.json"
-        if directory.exists():
+        stored = StoredClass()
+        if not directory.is_dir():
+            return stored
+        for leftover in directory.glob(".*.tmp"):  # a writer killed mid-write (we hold the lock)
+            leftover.unlink(missing_ok=True)
+        files = [directory / STORE_NAME] if (directory / STORE_NAME).exists() else []
+        files += sorted(directory.glob("part-*.npz"))
+        for path in files:
             try:
-                same = json.loads(listing.read_text()) == paths
-            except (OSError, ValueError):
-                same = False
-            if not same:
-                log.warning("discarding stale partial predictions of class %s", class_name)
-                shutil.rmtree(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        if not listing.exists():
-            listing.write_text(json.dumps(paths))
-        done: set[int] = set()
-        for part in sorted(directory.glob("part-*.npz")):
-            try:
-                data = self._read_npz(part)
-            except (OSError, ValueError) as exc:  # a part cut by a crash: drop it
-                log.warning("ignoring unreadable %s (%s)", part, exc)
-                part.unlink()
+                rows = _read_rows(path)
+            except Exception as exc:  # noqa: BLE001 - any unreadable file is recomputed
+                log.warning(
+                    "class %s: dropping unreadable stored predictions %s (%s: %s); they are "
+                    "computed again",
+                    class_name,
+                    path,
+                    type(exc).__name__,
+                    exc,
+                )
+                path.unlink(missing_ok=True)
                 continue
-            done.update(int(i) for i in data["index"])
-            done.update(int(i) for i in data["error_index"])
-        if done:
-            log.info(
-                "class %s: resuming, %d of %d images already done",
-                class_name,
-                len(done),
-                len(paths),
-            )
-        return done
+            stored.add_rows(rows)
+        return stored
 
-    def add(self, class_name: str, arrays: dict[str, np.ndarray], errors: dict[int, str]) -> None:
-        """Store one computed batch (rows of ``arrays``) and its failed samples, atomically."""
-        directory = self._class_dir(class_name)
+    def add(self, class_name: str, keys: Sequence[tuple[str, str]], arrays: dict) -> None:
+        """Store computed rows (``keys[i]`` = ``(key, pred_key)`` of row i) as a new part file
+        with a unique name, atomically.
+
+        Raises:
+            OutputError: the store cannot be written (read-only or full disk).
+        """
         missing = set(FIELDS) - set(arrays)
         if missing:
             raise ValueError(f"missing prediction fields: {sorted(missing)}")
-        n = len(list(directory.glob("part-*.npz")))
-        payload = {k: np.asarray(arrays[k], dtype=FIELDS[k]) for k in FIELDS}
-        payload["error_index"] = np.array(sorted(errors), dtype=np.int64)
-        payload["error_message"] = np.array([errors[i] for i in sorted(errors)], dtype=np.str_)
-        _atomic_savez(directory / f"part-{n:05d}.npz", **payload)
-
-    def finish_class(self, class_name: str) -> ClassPredictions:
-        """Consolidate a class's parts into one file and return its predictions."""
+        if not keys:
+            return
         directory = self._class_dir(class_name)
-        paths = json.loads((directory / "samples.json").read_text())
-        parts = [self._read_npz(p) for p in sorted(directory.glob("part-*.npz"))]
-        merged: dict[str, np.ndarray] = {}
-        for key, dtype in FIELDS.items():
-            chunks = [p[key] for p in parts if p[key].shape[0]]
-            merged[key] = np.concatenate(chunks) if chunks else np.zeros((0,), dtype)
-        order = np.argsort(merged["index"], kind="stable")
-        merged = {k: v[order] if v.shape[0] else v for k, v in merged.items()}
-        errors = {
-            int(i): str(m)
-            for p in parts
-            for i, m in zip(p["error_index"], p["error_message"], strict=True)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(directory, exc) from None
+        payload = {k: np.asarray(arrays[k], dtype=FIELDS[k]) for k in FIELDS}
+        for k, v in payload.items():
+            if v.shape[:1] != (len(keys),):
+                raise ValueError(f"{k} has {v.shape[:1]} rows for {len(keys)} keys")
+        payload["key"] = np.array([k for k, _ in keys], dtype=np.str_)
+        payload["pred_key"] = np.array([p for _, p in keys], dtype=np.str_)
+        name = f"part-{uuid.uuid4().hex}.npz"
+        _atomic_savez(directory / name, **payload)
+
+    def finish_class(self, class_name: str, keys: Sequence[str]) -> None:
+        """Consolidate the class's rows for ``keys`` (the current samples') into one file,
+        dropping parts and rows of samples that are no longer current."""
+        directory = self._class_dir(class_name)
+        stored = self.open_class(class_name)
+        wanted = list(dict.fromkeys(k for k in keys if k in stored.rows))
+        parts = sorted(directory.glob("part-*.npz")) if directory.is_dir() else []
+        if not parts and len(wanted) == len(stored):
+            return  # nothing new, nothing stale
+        payload = {
+            k: np.stack([stored.rows[key][k] for key in wanted])
+            if wanted
+            else np.zeros((0,), FIELDS[k])
+            for k in FIELDS
         }
-        _atomic_savez(
-            self._final(class_name),
-            paths=np.array(paths, dtype=np.str_),
-            error_index=np.array(sorted(errors), dtype=np.int64),
-            error_message=np.array([errors[i] for i in sorted(errors)], dtype=np.str_),
-            **merged,
-        )
-        shutil.rmtree(directory)
-        return self.load_class(class_name)
-
-    def load_class(self, class_name: str) -> ClassPredictions:
-        data = self._read_npz(self._final(class_name))
-        errors = {
-            int(i): str(m) for i, m in zip(data["error_index"], data["error_message"], strict=True)
-        }
-        arrays = {k: data[k] for k in FIELDS}
-        return ClassPredictions(arrays, errors, [str(p) for p in data["paths"]])
-
-    @staticmethod
-    def _read_npz(path: Path) -> dict[str, np.ndarray]:
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-
-
-def config_key(config: dict) -> str:
-    """A short stable hash of the settings that determine the network's outputs."""
-    text = json.dumps(config, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+        payload["key"] = np.array(wanted, dtype=np.str_)
+        payload["pred_key"] = np.array([stored.rows[k]["pred_key"] for k in wanted], np.str_)
+        directory.mkdir(parents=True, exist_ok=True)
+        _atomic_savez(directory / STORE_NAME, **payload)
+        for part in parts:
+            part.unlink(missing_ok=True)
