@@ -6,6 +6,8 @@
 - :mod:`~tipsomaly.data.layouts`  native dataset trees (MVTec AD, VisA, MPDD, BTAD, DTD-Synthetic,
   KSDD, DAGM, medical sets, plain folders) → ``meta.json`` dicts.
 - :mod:`~tipsomaly.data.dataset`  ``meta.json`` → tensors, tolerant of unreadable files.
+- :mod:`~tipsomaly.data.inputs`   PATH arguments → image files → output names (``predict``).
+- :mod:`~tipsomaly.data.names`    :func:`display_path`: any path as UTF-8-safe text.
 
 This layer imports nothing from :mod:`tipsomaly.method` or :mod:`tipsomaly.cli`.
 
@@ -21,9 +23,12 @@ _EXPORTS = {
     "AnomalyDataset": "dataset",
     "collate_samples": "dataset",
     "make_loader": "dataset",
+    "DEFAULT_MAX_PIXELS": "images",
     "IMAGE_EXTENSIONS": "images",
     "ImageLoadError": "images",
     "binarize_mask_image": "images",
+    "get_max_pixels": "images",
+    "set_max_pixels": "images",
     "is_image_file": "images",
     "load_image": "images",
     "load_mask": "images",
@@ -39,6 +44,10 @@ _EXPORTS = {
     "LayoutError": "layouts",
     "build_meta": "layouts",
     "detect_layout": "layouts",
+    "NoInputsError": "inputs",
+    "display_path": "names",
+    "expand_inputs": "inputs",
+    "output_names": "inputs",
     "DatasetMeta": "meta",
     "MetaError": "meta",
     "Sample": "meta",

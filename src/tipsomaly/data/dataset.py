@@ -16,12 +16,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .images import (
+    UNSET,
     ImageLoadError,
+    MaxPixels,
     binarize_mask_image,
     load_image,
     open_image,
     preprocess,
     resize_mask,
+    resolve_max_pixels,
 )
 from .meta import DatasetMeta, Sample, read_meta
 
@@ -57,6 +60,10 @@ class AnomalyDataset(Dataset):
         samples: a :class:`~tipsomaly.data.meta.DatasetMeta` or a sequence of samples.
         image_size: side S of the square model input, in pixels.
         load_masks: read mask files (``False``: masks are all zero, ``has_mask`` False).
+        max_pixels: largest image or mask accepted (width × height, checked before decoding);
+            ``None``: no limit; default: the process-wide limit when the dataset is made
+            (:func:`~tipsomaly.data.images.get_max_pixels`), kept on the dataset so that
+            DataLoader worker processes apply the same limit.
     """
 
     def __init__(
@@ -65,12 +72,14 @@ class AnomalyDataset(Dataset):
         image_size: int,
         *,
         load_masks: bool = True,
+        max_pixels: MaxPixels = UNSET,
     ) -> None:
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
             raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
         self.samples: list[Sample] = list(samples)
         self.image_size = image_size
         self.load_masks = load_masks
+        self.max_pixels = resolve_max_pixels(max_pixels)
 
     @classmethod
     def from_root(
@@ -81,17 +90,22 @@ class AnomalyDataset(Dataset):
         split: str = "test",
         classes: Sequence[str] | None = None,
         load_masks: bool = True,
+        max_pixels: MaxPixels = UNSET,
+        allow_outside_root: bool = False,
     ) -> AnomalyDataset:
         """Read ``root/meta.json`` (:func:`~tipsomaly.data.meta.read_meta`) and wrap one split."""
-        return cls(read_meta(root, split, classes), image_size, load_masks=load_masks)
+        meta = read_meta(root, split, classes, allow_outside_root=allow_outside_root)
+        return cls(meta, image_size, load_masks=load_masks, max_pixels=max_pixels)
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def _load_mask(self, sample: Sample, image_hw: tuple[int, int]) -> torch.Tensor:
-        mask_image = open_image(sample.mask_path)
+        mask_image = open_image(sample.mask_path, max_pixels=self.max_pixels)
         try:
             binary = binarize_mask_image(mask_image)
+        except MemoryError:
+            raise ImageLoadError(sample.mask_path, "not enough memory to read the mask") from None
         except (OSError, ValueError) as exc:
             raise ImageLoadError(sample.mask_path, f"cannot read as a mask ({exc})") from None
         if binary.shape != image_hw:
@@ -121,7 +135,7 @@ class AnomalyDataset(Dataset):
             "error": None,
         }
         try:
-            img = load_image(sample.image_path)
+            img = load_image(sample.image_path, max_pixels=self.max_pixels)
             item["original_hw"] = (img.height, img.width)
             item["image"] = preprocess(img, size)
             if self.load_masks and sample.anomaly == 1 and sample.mask_path is not None:

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 import warnings
 from pathlib import Path
@@ -57,6 +56,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import TipsomalyError
+from .names import display_path
 
 logger = logging.getLogger(__name__)
 
@@ -103,30 +103,6 @@ _ORIENTATION_TAG = 0x0112
 _TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # these swap width and height
 
 
-def display_path(path: PathLike | bytes) -> str:
-    """``path`` as printable text for messages, tables and JSON: never raises, always encodable.
-
-    File names are bytes on POSIX; Python keeps bytes that are not valid UTF-8 as lone
-    surrogates (``surrogateescape``), which no UTF-8 writer accepts. Here they are shown as
-    ``\\xNN`` escapes (``b'caf\\xe9.png'`` → ``caf\\xe9.png``); any other character that
-    cannot be encoded becomes a ``\\uNNNN`` escape. Valid names come back unchanged.
-    Use the path itself (not this text) to open the file again.
-    """
-    raw = path if isinstance(path, bytes) else os.fspath(path)
-    if isinstance(raw, bytes):
-        return raw.decode("utf-8", "backslashreplace")
-    try:
-        raw.encode("utf-8")
-        return raw
-    except UnicodeEncodeError:
-        pass
-    try:
-        data = raw.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        return raw.encode("utf-8", "backslashreplace").decode("utf-8")
-    return data.decode("utf-8", "backslashreplace")
-
-
 def get_max_pixels() -> int | None:
     """The process-wide pixel limit used when a call gives no ``max_pixels`` (``None``: none)."""
     return _max_pixels
@@ -150,7 +126,12 @@ def _check_max_pixels(limit: object) -> int | None:
     return int(limit)
 
 
-def _resolve_max_pixels(limit: MaxPixels) -> int | None:
+def resolve_max_pixels(limit: MaxPixels = UNSET) -> int | None:
+    """The limit a call applies: ``limit`` checked, or the process-wide one when not given.
+
+    Raises:
+        ValueError: ``limit`` is not a positive integer or ``None``.
+    """
     return _max_pixels if isinstance(limit, _Unset) else _check_max_pixels(limit)
 
 
@@ -202,7 +183,7 @@ def open_image(path: PathLike, *, max_pixels: MaxPixels = UNSET) -> Image.Image:
     file's own tag directory, which a plain copy of the pixels would lose).
     """
     p = Path(path)
-    limit = _resolve_max_pixels(max_pixels)
+    limit = resolve_max_pixels(max_pixels)
     try:
         st = p.stat()
     except FileNotFoundError:
@@ -254,34 +235,27 @@ def _short(exc: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
-
-
 def _open_checked(p: Path, limit: int | None) -> Image.Image:
     """``Image.open(p)`` (lazy, header only) refusing more than ``limit`` pixels.
 
-    Pillow's decompression-bomb warning is silenced (this check replaces it) and its error is
-    turned into an :class:`ImageLoadError`; when ``limit`` is above Pillow's own error
-    threshold (or ``None``), Pillow's limit is lifted for the duration of the header read.
+    Pillow's decompression-bomb warning is silenced (this check replaces it). Pillow's own
+    limit is lifted, under :data:`_PIL_STATE_LOCK`, only to read the header of a file that
+    Pillow refuses (to report its size) or that ``limit`` allows beyond Pillow's threshold.
     """
     with _PIL_STATE_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         saved = Image.MAX_IMAGE_PIXELS
         lift = saved is not None and (limit is None or limit > 2 * saved)
-        if lift:
-            Image.MAX_IMAGE_PIXELS = None
         try:
-            im = Image.open(p)
-        except Image.DecompressionBombError as exc:
-            found = _BOMB_PIXELS.search(str(exc))
-            size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
-            shown = "no limit" if limit is None else f"{limit:,} ({_megapixels(limit)})"
-            raise ImageLoadError(
-                p, f"image too large: {size}, over the limit of {shown} pixels (max_pixels)"
-            ) from None
-        finally:
             if lift:
-                Image.MAX_IMAGE_PIXELS = saved
+                Image.MAX_IMAGE_PIXELS = None
+            try:
+                im = Image.open(p)
+            except Image.DecompressionBombError:
+                Image.MAX_IMAGE_PIXELS = None
+                im = Image.open(p)  # the header again, for its size; refused below
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
     width, height = im.size
     if limit is not None and width * height > limit:
         im.close()
@@ -375,7 +349,7 @@ def original_hw(path: PathLike, *, max_pixels: MaxPixels = UNSET) -> tuple[int, 
             are over ``max_pixels``.
     """
     p = Path(path)
-    limit = _resolve_max_pixels(max_pixels)
+    limit = resolve_max_pixels(max_pixels)
     try:
         if not p.is_file():
             raise ImageLoadError(p, "file not found" if not p.exists() else "not a regular file")

@@ -40,7 +40,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ..errors import TipsomalyError
-from .images import IMAGE_EXTENSIONS, display_path, is_image_file
+from .images import IMAGE_EXTENSIONS, is_image_file
+from .names import display_path
 
 log = logging.getLogger(__name__)
 

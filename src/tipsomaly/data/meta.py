@@ -11,7 +11,14 @@ Format::
                "cls_name": "bottle", "specie_name": "broken_large", "anomaly": 1}
 
 * Paths are relative to the dataset root (the folder holding ``meta.json``); ``/`` separators
-  (``\\`` is accepted and converted). Absolute paths are accepted as they are.
+  (``\\`` is accepted and converted).
+* **The root is a boundary.** A path that leaves the root — ``../``, an absolute path
+  elsewhere, or a symlink inside the root pointing outside it (symlinks are resolved) — is an
+  error naming the entry, unless ``allow_outside_root=True``: a ``meta.json`` from elsewhere
+  cannot make tipsomaly read arbitrary files. An absolute path inside the root is accepted.
+* File names are kept byte for byte: a name that is not UTF-8 is written as ``\\udcNN``
+  escapes (Python's ``surrogateescape``), which Python's ``json`` reads back to the same file.
+* Nesting deeper than :data:`MAX_JSON_DEPTH` levels is refused (a ``meta.json`` is 4 deep).
 * ``img_path``, ``mask_path`` and ``anomaly`` are required in every entry. ``anomaly`` is 0
   (normal) or 1 (anomalous); JSON ``true``/``false`` are accepted.
 * ``mask_path`` is ``""`` (or ``null``) for normal images; a mask given for a normal image is
@@ -29,6 +36,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TipsomalyError
+from .names import display_path
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +53,10 @@ PathLike = str | os.PathLike[str]
 META_FILENAME = "meta.json"
 REQUIRED_KEYS: tuple[str, ...] = ("img_path", "mask_path", "anomaly")
 _MAX_LISTED_PROBLEMS = 20
+#: Deepest JSON nesting accepted in ``meta.json`` (a valid one is 4 levels deep: object, split,
+#: class list, entry); deeper input is refused before it is parsed.
+MAX_JSON_DEPTH = 64
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class MetaError(TipsomalyError, ValueError):
@@ -170,7 +183,8 @@ def meta_path_for(root: PathLike) -> Path:
 
 def _load_json(path: Path) -> Any:
     if not path.is_file():
-        hint = "; build one with tipsomaly.data.build_meta(root, layout) and write_meta(root, meta)"
+        root = _shown(path.parent)
+        hint = f"; describe the dataset first: tipsomaly data meta {root} [--layout NAME]"
         reason = "is not a file" if path.exists() else "not found"
         raise MetaError(path, f"{reason}{hint}")
     try:
@@ -179,12 +193,52 @@ def _load_json(path: Path) -> Any:
         raise MetaError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
         raise MetaError(path, f"cannot read ({exc.strerror or exc})") from None
+    except MemoryError:
+        raise MetaError(path, "too large to read into memory") from None
+    depth = _json_depth(text)
+    if depth > MAX_JSON_DEPTH:
+        raise MetaError(
+            path, f"JSON nested {depth}+ levels deep (at most {MAX_JSON_DEPTH}; a meta.json is 4)"
+        )
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise MetaError(
             path, f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
         ) from None
+    except (RecursionError, MemoryError):
+        raise MetaError(path, "JSON too deeply nested or too large to parse") from None
+
+
+_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def _json_depth(text: str, stop: int = MAX_JSON_DEPTH) -> int:
+    """Deepest ``[``/``{`` nesting of JSON ``text`` outside strings (stops past ``stop``)."""
+    depth = deepest = 0
+    for match in _JSON_TOKENS.finditer(text):
+        token = match.group()
+        if token in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > stop:
+                    return deepest
+        elif token in "]}":
+            depth -= 1
+    return deepest
+
+
+def _shown(path: PathLike) -> str:
+    """A path as printable, UTF-8-safe text (bytes that are not UTF-8 as ``\\xNN``)."""
+    return display_path(path)
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # no permission on a parent, NUL in the name
+        return False
 
 
 def _find_split(data: Mapping[str, Any], split: str, path: Path) -> str:
@@ -204,6 +258,7 @@ def _parse_entry(
     key: str,
     root: Path,
     problems: list[str],
+    boundary: Path | None = None,
 ) -> Sample | None:
     """Validate one entry; append problems (prefixed with ``where``) and return a Sample or None."""
     if not isinstance(raw, Mapping):
@@ -212,14 +267,15 @@ def _parse_entry(
     missing = [k for k in REQUIRED_KEYS if k not in raw]
     if missing:
         shown = raw.get("img_path", "?")
+        shown = _shown(shown) if isinstance(shown, str) else _brief(shown)
         problems.append(f"{where} ({shown}): missing key(s) {', '.join(map(repr, missing))}")
         return None
 
     img = raw["img_path"]
     if not isinstance(img, str) or not img.strip():
-        problems.append(f"{where}: 'img_path' must be a non-empty string, got {img!r}")
+        problems.append(f"{where}: 'img_path' must be a non-empty string, got {_brief(img)}")
         return None
-    where = f"{where} ({img})"
+    where = f"{where} ({_shown(img)})"
 
     ok = True
     mask = raw["mask_path"]
@@ -233,7 +289,7 @@ def _parse_entry(
     if isinstance(anomaly, bool):
         anomaly = int(anomaly)
     if not isinstance(anomaly, int) or anomaly not in (0, 1):
-        problems.append(f"{where}: 'anomaly' must be 0 or 1, got {raw['anomaly']!r}")
+        problems.append(f"{where}: 'anomaly' must be 0 or 1, got {_brief(raw['anomaly'])}")
         ok = False
 
     cls_name = raw.get("cls_name", key)
@@ -242,7 +298,7 @@ def _parse_entry(
         ok = False
     elif cls_name != key:
         problems.append(
-            f"{where}: 'cls_name' is {cls_name!r} but the entry is listed under {key!r}"
+            f"{where}: 'cls_name' is {_brief(cls_name)} but the entry is listed under {key!r}"
         )
         ok = False
 
@@ -262,7 +318,44 @@ def _parse_entry(
             mask_path = root / mask.replace("\\", "/")
         else:
             logger.debug("%s: normal image with a mask_path; the mask is ignored", where)
+    if boundary is not None:
+        for name, path in (("img_path", image_path), ("mask_path", mask_path)):
+            if path is not None and not _inside(path, boundary):
+                problems.append(
+                    f"{where}: {name} {_brief(raw[name])} leads outside the dataset root "
+                    f"{_shown(root)} (relative paths must stay inside it; "
+                    "allow_outside_root=True allows it)"
+                )
+                ok = False
+    if not ok:
+        return None
     return Sample(image_path, mask_path, key, specie, int(anomaly))
+
+
+def _inside(path: Path, boundary: Path) -> bool:
+    """True when ``path`` (symlinks resolved) is ``boundary`` or below it."""
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError, ValueError):
+        return False
+    return resolved == boundary or boundary in resolved.parents
+
+
+def _boundary(root: Path) -> Path:
+    try:
+        return root.resolve()
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise MetaError(root, f"cannot resolve the dataset root ({exc})") from None
+
+
+def _brief(value: Any, limit: int = 120) -> str:
+    """``repr(value)`` cut to ``limit`` characters and made UTF-8 safe, for messages."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        text = f"<deeply nested {type(value).__name__}>"
+    text = display_path(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def parse_split(
@@ -274,6 +367,7 @@ def parse_split(
     check_files: bool = True,
     allow_empty: bool = False,
     source: PathLike = META_FILENAME,
+    allow_outside_root: bool = False,
 ) -> DatasetMeta:
     """Validate the already-parsed JSON ``data`` and return one split as a :class:`DatasetMeta`.
 
@@ -285,12 +379,15 @@ def parse_split(
         check_files: also check that every image and mask file exists.
         allow_empty: accept classes with no images.
         source: the file name used in error messages.
+        allow_outside_root: accept image and mask paths that lead outside ``root`` (``../``,
+            absolute paths elsewhere, symlinks pointing out); refused by default.
 
     Raises:
         MetaError: listing every problem found, each naming split, class, index and path.
     """
     src = Path(source)
     root = Path(root)
+    boundary = None if allow_outside_root else _boundary(root)
     if not isinstance(data, Mapping):
         raise MetaError(src, f"top level must be a JSON object, got {type(data).__name__}")
     split_key = _find_split(data, split, src)
@@ -330,21 +427,23 @@ def parse_split(
         items: list[Sample] = []
         for i, raw in enumerate(entries):
             where = f"{split_key}/{cls}[{i}]"
-            sample = _parse_entry(raw, where=where, key=cls, root=root, problems=problems)
+            sample = _parse_entry(
+                raw, where=where, key=cls, root=root, problems=problems, boundary=boundary
+            )
             if sample is None:
                 continue
             if check_files:
-                if not sample.image_path.is_file():
-                    problems.append(f"{where}: image not found: {sample.image_path}")
+                if not _is_file(sample.image_path):
+                    problems.append(f"{where}: image not found: {_shown(sample.image_path)}")
                     continue
-                if sample.mask_path is not None and not sample.mask_path.is_file():
-                    problems.append(f"{where}: mask not found: {sample.mask_path}")
+                if sample.mask_path is not None and not _is_file(sample.mask_path):
+                    problems.append(f"{where}: mask not found: {_shown(sample.mask_path)}")
                     continue
             if sample.image_path in seen:
                 logger.warning(
                     "%s: %s is listed twice (also at %s)",
-                    src,
-                    sample.image_path,
+                    _shown(src),
+                    _shown(sample.image_path),
                     seen[sample.image_path],
                 )
             else:
@@ -367,6 +466,8 @@ def read_meta(
     split: str = "test",
     classes: Sequence[str] | None = None,
     check_files: bool = True,
+    *,
+    allow_outside_root: bool = False,
 ) -> DatasetMeta:
     """Read and validate ``root/meta.json`` and return one split.
 
@@ -376,6 +477,8 @@ def read_meta(
         split: the split to read (``"test"`` by default, as in the zero-shot protocol).
         classes: classes to keep, in this order; ``None`` keeps all, in file order.
         check_files: check that every image and mask listed exists.
+        allow_outside_root: accept paths leading outside the dataset root (``../``, absolute
+            paths elsewhere, symlinks pointing out); by default they are errors.
 
     Returns:
         :class:`DatasetMeta` with absolute-or-root-relative :class:`Sample` paths.
@@ -383,14 +486,25 @@ def read_meta(
     Raises:
         MetaError: missing file, invalid JSON (with line and column), missing key, wrong type,
             ``anomaly`` not 0/1, missing image or mask, a class without images, an unknown
-            requested class (the available ones are listed). Every problem names the entry.
+            requested class (the available ones are listed), a path leaving the root, JSON
+            nested deeper than :data:`MAX_JSON_DEPTH`. Every problem names the entry.
     """
     path = meta_path_for(root)
     data = _load_json(path)
-    return parse_split(data, path.parent, split, classes, check_files=check_files, source=path)
+    return parse_split(
+        data,
+        path.parent,
+        split,
+        classes,
+        check_files=check_files,
+        source=path,
+        allow_outside_root=allow_outside_root,
+    )
 
 
-def validate_meta(data: Any, root: PathLike, *, check_files: bool = False) -> None:
+def validate_meta(
+    data: Any, root: PathLike, *, check_files: bool = False, allow_outside_root: bool = False
+) -> None:
     """Check every split of a ``meta.json`` dict (empty classes allowed).
 
     Raises:
@@ -403,7 +517,13 @@ def validate_meta(data: Any, root: PathLike, *, check_files: bool = False) -> No
     for split in data:
         try:
             parse_split(
-                data, Path(root), str(split), check_files=check_files, allow_empty=True, source=src
+                data,
+                src.parent,
+                str(split),
+                check_files=check_files,
+                allow_empty=True,
+                source=src,
+                allow_outside_root=allow_outside_root,
             )
         except MetaError as exc:
             problems.extend(exc.problems)
@@ -416,14 +536,20 @@ def write_meta(
     meta: Mapping[str, Any] | DatasetMeta,
     *,
     validate: bool = True,
+    allow_outside_root: bool = False,
 ) -> Path:
     """Write ``meta.json`` (keys sorted, 4-space indent, UTF-8, atomically) under ``root``.
+
+    File names that are not UTF-8 are written as ``\\udcNN`` escapes (logged), which
+    :func:`read_meta` turns back into the same file names.
 
     Args:
         root: dataset root, or the target ``.json`` path.
         meta: ``{split: {class: [entries]}}`` (as :func:`tipsomaly.data.layouts.build_meta`
             returns) or a :class:`DatasetMeta` (written as its single split).
-        validate: check the structure first (files are not checked).
+        validate: check the structure first (files are not checked), including that no path
+            leads outside the root unless ``allow_outside_root``.
+        allow_outside_root: see :func:`read_meta`.
 
     Returns:
         the path written.
@@ -434,8 +560,18 @@ def write_meta(
     path = meta_path_for(root)
     data = meta.to_dict() if isinstance(meta, DatasetMeta) else meta
     if validate:
-        validate_meta(data, path.parent, check_files=False)
+        validate_meta(data, path.parent, check_files=False, allow_outside_root=allow_outside_root)
     text = json.dumps(data, indent=4, sort_keys=True, ensure_ascii=False) + "\n"
+    escaped = len(_SURROGATE.findall(text))
+    if escaped:
+        # lone surrogates only occur inside JSON strings: escaping them keeps valid JSON
+        text = _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+        logger.warning(
+            "%s: some file names are not UTF-8; their %d odd byte(s) are written as \\udcNN "
+            "escapes (Python reads them back; other tools may not)",
+            _shown(path),
+            escaped,
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".meta-", suffix=".json.tmp", dir=path.parent)
     try:
@@ -447,5 +583,5 @@ def write_meta(
         Path(tmp).unlink(missing_ok=True)
         raise
     n = sum(len(v) for split in data.values() if isinstance(split, Mapping) for v in split.values())
-    logger.info("wrote %s (%d entries)", path, n)
+    logger.info("wrote %s (%d entries)", _shown(path), n)
     return path

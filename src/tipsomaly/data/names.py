@@ -1,0 +1,39 @@
+"""File names as text: the one rule for showing a path in messages, tables and JSON.
+
+POSIX file names are bytes. Python keeps the bytes that are not valid UTF-8 as lone
+surrogates (``surrogateescape``): such a ``str`` still opens the file, but no UTF-8 writer
+(CSV, JSON, a log file) accepts it. Keep the path itself for file operations and show
+:func:`display_path` of it everywhere text is written. This module imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["display_path"]
+
+PathLike = str | os.PathLike[str]
+
+
+def display_path(path: PathLike | bytes) -> str:
+    """``path`` as printable text for messages, tables and JSON: never raises, always encodable.
+
+    File names are bytes on POSIX; Python keeps bytes that are not valid UTF-8 as lone
+    surrogates (``surrogateescape``), which no UTF-8 writer accepts. Here they are shown as
+    ``\\xNN`` escapes (``b'caf\\xe9.png'`` → ``caf\\xe9.png``); any other character that
+    cannot be encoded becomes a ``\\uNNNN`` escape. Valid names come back unchanged.
+    Use the path itself (not this text) to open the file again.
+    """
+    raw = path if isinstance(path, bytes) else os.fspath(path)
+    if isinstance(raw, bytes):
+        return raw.decode("utf-8", "backslashreplace")
+    try:
+        raw.encode("utf-8")
+        return raw
+    except UnicodeEncodeError:
+        pass
+    try:
+        data = raw.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return raw.encode("utf-8", "backslashreplace").decode("utf-8")
+    return data.decode("utf-8", "backslashreplace")
