@@ -12,6 +12,8 @@ import torch
 from goldens import golden_dirs
 from tipsomaly.tips import ConfigError, load_model
 from tipsomaly.tips.checkpoint import CheckpointError, read_npz
+from tipsomaly.tips.config import TextConfig, VisionConfig
+from tipsomaly.tips.model import TipsModel
 
 GOLDEN = golden_dirs()[0]
 
@@ -131,3 +133,60 @@ def test_inference_dtype(tmp_path):
     assert model16.vision.pos_embed.dtype == torch.float32
     assert model16.text.token_embedding.weight.dtype == torch.float32
     assert 0 < float((a - b).abs().max()) < 0.05 * float(a.abs().max())
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("which", ["vision", "text"])
+def test_non_finite_weights_are_refused_naming_tensor_and_file(tmp_path, which, bad):
+    d = _model_dir(tmp_path)
+    arrays = read_npz(d / f"{which}.npz")
+    key = sorted(k for k in arrays if k != "temperature" and arrays[k].size > 1)[0]
+    arrays[key] = arrays[key].copy()
+    arrays[key].flat[1] = bad
+    np.savez(d / f"{which}.npz", **arrays)
+    with pytest.raises(CheckpointError) as info:
+        load_model(d)
+    message = str(info.value)
+    assert key in message and str(d / f"{which}.npz") in message and "NaN or infinite" in message
+
+
+def test_weights_that_overflow_the_model_dtype_are_refused(tmp_path):
+    d = _model_dir(tmp_path)
+    arrays = read_npz(d / "vision.npz")
+    arrays["norm.bias"] = arrays["norm.bias"].astype(np.float64)
+    arrays["norm.bias"][0] = 1e300  # finite in the file, inf once cast to the model's fp32
+    np.savez(d / "vision.npz", **arrays)
+    with pytest.raises(CheckpointError, match="norm.bias"):
+        load_model(d)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, 0.0, -0.01])
+def test_temperature_in_the_checkpoint_must_be_finite_and_positive(tmp_path, bad):
+    d = _model_dir(tmp_path)
+    arrays = read_npz(d / "text.npz")
+    arrays["temperature"] = np.asarray(bad, dtype=np.float32)
+    np.savez(d / "text.npz", **arrays)
+    with pytest.raises(CheckpointError, match="temperature must be a finite number > 0") as info:
+        load_model(d)
+    assert str(d / "text.npz") in str(info.value)
+
+
+@pytest.mark.parametrize("bad", ["NaN", "Infinity", '"0.07"', "true"])
+def test_temperature_in_the_description_must_be_a_finite_positive_number(tmp_path, bad):
+    d = _model_dir(tmp_path)
+    arrays = read_npz(d / "text.npz")
+    arrays.pop("temperature")
+    np.savez(d / "text.npz", **arrays)
+    description = (d / "model.json").read_text()
+    (d / "model.json").write_text(description[:-1] + f', "temperature": {bad}}}')
+    with pytest.raises(CheckpointError, match="temperature") as info:
+        load_model(d)
+    assert str(d / "model.json") in str(info.value)
+
+
+def test_a_model_built_in_memory_refuses_a_nan_temperature():
+    config = json.loads((GOLDEN / "golden.json").read_text())
+    vision = VisionConfig.from_dict(config["vision"], "golden vision")
+    text = TextConfig.from_dict(config["text"], "golden text")
+    with pytest.raises(CheckpointError, match="temperature"):
+        TipsModel(vision, text, tokenizer=None, temperature=float("nan"))
