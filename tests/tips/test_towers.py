@@ -10,7 +10,7 @@ from goldens import golden_dirs
 from tipsomaly.tips.config import ConfigError, VisionConfig
 from tipsomaly.tips.model import load_model_dir
 from tipsomaly.tips.presets import PRESETS, get_preset
-from tipsomaly.tips.text import TextTransformer, sinusoidal_positions
+from tipsomaly.tips.text import sinusoidal_positions
 from tipsomaly.tips.vision import VisionTransformer
 
 
@@ -118,15 +118,9 @@ def test_non_square_interpolation_matches_direct_formula(model):
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
-def test_preset_shapes_and_parameter_counts(name):
+def test_preset_shapes_names_and_urls(name):
+    # Parameter counts: tests/tips/test_param_count.py (counted by hand, independently).
     preset = PRESETS[name]
-    with torch.device("meta"):
-        vision = VisionTransformer(preset.vision)
-        text = TextTransformer(preset.text)
-    n_vision = sum(p.numel() for p in vision.parameters()) / 1e6
-    n_text = sum(p.numel() for p in text.parameters()) / 1e6
-    assert abs(n_vision - preset.params_vision_m) < 0.01
-    assert abs(n_text - preset.params_text_m) < 0.01
     assert preset.vision.embed_dim == preset.text.hidden_size
     assert preset.image_size // 14 == preset.grid_size
     assert preset.vision_url.endswith(f"/pytorch/{preset.checkpoint}_vision.npz")
