@@ -1,11 +1,97 @@
 """tipsomaly: zero-shot visual anomaly detection (TipsOmaly, ICASSP 2026) on the TIPS backbone.
 
+The public API, importable from the top (names load on first use, so ``import tipsomaly`` and
+the CLI's ``--help`` do not import PyTorch)::
+
+    from tipsomaly import Detector, run_predict, evaluate_datasets, train, TipsomalyError
+
+- Predict: :class:`Detector`, :class:`Prediction`, :func:`run_predict`, :class:`PredictSummary`.
+- Evaluate: :func:`evaluate_datasets`, :class:`EvalSettings`, :class:`Evaluator`.
+- Train: :func:`train`, :class:`TrainConfig`, :class:`TrainResult`.
+- Prompts: :func:`load_pixel_prompts`, :class:`PixelPrompts`, :func:`load_prompts`.
+- Backbone: :func:`load_model`, :func:`build_model`, :class:`TipsModel`, :data:`PRESETS`,
+  :func:`get_preset`.
+- Datasets: :func:`build_meta`, :func:`detect_layout`, :func:`read_meta`, :func:`write_meta`.
+- Errors: :class:`TipsomalyError`, the base of every error a user can fix, and its subclasses.
+
 Layers, from the bottom up (each imports only from those below it):
 
 - :mod:`tipsomaly.tips`    the TIPS backbone: towers, tokenizer, presets, weights.
 - :mod:`tipsomaly.method`  the TipsOmaly method: prompts, pixel prompts, maps, detector.
 - :mod:`tipsomaly.data`, :mod:`tipsomaly.metrics`  datasets and evaluation metrics.
+- :mod:`tipsomaly.runners`, :mod:`tipsomaly.report`  predict / eval / train, and their outputs.
 - :mod:`tipsomaly.cli`     the ``tipsomaly`` command.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+# public name -> module (relative to this package) that defines it
+_EXPORTS: dict[str, str] = {
+    # predict
+    "Detector": "method.detector",
+    "Prediction": "method.detector",
+    "run_predict": "runners.predict",
+    "PredictSummary": "runners.predict",
+    # evaluate
+    "evaluate_datasets": "runners.evaluate",
+    "EvalSettings": "runners.evaluate",
+    "Evaluator": "runners.evaluate",
+    # train
+    "train": "runners.train",
+    "TrainConfig": "runners.train",
+    "TrainResult": "runners.train",
+    # prompts
+    "load_pixel_prompts": "method.pixel_prompts",
+    "PixelPrompts": "method.pixel_prompts",
+    "load_prompts": "method.prompts",
+    # backbone
+    "load_model": "tips.model",
+    "build_model": "tips.model",
+    "TipsModel": "tips.model",
+    "PRESETS": "tips.presets",
+    "get_preset": "tips.presets",
+    # datasets
+    "build_meta": "data.layouts",
+    "detect_layout": "data.layouts",
+    "read_meta": "data.meta",
+    "write_meta": "data.meta",
+    # errors
+    "TipsomalyError": "errors",
+    "InvalidOptionError": "errors",
+    "OutputError": "errors",
+    "UnknownModelError": "errors",
+    "ConfigError": "tips.config",
+    "CheckpointError": "tips.checkpoint",
+    "WeightsUnavailableError": "tips.weights",
+    "ChecksumError": "tips.weights",
+    "PromptError": "method.prompts",
+    "PixelPromptError": "method.pixel_prompts",
+    "UnsafePickleError": "method.torch_pickle",
+    "MetaError": "data.meta",
+    "LayoutError": "data.layouts",
+    "ImageLoadError": "data.images",
+    "NoInputsError": "data.inputs",
+    "TrainError": "runners.train",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use (PEP 562) and cache the name here."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """The module's attributes plus the public names not loaded yet (for completion)."""
+    return sorted(set(globals()) | set(__all__))
