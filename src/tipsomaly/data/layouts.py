@@ -32,6 +32,7 @@ from typing import Any
 
 from ..errors import TipsomalyError
 from .images import ImageLoadError, is_image_file, load_mask
+from .names import display_path
 
 logger = logging.getLogger(__name__)
 
@@ -849,14 +850,33 @@ def build_meta(
         ``{"train": {cls: [entries]}, "test": {cls: [entries]}}``, paths relative to ``root``.
 
     Raises:
-        LayoutError: unknown layout, unrecognised tree, missing masks, no test images.
+        LayoutError: unknown layout, unrecognised tree, missing masks, no test images, a
+            folder or file that cannot be read (named in the message).
     """
+    try:
+        return _build_meta(root, layout, classes=classes, strict_masks=strict_masks, **options)
+    except OSError as exc:
+        where = display_path(exc.filename) if exc.filename is not None else display_path(root)
+        raise LayoutError(
+            f"cannot read {where} while scanning the dataset at {display_path(root)}: "
+            f"{exc.strerror or type(exc).__name__}"
+        ) from None
+
+
+def _build_meta(
+    root: PathLike,
+    layout: str | None,
+    *,
+    classes: Sequence[str] | None,
+    strict_masks: bool,
+    **options: Any,
+) -> Meta:
     root = Path(root)
     if not root.is_dir():
-        raise LayoutError(f"dataset root {root} is not a folder")
+        raise LayoutError(f"dataset root {display_path(root)} is not a folder")
     if layout is None:
         layout = detect_layout(root)
-        logger.info("detected layout %r for %s", layout, root)
+        logger.info("detected layout %r for %s", layout, display_path(root))
     key = layout.lower()
     if key not in LAYOUTS:
         raise LayoutError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
