@@ -5,9 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 
 import pytest
 
+from tipsomaly.errors import OutputError
 from tipsomaly.report.tables import ScoreTable, columns
 
 
@@ -72,3 +74,30 @@ def test_json_has_rows_summary_settings_and_nulls(tmp_path):
 def test_unknown_columns_are_an_error(tmp_path):
     with ScoreTable(tmp_path) as table, pytest.raises(ValueError, match="unknown columns"):
         table.add(_row("a.png", bogus=1))
+
+
+def test_lf_line_endings_and_undecodable_names_escaped(tmp_path):
+    odd = os.fsdecode(b"caf\xff.png")  # a Linux file name that is not UTF-8
+    with ScoreTable(tmp_path) as table:
+        table.add(_row(odd, 0.5))
+        table.add(_row("b.png", math.nan, "error", f"cannot load image '{odd}': empty file"))
+        table.write_json(complete=True)
+    raw = (tmp_path / "scores.csv").read_bytes()
+    assert b"\r" not in raw and raw.count(b"\n") == 3
+    text = raw.decode("utf-8")
+    assert "caf\\xff.png" in text and "'caf\\xff.png': empty file" in text
+    doc = json.loads((tmp_path / "scores.json").read_bytes().decode("utf-8"))
+    assert doc["results"][0]["path"] == "caf\\xff.png"
+
+
+def test_disk_errors_name_the_file_and_keep_the_rows(tmp_path):
+    with ScoreTable(tmp_path) as table:
+        table.add(_row("a.png"))
+        (tmp_path / "scores.json.tmp").mkdir()  # the JSON cannot be written
+        with pytest.raises(OutputError, match=r"cannot write .*scores\.json: Is a directory"):
+            table.write_json(complete=True)
+    assert len(list(csv.DictReader((tmp_path / "scores.csv").open()))) == 1
+    blocked = tmp_path / "file"
+    blocked.write_text("x")
+    with pytest.raises(OutputError, match="cannot write"):
+        ScoreTable(blocked / "out")

@@ -6,6 +6,9 @@ chosen CLS token's score, in [0, 2], higher = more anomalous), ``score_cls1``, `
 (the problem, naming the file; empty when ok) and ``name`` (the output name: the overlay is
 ``overlays/<name>.png``). In the CSV, scores have 6 decimals and are empty for failed images,
 ``is_anomalous`` is ``true``/``false``; in the JSON they are numbers / booleans / ``null``.
+CSV lines end with ``\\n``; text that is not valid UTF-8 (file names with undecodable bytes,
+held by Python as surrogate escapes) is written escaped (``\\xff``). A disk error raises
+:class:`~tipsomaly.errors.OutputError` naming the file; the rows written before it stay.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from ..errors import OutputError
+from .results import printable
 
 CSV_NAME = "scores.csv"
 JSON_NAME = "scores.json"
@@ -48,6 +54,10 @@ def _json_value(value: Any) -> Any:
     return value
 
 
+def _clean(value: Any) -> Any:
+    return printable(value) if isinstance(value, str) else value
+
+
 class ScoreTable:
     """Writes the rows of one run to ``out_dir/scores.csv`` as they come and ``scores.json`` on
     :meth:`write_json`.
@@ -63,20 +73,30 @@ class ScoreTable:
         self.rows: list[dict[str, Any]] = []
         self.csv_path = self.out_dir / CSV_NAME
         self.json_path = self.out_dir / JSON_NAME
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.csv_path, "w", newline="", encoding="utf-8")  # noqa: SIM115
-        self._writer = csv.writer(self._fh)
-        self._writer.writerow(self.columns)
-        self._fh.flush()
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.csv_path, "w", newline="", encoding="utf-8")  # noqa: SIM115
+            self._writer = csv.writer(self._fh, lineterminator="\n")
+            self._writer.writerow(self.columns)
+            self._fh.flush()
+        except OSError as exc:
+            raise OutputError(self.csv_path, exc) from None
 
     def add(self, row: Mapping[str, Any]) -> None:
-        """Append one row (a mapping with every column; extra keys are an error) and flush."""
+        """Append one row (a mapping with every column; extra keys are an error) and flush.
+
+        Raises:
+            OutputError: the CSV cannot be written (full or read-only disk).
+        """
         extra = set(row) - set(self.columns)
         if extra:
             raise ValueError(f"unknown columns {sorted(extra)}; expected {self.columns}")
-        ordered = {c: row.get(c) for c in self.columns}
-        self._writer.writerow([_csv_cell(ordered[c]) for c in self.columns])
-        self._fh.flush()
+        ordered = {c: _clean(row.get(c)) for c in self.columns}
+        try:
+            self._writer.writerow([_csv_cell(ordered[c]) for c in self.columns])
+            self._fh.flush()
+        except OSError as exc:
+            raise OutputError(self.csv_path, exc) from None
         self.rows.append(ordered)
 
     @property
@@ -90,18 +110,29 @@ class ScoreTable:
     def write_json(self, *, complete: bool, settings: Mapping[str, Any] | None = None) -> Path:
         """Write every row so far to ``scores.json`` (atomically: a temp file, then renamed).
 
-        ``complete`` is False when the run stopped early (an error or an interrupt).
+        ``complete`` is False while the run is going on and when it stopped early (an error
+        or an interrupt).
+
+        Raises:
+            OutputError: the file cannot be written.
         """
         doc = {
             "complete": complete,
             "summary": {"images": len(self.rows), "ok": self.n_ok, "failed": self.n_failed},
-            "settings": dict(settings or {}),
+            "settings": {k: _clean(v) for k, v in (settings or {}).items()},
             "columns": self.columns,
             "results": [{k: _json_value(v) for k, v in r.items()} for r in self.rows],
         }
         tmp = self.json_path.with_name(self.json_path.name + ".tmp")
-        tmp.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-        os.replace(tmp, self.json_path)
+        try:
+            tmp.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+            os.replace(tmp, self.json_path)
+        except OSError as exc:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            raise OutputError(self.json_path, exc) from None
         return self.json_path
 
     def close(self) -> None:

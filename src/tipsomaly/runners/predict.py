@@ -3,8 +3,9 @@
 Output layout under ``out_dir``::
 
     scores.csv            one row per input, appended and flushed as each image is scored
-    scores.json           the same rows + summary + settings, written at the end (also when the
-                          run stops early, with "complete": false)
+    scores.json           the same rows + summary + settings: written with "complete": false
+                          when the run starts (before any row), again at the end
+                          ("complete": true, or false when the run stops early)
     overlays/<name>.png   heat map over the image, at the image's original size
     masks/<name>.png      0/255 mask of map >= threshold           (only with a pixel threshold)
     maps/<name>.npy       raw map, float32 (H, W), original size   (only with save_maps)
@@ -14,31 +15,48 @@ input, without its extension, so the outputs mirror the input folders (``a/x.png
 ``b/x.png`` give ``a/x`` and ``b/x``). When two inputs would still share a name (``x.png``
 and ``x.jpg`` in one folder) they keep their extension (``x.png``, ``x.jpg``); any clash left
 gets ``-<8 hex digits of the path's SHA-1>``. The ``name`` column of the table holds it.
+
+Integrity: one run at a time writes into ``out_dir`` (:class:`~.lock.OutputLock`; a second one
+fails naming the first). An image's overlay, mask and map are written under temporary names,
+its row is appended to ``scores.csv``, and only then are they renamed into place, so an
+output file never exists without its row (the earlier run's files of the run's names are removed
+when it starts). A per-image failure while writing (out of memory, an unwritable name) becomes
+that image's error row; a full or read-only disk stops the run with
+:class:`~tipsomaly.errors.OutputError`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import math
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .. import __version__
 from ..data.images import ImageLoadError, load_image
 from ..data.inputs import NoInputsError, expand_inputs, folder_class_name, output_names
+from ..errors import OutputError
 from ..method.detector import Detector, Prediction
 from ..report.overlay import DEFAULT_ALPHA, SCALES, save_map, save_mask, save_overlay
+from ..report.results import printable
 from ..report.tables import ScoreTable
+from .lock import OutputLock
 
 log = logging.getLogger(__name__)
 
 OVERLAY_DIR, MASK_DIR, MAP_DIR = "overlays", "masks", "maps"
+OUTPUT_KINDS = ((OVERLAY_DIR, ".png"), (MASK_DIR, ".png"), (MAP_DIR, ".npy"))
+# errors that no other image would escape: the run stops with OutputError
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 ClassNames = str | Callable[[Path], str]
 
@@ -106,6 +124,9 @@ def run_predict(
 
     Raises:
         NoInputsError: ``paths`` name no image file.
+        OutputLockedError: another run is writing into ``out_dir``.
+        OutputError: ``out_dir`` cannot be written (read-only or full disk); the rows written
+            before stay.
         KeyboardInterrupt and any other exception stop the run; the rows computed so far are
             in ``scores.csv`` and ``scores.json`` (``"complete": false``).
     """
@@ -147,43 +168,23 @@ def run_predict(
         "overlay_alpha": overlay_alpha if overlays else None,
         **(settings or {}),
     }
-    table = ScoreTable(out, with_is_anomalous=image_threshold is not None)
-    complete = False
-    bar = tqdm(total=len(files), unit="img", desc="predict", disable=not progress)
-    redirect = logging_redirect_tqdm() if progress else contextlib.nullcontext()
-    try:
-        with redirect:
-            predictions = detector.iter_predict(
-                [str(f) for f in files], classes, batch_size=batch_size, on_error="record"
-            )
-            for pred, name in zip(predictions, names, strict=True):
-                row = _row(pred, name, image_threshold)
-                if pred.ok:
-                    _write_images(
-                        pred,
-                        out,
-                        name,
-                        threshold,
-                        save_maps,
-                        overlays,
-                        overlay_scale,
-                        overlay_alpha,
-                    )
-                else:
-                    log.warning("%s", row["error"])
-                    _remove_stale(out, name)
-                table.add(row)
-                bar.update(1)
-        complete = True
-    finally:
-        bar.close()
-        try:
-            table.write_json(complete=complete, settings=run_settings)
-        except OSError as exc:
-            if complete:
-                raise
-            log.error("could not write %s: %s", table.json_path, exc)
-        table.close()
+    with OutputLock(out):
+        table = _run(
+            detector,
+            files,
+            names,
+            classes,
+            out,
+            run_settings,
+            threshold=threshold,
+            image_threshold=image_threshold,
+            save_maps=save_maps,
+            overlays=overlays,
+            overlay_scale=overlay_scale,
+            overlay_alpha=overlay_alpha,
+            batch_size=batch_size,
+            progress=progress,
+        )
     return PredictSummary(
         images=len(table.rows),
         ok=table.n_ok,
@@ -195,26 +196,144 @@ def run_predict(
     )
 
 
+def _run(
+    detector: Detector,
+    files: list[Path],
+    names: list[str],
+    classes: list[str],
+    out: Path,
+    run_settings: dict[str, Any],
+    *,
+    threshold: float | None,
+    image_threshold: float | None,
+    save_maps: bool,
+    overlays: bool,
+    overlay_scale: str,
+    overlay_alpha: float,
+    batch_size: int | None,
+    progress: bool,
+) -> ScoreTable:
+    """The run proper, with the output folder's lock held."""
+    table = ScoreTable(out, with_is_anomalous=image_threshold is not None)
+    complete = False
+    bar = tqdm(total=len(files), unit="img", desc="predict", disable=not progress)
+    redirect = logging_redirect_tqdm() if progress else contextlib.nullcontext()
+    try:
+        table.write_json(complete=False, settings=run_settings)  # before any row
+        for name in names:  # this run's rows are not written yet: nor are its files
+            _remove_outputs(out, name)
+        with redirect:
+            predictions = detector.iter_predict(
+                [str(f) for f in files], classes, batch_size=batch_size, on_error="record"
+            )
+            for pred, name in zip(predictions, names, strict=True):
+                row = _row(pred, name, image_threshold)
+                written: list[tuple[Path, Path]] = []
+                if row["status"] == "ok":
+                    try:
+                        written = _write_images(
+                            pred,
+                            out,
+                            name,
+                            threshold,
+                            save_maps,
+                            overlays,
+                            overlay_scale,
+                            overlay_alpha,
+                        )
+                    except _ImageOutputError as exc:
+                        row = _error_row(row, str(exc))
+                if row["status"] != "ok":
+                    log.warning("%s", printable(row["error"]))
+                try:
+                    table.add(row)
+                except BaseException:
+                    _discard(written)
+                    raise
+                for tmp, final in written:  # the row is on disk: now its files
+                    try:
+                        os.replace(tmp, final)
+                    except OSError as exc:
+                        _discard([(tmp, final)])
+                        raise OutputError(final, exc) from None
+                bar.update(1)
+        complete = True
+    finally:
+        bar.close()
+        try:
+            table.write_json(complete=complete, settings=run_settings)
+        except OSError as exc:
+            if complete:
+                raise
+            log.error("%s", printable(exc))
+        table.close()
+    return table
+
+
 def _row(pred: Prediction, name: str, image_threshold: float | None) -> dict[str, Any]:
+    """The table row of one prediction; a non-finite score makes it an error row."""
+    error = None
+    if not pred.ok:
+        # read but not scored (a non-finite score or map), or never read
+        scored = pred.original_size is not None or "non-finite" in str(pred.error)
+        what = "score" if scored else "load"
+        error = f"cannot {what} image '{pred.source}': {pred.error}"
+    else:
+        scores = (pred.image_score, pred.score_cls1, pred.score_cls2)
+        amap = pred.anomaly_map_original
+        if not all(math.isfinite(v) for v in scores):
+            error = f"cannot score image '{pred.source}': non-finite score {scores}"
+        elif amap is not None and not np.isfinite(amap).all():
+            error = f"cannot score image '{pred.source}': non-finite anomaly map"
     row: dict[str, Any] = {
         "path": pred.source,
         "class_name": pred.class_name,
         "image_score": pred.image_score,
         "score_cls1": pred.score_cls1,
         "score_cls2": pred.score_cls2,
-        "status": "ok" if pred.ok else "error",
-        "error": None if pred.ok else f"cannot load image '{pred.source}': {pred.error}",
+        "status": "ok",
+        "error": None,
         "name": name,
     }
     if image_threshold is not None:
-        row["is_anomalous"] = bool(pred.image_score >= image_threshold) if pred.ok else None
+        row["is_anomalous"] = bool(pred.image_score >= image_threshold)
+    return row if error is None else _error_row(row, error)
+
+
+def _error_row(row: dict[str, Any], error: str) -> dict[str, Any]:
+    row = {**row, "status": "error", "error": error}
+    for key in ("image_score", "score_cls1", "score_cls2"):
+        row[key] = float("nan")
+    if "is_anomalous" in row:
+        row["is_anomalous"] = None
     return row
 
 
-def _remove_stale(out: Path, name: str) -> None:
-    """Delete an earlier run's overlay, mask and map of ``name`` (its image failed this time)."""
-    for folder, suffix in ((OVERLAY_DIR, ".png"), (MASK_DIR, ".png"), (MAP_DIR, ".npy")):
-        (out / folder / f"{name}{suffix}").unlink(missing_ok=True)
+class _ImageOutputError(Exception):
+    """One image's files could not be written (its row becomes an error row)."""
+
+
+def _tmp_name(final: Path) -> Path:
+    return final.with_name(f".{final.stem}.tmp{final.suffix}")
+
+
+def _remove_outputs(out: Path, name: str) -> None:
+    """Delete an earlier run's overlay, mask and map of ``name`` (and leftover temp files)."""
+    for folder, suffix in OUTPUT_KINDS:
+        final = out / folder / f"{name}{suffix}"
+        for path in (final, _tmp_name(final)):
+            try:
+                path.unlink(missing_ok=True)
+            except IsADirectoryError:
+                pass
+            except OSError as exc:
+                raise OutputError(path, exc) from None
+
+
+def _discard(written: list[tuple[Path, Path]]) -> None:
+    for tmp, _final in written:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def _write_images(
@@ -226,19 +345,46 @@ def _write_images(
     overlays: bool,
     scale: str,
     alpha: float,
-) -> None:
-    """The per-image files of one scored image: overlay, mask, raw map (all at original size)."""
+) -> list[tuple[Path, Path]]:
+    """The per-image files of one scored image (overlay, mask, raw map, at original size),
+    written under temporary names: returns ``(temporary, final)`` pairs.
+
+    Raises:
+        _ImageOutputError: this image's files cannot be written (out of memory, a name the
+            file system refuses); nothing of it is left.
+        OutputError: the disk is full or read-only.
+    """
     amap = pred.anomaly_map_original
     assert amap is not None
-    log.debug("%s: image score %.4f", pred.source, pred.image_score)
-    if save_maps:
-        save_map(out / MAP_DIR / f"{name}.npy", amap)
-    if threshold is not None:
-        save_mask(out / MASK_DIR / f"{name}.png", amap, threshold)
-    if overlays:
-        try:
-            image = load_image(pred.source)
-        except ImageLoadError as exc:  # changed or removed since it was scored
-            log.warning("no overlay for %s: %s", pred.source, exc)
-            return
-        save_overlay(out / OVERLAY_DIR / f"{name}.png", image, amap, alpha=alpha, scale=scale)
+    log.debug("%s: image score %.4f", printable(pred.source), pred.image_score)
+    written: list[tuple[Path, Path]] = []
+    final = out
+    try:
+        if save_maps:
+            final = out / MAP_DIR / f"{name}.npy"
+            save_map(_tmp_name(final), amap)
+            written.append((_tmp_name(final), final))
+        if threshold is not None:
+            final = out / MASK_DIR / f"{name}.png"
+            save_mask(_tmp_name(final), amap, threshold)
+            written.append((_tmp_name(final), final))
+        if overlays:
+            final = out / OVERLAY_DIR / f"{name}.png"
+            try:
+                image = load_image(pred.source)
+            except ImageLoadError as exc:  # changed or removed since it was scored
+                log.warning("no overlay for %s: %s", printable(pred.source), printable(exc))
+            else:
+                save_overlay(_tmp_name(final), image, amap, alpha=alpha, scale=scale)
+                written.append((_tmp_name(final), final))
+    except BaseException as exc:
+        _discard([*written, (_tmp_name(final), final)])
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
+            raise OutputError(final, exc) from None
+        if isinstance(exc, MemoryError):
+            raise _ImageOutputError(f"cannot write {final}: out of memory") from None
+        if isinstance(exc, (OSError, ValueError)):
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise _ImageOutputError(f"cannot write {final}: {reason}") from None
+        raise
+    return written
