@@ -77,3 +77,22 @@ def test_help_does_not_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_unknown_preset_is_its_own_error_with_a_plain_message():
+    """Not a bare KeyError (main() no longer shows those as user errors), still a KeyError."""
+    import pytest
+
+    from tipsomaly.errors import TipsomalyError, UnknownModelError
+    from tipsomaly.tips.presets import get_preset
+
+    with pytest.raises(UnknownModelError) as info:
+        get_preset("l15h")
+    assert isinstance(info.value, KeyError) and isinstance(info.value, TipsomalyError)
+    assert str(info.value).startswith("unknown TIPS preset 'l15h'; known presets: s14h")
+
+
+def test_unknown_preset_from_the_cli_is_one_line(capsys):
+    assert main(["weights", "download", "l15h", "--offline"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tipsomaly: error: unknown TIPS preset 'l15h'") and err.count("\n") == 1

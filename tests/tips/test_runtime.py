@@ -50,3 +50,18 @@ def test_cpu_flags_are_read(monkeypatch, tmp_path):
     assert runtime.cpu_has_native_bf16() is True
     cpuinfo.write_text("processor : 0\nflags : fpu avx2\n")
     assert runtime.cpu_has_native_bf16() is False
+
+
+def test_device_and_dtype_mistakes_are_user_errors(monkeypatch):
+    """They reach the CLI as one line (TipsomalyError), and stay ValueErrors for callers."""
+    from tipsomaly.errors import InvalidOptionError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for call in (
+        lambda: runtime.resolve_device("cuda"),
+        lambda: runtime.resolve_device("floppy"),
+        lambda: runtime.resolve_dtype("fp8"),
+        lambda: runtime.resolve_dtype("fp16", torch.device("cpu")),
+    ):
+        with pytest.raises(InvalidOptionError):
+            call()

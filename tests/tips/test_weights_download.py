@@ -189,3 +189,76 @@ def test_registry_survives_a_corrupt_file(tmp_path):
     assert registry.get("a") is None
     registry.record("a", "ab" * 32)
     assert registry.get("a") == "ab" * 32
+
+
+# -- a stalled network: bounded waits that say what timed out ---------------------------------
+@pytest.fixture
+def silent_server():
+    """A TCP server on 127.0.0.1 that accepts connections (the kernel's backlog) and never
+    answers: the stalled network, proxy or firewall that used to hang a download silently."""
+    import socket
+
+    weights._unreachable.clear()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    sock.close()
+    weights._unreachable.clear()
+
+
+def _bounded(call, limit: float = 10.0):
+    """Run ``call`` in a daemon thread; (exception, seconds), or fail if it is still waiting
+    after ``limit`` seconds (the old 60-s-per-file wait must not hang the suite)."""
+    import time
+
+    box: dict = {}
+
+    def target():
+        start = time.monotonic()
+        try:
+            call()
+        except BaseException as exc:  # noqa: BLE001 (handed to the test)
+            box["exc"] = exc
+        box["seconds"] = time.monotonic() - start
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(limit)
+    assert not thread.is_alive(), f"still waiting after {limit} s"
+    return box.get("exc"), box["seconds"]
+
+
+def test_a_server_that_never_answers_times_out_and_says_so(silent_server, tmp_path, monkeypatch):
+    monkeypatch.setenv(weights.TIMEOUT_ENV, "0.5")
+    url = f"{silent_server}/tips_vision.npz"
+    exc, seconds = _bounded(lambda: fetch(url, tmp_path / "v.npz", progress=False))
+    assert isinstance(exc, WeightsUnavailableError), exc
+    message = str(exc)
+    host = silent_server.removeprefix("http://")
+    assert f"timed out: {host} did not answer within 0.5 s" in message
+    assert weights.TIMEOUT_ENV in message and url in message and str(tmp_path / "v.npz") in message
+    assert seconds < 5
+
+
+def test_the_other_files_of_a_stalled_host_fail_at_once(silent_server, tmp_path):
+    """One stall per host, not one per file (a preset is three files: 3 x the timeout)."""
+    first, _ = _bounded(lambda: fetch(f"{silent_server}/a", tmp_path / "a", timeout=0.5))
+    assert isinstance(first, WeightsUnavailableError)
+    second, seconds = _bounded(lambda: fetch(f"{silent_server}/b", tmp_path / "b", timeout=0.5))
+    assert isinstance(second, WeightsUnavailableError) and seconds < 0.3
+    assert "unreachable earlier" in str(second) and "did not answer" in str(second)
+    assert f"{silent_server}/b" in str(second) and str(tmp_path / "b") in str(second)
+
+
+def test_download_timeout_from_the_environment(monkeypatch):
+    from tipsomaly.errors import InvalidOptionError
+
+    monkeypatch.delenv(weights.TIMEOUT_ENV, raising=False)
+    assert weights.download_timeout() == 30.0
+    monkeypatch.setenv(weights.TIMEOUT_ENV, "120")
+    assert weights.download_timeout() == 120.0
+    for bad in ("0", "-5", "nan", "soon"):
+        monkeypatch.setenv(weights.TIMEOUT_ENV, bad)
+        with pytest.raises(InvalidOptionError, match=weights.TIMEOUT_ENV):
+            weights.download_timeout()
