@@ -335,3 +335,34 @@ def test_report_imports_neither_runners_nor_torch():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_eval_equals_metrics_computed_directly_from_the_detector(model, data, tmp_path):
+    """An independent path: the detector's own maps and scores, the masks as ``data`` reads
+    them, the metrics called directly; eval (through its store, twice) must agree."""
+    from tipsomaly.data.dataset import AnomalyDataset
+    from tipsomaly.data.meta import read_meta
+    from tipsomaly.runners.evaluate import class_metrics
+    from tipsomaly.tips.model import load_model_dir
+
+    detector = Detector(load_model_dir(model), image_size=56, sigma=2.0)
+    meta = read_meta(data, "test")
+    expected = {}
+    for class_name, samples in meta.samples.items():
+        items = [AnomalyDataset(samples, 56)[i] for i in range(len(samples))]
+        images = torch.stack([it["image"] for it in items])
+        scores = detector.score_batch(images, class_name)
+        expected[class_name] = class_metrics(
+            scores.score_cls1.numpy(),
+            scores.score_cls2.numpy(),
+            np.array([it["label"] for it in items]),
+            scores.maps.numpy(),
+            torch.stack([it["mask"] for it in items]).numpy() > 0.5,
+        )
+    out = tmp_path / "out"
+    for _ in range(2):  # computed, then read back from the store
+        result = _run(model, data, out)
+        for class_name, metrics in expected.items():
+            for key, value in metrics.items():
+                got = result.classes[class_name][key]
+                assert got == pytest.approx(value, abs=1e-5), (class_name, key)
