@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import tracemalloc
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -114,3 +117,51 @@ def test_save_overlay_mask_and_map(tmp_path):
     raw = np.load(r, allow_pickle=False)
     assert raw.dtype == np.float32 and raw.shape == amap.shape
     np.testing.assert_array_equal(raw, amap)
+
+
+# -- original-size overlays without full-size float copies -------------------------------------
+def _whole_array_overlay(rgb: np.ndarray, amap: np.ndarray, alpha: float, scale: str):
+    """The overlay rule written out on whole arrays (float64), independent of the module."""
+    m = np.nan_to_num(amap.astype(np.float64), nan=0.0, posinf=1.0, neginf=0.0)
+    if scale == "per-image":
+        lo, hi = m.min(), m.max()
+        m = (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
+    v = np.clip(m, 0.0, 1.0)[..., None]
+    heat = np.round(np.clip(1.5 - np.abs(4.0 * v - np.array([3.0, 2.0, 1.0])), 0, 1) * 255)
+    return np.clip(np.round((1 - alpha) * rgb + alpha * heat), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("scale", ["fixed", "per-image"])
+def test_banded_overlay_equals_the_whole_array_rule(monkeypatch, scale):
+    ov = importlib.import_module("tipsomaly.report.overlay")
+
+    monkeypatch.setattr(ov, "CHUNK_PIXELS", 37 * 5)  # many bands, the last one short
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (61, 37, 3), dtype=np.uint8)
+    amap = rng.normal(0.5, 0.4, (61, 37)).astype(np.float32)
+    amap[3, 4], amap[50, 1], amap[60, 36] = np.nan, np.inf, -np.inf
+    got = overlay(rgb, amap, alpha=0.3, scale=scale)
+    want = _whole_array_overlay(rgb, amap, 0.3, scale)
+    # float32 against float64 rounding: at most one level apart, almost everywhere equal
+    diff = np.abs(got.astype(int) - want.astype(int))
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.99
+    assert np.array_equal(colorize(amap, scale), ov.jet(normalize_map(amap, scale)))
+
+
+def test_overlay_peak_memory_is_a_few_bytes_per_pixel(monkeypatch):
+    """A 2000×1200 overlay holds its uint8 output and one band, not float (H, W, 3) copies."""
+    ov = importlib.import_module("tipsomaly.report.overlay")
+
+    monkeypatch.setattr(ov, "CHUNK_PIXELS", 1 << 16)
+    h, w = 1200, 2000
+    rgb = np.full((h, w, 3), 100, np.uint8)
+    amap = np.linspace(0, 1, h * w, dtype=np.float32).reshape(h, w)
+    tracemalloc.start()
+    try:
+        out = overlay(rgb, amap, scale="per-image")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert out.shape == (h, w, 3)
+    # output 3 B/px + one band's temporaries; the whole-array version needed over 40 B/px
+    assert peak < 6 * h * w, f"peak {peak / 2**20:.1f} MB for {h * w / 1e6:.1f} MP"

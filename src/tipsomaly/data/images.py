@@ -101,6 +101,7 @@ MaxPixels = int | None | _Unset
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 _ORIENTATION_TAG = 0x0112
 _TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # these swap width and height
+_APPLIED_ORIENTATIONS = (2, 3, 4, 5, 6, 7, 8)  # 1 (or none): already upright
 
 
 def get_max_pixels() -> int | None:
@@ -268,13 +269,21 @@ def _open_checked(p: Path, limit: int | None) -> Image.Image:
 
 
 def _exif_upright(im: Image.Image, path: PathLike) -> Image.Image:
-    """A decoded copy of ``im`` with its EXIF orientation applied (broken EXIF: logged, ignored)."""
+    """The decoded ``im`` with its EXIF orientation applied (broken EXIF: logged, ignored).
+
+    Without an orientation to apply, ``im`` itself is returned (no second full-size copy),
+    unless Pillow memory-mapped the file (uncompressed formats): then a copy, so that the
+    pixels never depend on a file that may change.
+    """
     try:
-        out = ImageOps.exif_transpose(im)
+        orientation = im.getexif().get(_ORIENTATION_TAG, 1)
+        out = ImageOps.exif_transpose(im) if orientation in _APPLIED_ORIENTATIONS else None
     except Exception as exc:  # noqa: BLE001 - malformed EXIF must not make the image unusable
-        logger.warning("ignoring unreadable EXIF orientation of %s: %s", path, exc)
+        logger.warning("ignoring unreadable EXIF orientation of %s: %s", display_path(path), exc)
         out = None
-    return im.copy() if out is None or out is im else out
+    if out is not None and out is not im:
+        return out
+    return im.copy() if getattr(im, "map", None) is not None or im.readonly else im
 
 
 def _high_byte(values: np.ndarray) -> np.ndarray:

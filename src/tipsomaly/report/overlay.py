@@ -3,6 +3,12 @@
 Conventions: maps are float arrays (H, W), higher = more anomalous; TipsOmaly's maps are the
 per-pixel abnormal probability, in [0, 1]. Images are 8-bit RGB (H, W, 3). Colours follow the
 classic "jet" ramp: 0 = dark blue, 0.5 = green, 1 = dark red.
+
+Memory: overlays are made at the image's original size, so :func:`colorize` and
+:func:`overlay` work in bands of rows (:data:`CHUNK_PIXELS` pixels at a time) into one uint8
+output; besides the inputs and that output, they hold only one band's float32 temporaries
+(never a full-size float copy of the image or a float (H, W, 3) heat map). The results are
+bit-identical to computing the whole array at once.
 """
 
 from __future__ import annotations
@@ -17,6 +23,46 @@ from PIL import Image
 #: images; values outside are clipped) and ``per-image`` stretches each map's own min..max.
 SCALES = ("fixed", "per-image")
 DEFAULT_ALPHA = 0.5
+#: Pixels per band of rows in :func:`colorize` and :func:`overlay` (bounds their temporaries:
+#: about 60 bytes per pixel of a band, i.e. 60 MB).
+CHUNK_PIXELS = 1 << 20
+
+
+def _bands(height: int, width: int) -> range:
+    """Start rows of the bands of about :data:`CHUNK_PIXELS` pixels covering ``height`` rows."""
+    return range(0, height, max(1, CHUNK_PIXELS // max(1, width)))
+
+
+def _finite(m: np.ndarray) -> np.ndarray:
+    """float32 copy with NaN → 0, +inf → 1, -inf → 0 (the normalisation's rule)."""
+    return np.nan_to_num(np.asarray(m, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+
+
+def _check_map(m: np.ndarray, scale: str) -> None:
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    if m.ndim != 2:
+        raise ValueError(f"expected a 2-D (H, W) map, got shape {m.shape}")
+
+
+def _range(m: np.ndarray, scale: str) -> tuple[float, float] | None:
+    """(min, max) of the finite-ised map, band by band, for ``per-image``; ``None`` for fixed."""
+    if scale != "per-image" or not m.size:
+        return None
+    lo, hi = np.inf, -np.inf
+    rows = _bands(*m.shape)
+    for r in rows:
+        band = _finite(m[r : r + rows.step])
+        lo, hi = min(lo, float(band.min())), max(hi, float(band.max()))
+    return lo, hi
+
+
+def _normalize_band(band: np.ndarray, span: tuple[float, float] | None) -> np.ndarray:
+    m = _finite(band)
+    if span is not None:
+        lo, hi = span
+        m = (m - np.float32(lo)) / np.float32(hi - lo) if hi > lo else np.zeros_like(m)
+    return np.clip(m, 0.0, 1.0)
 
 
 def normalize_map(anomaly_map: np.ndarray, scale: str = "fixed") -> np.ndarray:
@@ -25,15 +71,9 @@ def normalize_map(anomaly_map: np.ndarray, scale: str = "fixed") -> np.ndarray:
     ``fixed`` clips to [0, 1]; ``per-image`` maps min → 0 and max → 1 (a constant map → 0).
     NaN becomes 0.
     """
-    if scale not in SCALES:
-        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
-    m = np.nan_to_num(np.asarray(anomaly_map, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
-    if m.ndim != 2:
-        raise ValueError(f"expected a 2-D (H, W) map, got shape {m.shape}")
-    if scale == "per-image" and m.size:
-        lo, hi = float(m.min()), float(m.max())
-        m = (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
-    return np.clip(m, 0.0, 1.0)
+    m = np.asarray(anomaly_map)
+    _check_map(m, scale)
+    return _normalize_band(m, _range(m, scale))
 
 
 def jet(values: np.ndarray) -> np.ndarray:
@@ -49,13 +89,24 @@ def jet(values: np.ndarray) -> np.ndarray:
 
 
 def colorize(anomaly_map: np.ndarray, scale: str = "fixed") -> np.ndarray:
-    """(H, W) map → (H, W, 3) uint8 heat map (:func:`normalize_map` then :func:`jet`)."""
-    return jet(normalize_map(anomaly_map, scale))
+    """(H, W) map → (H, W, 3) uint8 heat map (:func:`normalize_map` then :func:`jet`).
+
+    Computed band by band (see the module doc): no full-size float temporaries.
+    """
+    m = np.asarray(anomaly_map)
+    _check_map(m, scale)
+    span = _range(m, scale)
+    out = np.empty((*m.shape, 3), dtype=np.uint8)
+    step = _bands(*m.shape).step
+    for r in _bands(*m.shape):
+        out[r : r + step] = jet(_normalize_band(m[r : r + step], span))
+    return out
 
 
 def _as_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        return np.asarray(rgb, dtype=np.uint8)
     arr = np.asarray(image)
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)
@@ -92,14 +143,25 @@ def overlay(
         scale: ``"fixed"`` ([0, 1] absolute) or ``"per-image"`` (min-max); see :data:`SCALES`.
 
     Returns:
-        uint8 array (H, W, 3) at the image's size.
+        uint8 array (H, W, 3) at the image's size, computed band by band (module doc).
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
     rgb = _as_rgb_array(image)
-    heat = colorize(resize_map(anomaly_map, rgb.shape[:2]), scale)
-    blended = (1.0 - alpha) * rgb.astype(np.float32) + alpha * heat.astype(np.float32)
-    return np.clip(np.round(blended), 0, 255).astype(np.uint8)
+    height, width = rgb.shape[:2]
+    m = resize_map(anomaly_map, (height, width))
+    _check_map(m, scale)
+    span = _range(m, scale)
+    out = np.empty((height, width, 3), dtype=np.uint8)
+    keep, mix = np.float32(1.0 - alpha), np.float32(alpha)
+    step = _bands(height, width).step
+    for r in _bands(height, width):
+        heat = jet(_normalize_band(m[r : r + step], span)).astype(np.float32)
+        blended = keep * rgb[r : r + step].astype(np.float32) + mix * heat
+        out[r : r + step] = np.clip(np.round(blended), 0, 255).astype(np.uint8)
+    return out
 
 
 def save_overlay(
@@ -121,7 +183,8 @@ def save_mask(path: str | os.PathLike, anomaly_map: np.ndarray, threshold: float
     """Write ``anomaly_map >= threshold`` as a 0/255 8-bit grey PNG at ``path``; returns it."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    mask = (np.asarray(anomaly_map) >= threshold).astype(np.uint8) * 255
+    mask = (np.asarray(anomaly_map) >= threshold).view(np.uint8)  # bool → 0/1, no copy
+    mask *= 255
     Image.fromarray(mask, mode="L").save(p)
     return p
 
