@@ -354,8 +354,13 @@ class Detector:
                 yield Prediction(item.source, item.class_name, error=NON_FINITE)
                 k += 1
                 continue
+            # Upsampled on the CPU from the small map: the one full-size copy is the float32
+            # result itself (never a full-size map on the accelerator, then copied back).
             original = F.interpolate(
-                m[None, None], size=item.original_size, mode="bilinear", align_corners=False
+                m.detach().float().cpu()[None, None],
+                size=item.original_size,
+                mode="bilinear",
+                align_corners=False,
             )[0, 0]
             s1, s2 = float(scores.score_cls1[k]), float(scores.score_cls2[k])
             yield Prediction(
