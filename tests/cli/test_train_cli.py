@@ -72,3 +72,33 @@ def test_train_resume_and_evaluate(setup, tmp_path, capsys):
 def test_bad_data_is_a_message_not_a_traceback(setup, tmp_path, capsys):
     assert main(_argv(setup, tmp_path / "out", "--classes", "no_such_class")) == 1
     assert "no_such_class" in capsys.readouterr().err
+
+
+def test_a_nan_loss_exits_non_zero_with_one_line(setup, tmp_path, capsys, monkeypatch):
+    from tipsomaly.runners import train as train_module
+
+    real = train_module.pixel_prompt_losses
+
+    def nan_losses(*args, **kwargs):
+        terms = real(*args, **kwargs)
+        return terms._replace(total=terms.total * float("nan"))
+
+    monkeypatch.setattr(train_module, "pixel_prompt_losses", nan_losses)
+    out = tmp_path / "out"
+    assert main(_argv(setup, out, "--epochs", "1", "--n-prompt", "2")) == 1
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith("tipsomaly: error: training stopped") and "\n" not in err
+    assert captured.out == "" and not list(out.glob("prompts_epoch*"))
+
+
+def test_a_corrupt_train_state_on_resume_is_one_line(setup, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(_argv(setup, out, "--epochs", "1", "--n-prompt", "2")) == 0
+    state = out / "train_state_epoch1.safetensors"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    capsys.readouterr()
+    assert main(_argv(setup, out, "--epochs", "2", "--n-prompt", "2", "--resume")) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tipsomaly: error: cannot resume") and "\n" not in err
+    assert str(state) in err
