@@ -234,3 +234,29 @@ def test_live_features_match_the_cache(setup):
     got, want = live.get([1, 2]), memory.get([1, 2])
     torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1e-5)
     assert torch.equal(got[1], want[1])
+
+
+def test_disk_cache_files_of_another_dtype_are_recomputed_and_damage_is_named(
+    setup, tmp_path, monkeypatch
+):
+    from safetensors.torch import load_file, save_file
+
+    from tipsomaly.runners.features import FeatureCacheError
+
+    model_dir, data = setup
+    model = load_model(model_dir)
+    samples = read_meta(data).all_samples()[:3]
+    disk = build_features(model, samples, SIZE, cache=tmp_path, progress=False)
+    path = disk.files[1]
+    tensors = load_file(str(path))
+    save_file({"patches": tensors["patches"].double(), "mask": tensors["mask"]}, str(path))
+
+    encoded = []
+    real = model.encode_image
+    monkeypatch.setattr(model, "encode_image", lambda x: encoded.append(len(x)) or real(x))
+    again = build_features(model, samples, SIZE, cache=tmp_path, progress=False)
+    assert encoded == [1] and again.get([1])[0].dtype == torch.float32
+
+    path.write_bytes(b"damaged after the check")
+    with pytest.raises(FeatureCacheError, match=path.name):
+        again.get([0, 1])

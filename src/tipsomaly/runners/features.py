@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from ..data.dataset import AnomalyDataset, collate_samples, make_loader
 from ..data.meta import Sample
+from ..errors import TipsomalyError
 from ..tips.model import TipsModel
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,10 @@ def sample_key(sample: Sample) -> str:
     return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:24]
 
 
+class FeatureCacheError(TipsomalyError, ValueError):
+    """A cached feature file cannot be read while training."""
+
+
 class FeatureStore:
     """Patch features and masks of ``samples`` (the usable ones), addressed by position."""
 
@@ -124,7 +129,15 @@ class DiskFeatures(FeatureStore):
     def get(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         from safetensors.torch import load_file
 
-        loaded = [load_file(str(self.files[i])) for i in indices]
+        loaded = []
+        for i in indices:
+            try:
+                loaded.append(load_file(str(self.files[i])))
+            except Exception as exc:  # noqa: BLE001 - changed or damaged since it was checked
+                raise FeatureCacheError(
+                    f"{self.files[i]} became unreadable during training ({exc}); delete it and "
+                    "run again (it will be recomputed)"
+                ) from None
         return (
             torch.stack([d["patches"] for d in loaded]),
             torch.stack([d["mask"] for d in loaded]),
@@ -170,19 +183,28 @@ def _encode_all(
             bar.update(len(batch["path"]) + len(batch["errors"]))
 
 
-def _valid_file(path: Path, n_patches: int | None, image_size: int) -> bool:
+def _valid_file(
+    path: Path, n_patches: int | None, image_size: int, dtype: torch.dtype | None = None
+) -> bool:
+    """Whether a cached feature file holds (N, D) ``dtype`` patches and an (S, S) bool mask."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             if set(f.keys()) != {"patches", "mask"}:
                 return False
-            mask_shape = tuple(f.get_slice("mask").get_shape())
-            patch_shape = tuple(f.get_slice("patches").get_shape())
+            mask, patches = f.get_slice("mask"), f.get_slice("patches")
+            mask_shape, patch_shape = tuple(mask.get_shape()), tuple(patches.get_shape())
+            dtypes = (patches.get_dtype(), mask.get_dtype())
     except Exception:  # noqa: BLE001 - any unreadable file is simply recomputed
         return False
-    return mask_shape == (image_size, image_size) and (
-        n_patches is None or patch_shape[0] == n_patches
+    wanted = {torch.float32: "F32", torch.float16: "F16"}.get(dtype) if dtype else None
+    return (
+        mask_shape == (image_size, image_size)
+        and len(patch_shape) == 2
+        and (n_patches is None or patch_shape[0] == n_patches)
+        and dtypes[1] == "BOOL"
+        and (wanted is None or dtypes[0] == wanted)
     )
 
 
@@ -263,7 +285,7 @@ def _build_disk(
     folder.mkdir(parents=True, exist_ok=True)
     n_patches = (image_size // model.patch_size) ** 2
     files = [folder / f"{sample_key(s)}.safetensors" for s in samples]
-    missing = [i for i, f in enumerate(files) if not _valid_file(f, n_patches, image_size)]
+    missing = [i for i, f in enumerate(files) if not _valid_file(f, n_patches, image_size, dtype)]
     log.info(
         "feature cache %s: %d of %d images cached, computing %d",
         folder,
