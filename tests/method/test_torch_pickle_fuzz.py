@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import struct
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +23,17 @@ import pytest
 import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from tipsomaly.method import torch_pickle
 from tipsomaly.method.pixel_prompts import PixelPromptError, PixelPrompts
 from tipsomaly.method.text_cache import TextEmbeddingCache
 from tipsomaly.method.torch_pickle import UnsafePickleError, read_torch_file
+
+# Hypothesis' caches go to the tests' throw-away home (removed at the end), not the checkout.
+set_hypothesis_home_dir(
+    Path(os.environ.get("TIPSOMALY_HOME", tempfile.gettempdir())) / "hypothesis"
+)
 
 FUZZ = settings(
     max_examples=200,
