@@ -53,7 +53,7 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
+    except (SafetensorError, OSError, ValueError, TypeError) as exc:  # TypeError: e.g. BF16
         raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from None
 
 
