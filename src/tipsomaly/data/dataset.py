@@ -20,6 +20,7 @@ from .images import (
     ImageLoadError,
     MaxPixels,
     binarize_mask_image,
+    get_max_pixels,
     load_image,
     open_image,
     preprocess,
@@ -100,6 +101,13 @@ class AnomalyDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def _load_image(self, path: PathLike) -> Any:
+        # The limit is passed only when it differs from the process-wide one, so a plain
+        # ``load_image(path)`` replacement (tests, instrumentation) keeps working.
+        if self.max_pixels == get_max_pixels():
+            return load_image(path)
+        return load_image(path, max_pixels=self.max_pixels)
+
     def _load_mask(self, sample: Sample, image_hw: tuple[int, int]) -> torch.Tensor:
         mask_image = open_image(sample.mask_path, max_pixels=self.max_pixels)
         try:
@@ -135,7 +143,7 @@ class AnomalyDataset(Dataset):
             "error": None,
         }
         try:
-            img = load_image(sample.image_path, max_pixels=self.max_pixels)
+            img = self._load_image(sample.image_path)
             item["original_hw"] = (img.height, img.width)
             item["image"] = preprocess(img, size)
             if self.load_masks and sample.anomaly == 1 and sample.mask_path is not None:
