@@ -49,7 +49,12 @@ def _subject(name: str) -> str:
 
 
 def _show(value: Any) -> str:
-    return repr(value) if isinstance(value, str) else str(value)
+    """The value as the user wrote it: strings quoted, 5.0 as 5, nan as nan."""
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _number(x: float) -> str:

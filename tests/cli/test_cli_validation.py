@@ -103,6 +103,8 @@ def test_in_range_closed_and_open_ends():
         validation.in_range(1.0, "b", 0, 1, high_open=True)
     with pytest.raises(InvalidOptionError, match="must be > 0"):
         validation.in_range(0.0, "lr", 0, None, low_open=True)
+    with pytest.raises(InvalidOptionError, match=r"got 5$"):  # as typed, not 5.0
+        validation.in_range(5.0, "t", 0, 1)
     with pytest.raises(InvalidOptionError, match=r"\(seconds\)"):
         validation.in_range(-1, "wait", 0, None, hint="seconds")
 
