@@ -24,8 +24,8 @@ from PIL import Image
 SCALES = ("fixed", "per-image")
 DEFAULT_ALPHA = 0.5
 #: Pixels per band of rows in :func:`colorize` and :func:`overlay` (bounds their temporaries:
-#: about 60 bytes per pixel of a band, i.e. 60 MB).
-CHUNK_PIXELS = 1 << 20
+#: about 65 bytes per pixel of a band, i.e. 17 MB).
+CHUNK_PIXELS = 1 << 18
 
 
 def _bands(height: int, width: int) -> range:
