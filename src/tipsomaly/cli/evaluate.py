@@ -6,7 +6,9 @@ import argparse
 
 from .options import (
     HelpFormatter,
+    add_input_options,
     add_model_options,
+    apply_input_options,
     check_model_options,
     dtype_name,
     ensure_out_dir,
@@ -34,6 +36,13 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         "--data", nargs="+", required=True, metavar="DIR", help="dataset root(s) with meta.json"
     )
     add_model_options(p)
+    add_input_options(p)
+    p.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="let meta.json paths leave the dataset root (../, absolute paths, symlinks out); "
+        "by default such entries are refused",
+    )
     p.add_argument(
         "--pixel-prompts",
         default="auto",
@@ -74,9 +83,11 @@ def run(args: argparse.Namespace) -> int:
     """Run ``eval``: check options, evaluate every dataset, write and print the results."""
     from ..report.results import render_text, write_results
     from ..runners.evaluate import EvalSettings, environment, evaluate_datasets
+    from ..runners.lock import OutputLock
 
     device, dtype = check_model_options(args)  # before any model loads
     ensure_out_dir(args.out)
+    apply_input_options(args)
     pixel_prompts = None if args.pixel_prompts == "none" else args.pixel_prompts
     settings = EvalSettings(
         model=args.model,
@@ -93,12 +104,20 @@ def run(args: argparse.Namespace) -> int:
         aupro=args.aupro,
         classes=args.classes,
         offline=args.offline or None,
+        allow_outside_root=args.allow_outside_root,
     )
-    results = evaluate_datasets(args.data, settings, args.out, progress=not args.quiet)
-    config = {"settings": vars(settings) | {"classes": args.classes}, "environment": environment()}
-    config["settings"]["data"] = list(args.data)
-    with writing(args.out):
-        files = write_results(results, args.out, config, args.cls)
+    # one lock over the predictions and the result files: no other run writes between them
+    with OutputLock(args.out):
+        results = evaluate_datasets(
+            args.data, settings, args.out, progress=not args.quiet, lock=False
+        )
+        config = {
+            "settings": vars(settings) | {"classes": args.classes, "max_pixels": args.max_pixels},
+            "environment": environment(),
+        }
+        config["settings"]["data"] = list(args.data)
+        with writing(args.out):
+            files = write_results(results, args.out, config, args.cls)
     print(render_text(results, args.cls))
     print("written: " + ", ".join(str(f) for f in files))
     failed = sum(len(r.errors) for r in results)

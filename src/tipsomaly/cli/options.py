@@ -72,6 +72,32 @@ class Parser(argparse.ArgumentParser):
         self.exit(1, f"tipsomaly: error: {message} (see `{self.prog} --help`)\n")
 
 
+def max_pixels_option(text: str) -> int | None:
+    """``--max-pixels``: a pixel count >= 1, or ``0`` / ``none`` for no limit."""
+    if text.strip().lower() in ("0", "none"):
+        return None
+    return positive_int(text)
+
+
+def add_input_options(p: argparse.ArgumentParser) -> None:
+    """``--max-pixels``: what every verb that reads images needs."""
+    p.add_argument(
+        "--max-pixels",
+        type=max_pixels_option,
+        default=100_000_000,
+        metavar="N",
+        help="refuse images larger than N pixels before decoding them (an error row, the run "
+        "goes on); 0 or none: no limit",
+    )
+
+
+def apply_input_options(args: argparse.Namespace) -> None:
+    """Make ``--max-pixels`` the process-wide limit of image loading."""
+    from ..data.images import set_max_pixels
+
+    set_max_pixels(args.max_pixels)
+
+
 def add_model_options(p: argparse.ArgumentParser, *, dtype_default: str = "fp32") -> None:
     """``--model``, ``--prompt-type``, ``--prompt-file``, ``--image-size``, ``--device``,
     ``--dtype``: what every verb that runs the network needs."""

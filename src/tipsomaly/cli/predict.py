@@ -9,7 +9,9 @@ from pathlib import Path
 from ..errors import OutputError
 from .options import (
     HelpFormatter,
+    add_input_options,
     add_model_options,
+    apply_input_options,
     check_model_options,
     ensure_out_dir,
     image_threshold,
@@ -74,6 +76,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         help="use each image's parent folder name as its class (bottle/001.png -> bottle)",
     )
     add_model_options(p, dtype_default="auto")
+    add_input_options(p)
     p.add_argument(
         "--pixel-prompts",
         help=f"learned pixel prompts: {' or '.join(BUNDLED)} (bundled, for l14h), a "
@@ -151,6 +154,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"tipsomaly: error: {NoInputsError(args.paths)}", file=sys.stderr)
         return EXIT_NO_INPUTS
     ensure_out_dir(args.out)  # read-only, full, or under a file: one line before the model
+    apply_input_options(args)
     pixel_prompts = default_pixel_prompts(args.model, args.pixel_prompts)
     # prompt, pixel-prompt and model-file problems are TipsomalyErrors: main() shows them
     detector = Detector(
@@ -179,7 +183,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
             overlays=not args.no_overlays,
             overlay_scale=args.overlay_scale,
             progress=not args.quiet,
-            settings={"device": str(device), "dtype": str(dtype).removeprefix("torch.")},
+            settings={
+                "device": str(device),
+                "dtype": str(dtype).removeprefix("torch."),
+                "max_pixels": args.max_pixels,
+            },
         )
     except NoInputsError as exc:
         print(f"tipsomaly: error: {exc}", file=sys.stderr)

@@ -107,6 +107,8 @@ class EvalSettings:
     aupro: str = "zsad"
     classes: Sequence[str] | None = None
     offline: bool | None = None
+    #: let meta.json paths leave the dataset root (refused by default)
+    allow_outside_root: bool = False
 
     def prediction_config(self) -> dict:
         """The settings that change the network's outputs (not sigma, cls or aupro).
@@ -257,7 +259,9 @@ class Evaluator:
     def _evaluate(self, root: str | os.PathLike, name: str | None) -> DatasetResult:
         root = Path(root)
         name = name or root.resolve().name
-        meta = read_meta(root, "test", self.settings.classes)
+        meta = read_meta(
+            root, "test", self.settings.classes, allow_outside_root=self.settings.allow_outside_root
+        )
         store = self.store_for(name)
         result = DatasetResult(
             name=name, root=str(root), classes={}, counts={}, aupro=self.settings.aupro

@@ -1,0 +1,77 @@
+"""``--max-pixels`` (predict, eval) and ``eval --allow-outside-root``, end to end on the tiny model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import pytest
+
+from synthetic import mvtec_tree, tiny_model_dir
+from tipsomaly.cli.main import main
+from tipsomaly.data.images import DEFAULT_MAX_PIXELS, get_max_pixels, set_max_pixels
+
+SIZE = "70"
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return str(tiny_model_dir(tmp_path_factory.mktemp("model")))
+
+
+@pytest.fixture(autouse=True)
+def _restore_limit():
+    yield
+    set_max_pixels(DEFAULT_MAX_PIXELS)
+
+
+def _eval(model, *args):
+    return main(
+        ["eval", "-q", "--model", model, "--image-size", SIZE, "--pixel-prompts", "none"]
+        + ["--device", "cpu", *map(str, args)]
+    )
+
+
+def test_max_pixels_turns_a_large_image_into_an_error_row(tmp_path, model):
+    data = mvtec_tree(tmp_path / "ds", {"tile": (2, 0)}, size=48)  # 48×48 = 2304 px
+    folder = data / "tile" / "test" / "good"
+    args = ["predict", "-q", str(folder), "--model", model, "--image-size", SIZE]
+    args += ["--class-name", "tile", "--no-overlays", "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "small"), "--max-pixels", "2000"]) == 3
+    rows = list(csv.DictReader(open(tmp_path / "small" / "scores.csv", newline="")))
+    assert [r["status"] for r in rows] == ["error", "error"]
+    assert all("2,000" in r["error"] or "2000" in r["error"] for r in rows), rows[0]["error"]
+    settings = json.loads((tmp_path / "small" / "scores.json").read_text())["settings"]
+    assert settings["max_pixels"] == 2000
+    # the limit just fits, and 'none' lifts it
+    assert main([*args, "--out", str(tmp_path / "fits"), "--max-pixels", "2304"]) == 0
+    assert main([*args, "--out", str(tmp_path / "none"), "--max-pixels", "none"]) == 0
+    assert get_max_pixels() is None
+
+
+@pytest.mark.parametrize("bad", ["-5", "1.5", "lots"])
+def test_max_pixels_is_checked_when_parsed(tmp_path, model, bad, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", str(tmp_path), "--class-name", "x", "--max-pixels", bad])
+    assert exit_.value.code == 1
+    assert "--max-pixels" in capsys.readouterr().err
+
+
+def test_eval_refuses_paths_outside_the_root_unless_allowed(tmp_path, model, capsys):
+    data = mvtec_tree(tmp_path / "ds", {"tile": (2, 2)}, size=48)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    meta = json.loads((data / "meta.json").read_text())
+    first = meta["test"]["tile"][0]
+    shutil.move(data / first["img_path"], outside / "moved.png")
+    first["img_path"] = "../elsewhere/moved.png"
+    (data / "meta.json").write_text(json.dumps(meta))
+
+    assert _eval(model, "--data", data, "--out", tmp_path / "refused") == 1
+    err = capsys.readouterr().err
+    assert "moved.png" in err and "Traceback" not in err
+
+    assert _eval(model, "--data", data, "--out", tmp_path / "ok", "--allow-outside-root") == 0
+    result = json.loads((tmp_path / "ok" / "results.json").read_text())
+    assert result["config"]["settings"]["allow_outside_root"] is True
