@@ -75,3 +75,36 @@ def test_eval_refuses_paths_outside_the_root_unless_allowed(tmp_path, model, cap
     assert _eval(model, "--data", data, "--out", tmp_path / "ok", "--allow-outside-root") == 0
     result = json.loads((tmp_path / "ok" / "results.json").read_text())
     assert result["config"]["settings"]["allow_outside_root"] is True
+
+
+def test_train_refuses_paths_outside_the_root_unless_allowed(tmp_path, model, capsys):
+    data = mvtec_tree(tmp_path / "ds", {"tile": (1, 2)}, size=70)
+    meta = json.loads((data / "meta.json").read_text())
+    first = meta["test"]["tile"][0]
+    (tmp_path / "elsewhere").mkdir()
+    shutil.move(data / first["img_path"], tmp_path / "elsewhere" / "moved.png")
+    first["img_path"] = "../elsewhere/moved.png"
+    (data / "meta.json").write_text(json.dumps(meta))
+    argv = ["train", "-q", "--data", str(data), "--model", model, "--image-size", SIZE]
+    argv += ["--batch-size", "3", "--epochs", "1", "--n-prompt", "2", "--device", "cpu"]
+    argv += ["--prompt-type", "object_agnostic"]
+
+    assert main([*argv, "--out", str(tmp_path / "refused")]) == 1
+    err = capsys.readouterr().err
+    assert "moved.png" in err and "Traceback" not in err
+    assert main([*argv, "--out", str(tmp_path / "ok"), "--allow-outside-root"]) == 0
+    assert (tmp_path / "ok" / "prompts_epoch1.safetensors").is_file()
+
+
+def test_train_holds_the_output_lock(tmp_path, model, capsys):
+    from tipsomaly.runners.lock import OutputLock
+
+    data = mvtec_tree(tmp_path / "ds", {"tile": (1, 2)}, size=70)
+    out = tmp_path / "run"
+    argv = ["train", "-q", "--data", str(data), "--model", model, "--image-size", SIZE]
+    argv += ["--epochs", "1", "--n-prompt", "2", "--device", "cpu", "--out", str(out)]
+    with OutputLock(out):  # another run (here: this process) writes into --out
+        assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "in use" in err and str(out) in err
+    assert not (out / "prompts_epoch1.safetensors").exists()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
 from .options import (
     HelpFormatter,
+    add_input_options,
     add_model_options,
+    apply_input_options,
     check_model_options,
     dtype_name,
     ensure_out_dir,
@@ -47,6 +48,12 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--data", required=True, metavar="DIR", help="dataset root with meta.json")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     add_model_options(p)
+    add_input_options(p)
+    p.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="let meta.json paths leave the dataset root (../, absolute paths, symlinks out)",
+    )
     p.add_argument("--batch-size", type=positive_int, default=8, help="images per step")
     p.add_argument("--epochs", type=positive_int, default=2, help="passes over the data")
     p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (> 0)")
@@ -97,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
     device, dtype = check_model_options(args)  # before any model loads
     ensure_out_dir(args.out)
+    apply_input_options(args)
 
     config = TrainConfig(
         data=args.data,
@@ -122,13 +130,11 @@ def run(args: argparse.Namespace) -> int:
         aupro=args.aupro,
         offline=args.offline or None,
         progress=not args.quiet,
+        allow_outside_root=args.allow_outside_root,
     )
-    try:
-        result = train(config)
-    except ValueError as exc:  # settings, meta.json, prompt and resume problems
-        log.debug("training failed", exc_info=True)
-        print(f"tipsomaly: error: {exc}", file=sys.stderr)
-        return 1
+    # settings, meta.json, prompt, resume and non-finite-loss problems are TipsomalyErrors:
+    # main() prints them as one line; anything else is a bug and keeps its traceback
+    result = train(config)
     if result.last_checkpoint is not None:
         print(result.last_checkpoint)  # the prompts to pass to --pixel-prompts
     return 0

@@ -46,6 +46,7 @@ from ..tips.model import TipsModel, load_model
 from ..tips.presets import DEFAULT_PRESET
 from ..tips.runtime import resolve_device, resolve_dtype
 from .features import FeatureStore, build_features, model_fingerprint
+from .lock import OutputLock
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,7 @@ class TrainConfig:
     aupro: str = "zsad"
     offline: bool | None = None
     progress: bool = True
+    allow_outside_root: bool = False
 
 
 @dataclass
@@ -451,7 +453,10 @@ def _stores(
 
     eval_store = None
     if config.eval_data is not None:
-        eval_store = build(read_meta(config.eval_data, "test").all_samples(), "eval features")
+        eval_meta = read_meta(
+            config.eval_data, "test", allow_outside_root=config.allow_outside_root
+        )
+        eval_store = build(eval_meta.all_samples(), "eval features")
     return build(samples, "train features"), eval_store
 
 
@@ -514,13 +519,23 @@ def train(config: TrainConfig) -> TrainResult:
 
     With ``config.resume``, continue from the last complete epoch in ``out`` (same settings
     required; ``epochs`` may grow): the result is bitwise that of an uninterrupted run on the
-    CPU. Nothing to resume starts afresh.
+    CPU. Nothing to resume starts afresh. One run at a time writes into ``out`` (its
+    :class:`~tipsomaly.runners.lock.OutputLock`; a second run gets ``OutputLockedError``).
     """
     _validate(config)
+    with OutputLock(config.out):
+        return _train(config)
+
+
+def _train(config: TrainConfig) -> TrainResult:
     model = _load(config)
-    meta = read_meta(config.data, "test", list(config.classes) if config.classes else None)
+    meta = read_meta(
+        config.data,
+        "test",
+        list(config.classes) if config.classes else None,
+        allow_outside_root=config.allow_outside_root,
+    )
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
     identity = _identity(config, model, meta.root.resolve(), meta.classes)
     start = _start_epoch(config, out, identity)
     (out / CONFIG_FILE).write_text(json.dumps(identity, indent=2) + "\n")
