@@ -1,4 +1,4 @@
-"""Golden fixture folders: the repository's own (tests/fixtures/golden) plus ``$TIPSOMALY_GOLDENS``."""
+"""Golden fixture folders: the repository's own (tests/fixtures/golden) + ``TIPSOMALY_GOLDENS``."""
 
 from __future__ import annotations
 

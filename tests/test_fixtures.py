@@ -27,4 +27,6 @@ def test_goldens_variable_adds_cases_and_replaces_same_name(monkeypatch, tmp_pat
     by_name = {d.name: d for d in golden_dirs()}
     assert by_name["other-case"] == extra.resolve()
     assert by_name["tips-tiny"] == same.resolve()
-    assert len(by_name) == len({d.name for d in BUNDLED_ROOT.iterdir() if d.is_dir()} | {"other-case"})
+    assert len(by_name) == len(
+        {d.name for d in BUNDLED_ROOT.iterdir() if d.is_dir()} | {"other-case"}
+    )

@@ -1,4 +1,4 @@
-"""``--max-pixels`` (predict, eval) and ``eval --allow-outside-root``, end to end on the tiny model."""
+"""``--max-pixels`` and ``--allow-outside-root`` end to end on the tiny model (predict, eval, train)."""
 
 from __future__ import annotations
 
