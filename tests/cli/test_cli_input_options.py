@@ -1,4 +1,4 @@
-"""``--max-pixels`` and ``--allow-outside-root`` end to end on the tiny model (predict, eval, train)."""
+"""``--max-pixels`` and ``--allow-outside-root`` end to end on the tiny model."""
 
 from __future__ import annotations
 
