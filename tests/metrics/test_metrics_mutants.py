@@ -20,8 +20,9 @@ from tipsomaly.metrics import (
     image_metrics,
     label_regions,
     pixel_metrics,
+    ranking_metrics,
 )
-from tipsomaly.metrics.pro import _sort_with_payload
+from tipsomaly.metrics.pro import _sort_with_payload, _ThresholdIndex
 
 
 def _messages(caplog) -> list[str]:
@@ -193,3 +194,31 @@ def test_sorted_float32_values_have_no_negative_zero():
     assert sorted_values.tolist() == [-0.25, 0.0, 0.0, 0.0, 0.5]
     assert not np.signbit(sorted_values[1:4]).any()  # "+ 0.0 turns -0.0 into +0.0"
     assert sorted(sorted_payload[1:4].tolist()) == [1, 2, 4]
+
+
+# -- input checks of the score metrics -----------------------------------------------------------
+def test_score_input_errors_name_scores_and_labels():
+    with pytest.raises(TypeError, match=r"^scores must be a numeric array"):
+        ranking_metrics(np.array([None, 1], dtype=object), np.array([0, 1]))
+    with pytest.raises(TypeError, match=r"^labels must be a numeric array"):
+        ranking_metrics(np.array([0.1, 0.2]), np.array([None, 1], dtype=object))
+    with pytest.raises(TypeError, match=r"^scores must hold real numbers"):
+        ranking_metrics(np.array([True, False]), np.array([0, 1]))
+    with pytest.raises(ValueError, match=r"^scores and labels must have the same shape"):
+        ranking_metrics(np.zeros(2), np.zeros(3))
+    with pytest.raises(ValueError, match=r"^scores and labels are empty$"):
+        ranking_metrics(np.zeros(0), np.zeros(0))
+
+
+def test_scalar_and_single_scores_are_one_sample():
+    for scores, labels in ((np.float64(0.5), 1), (np.array([0.5]), np.array([1]))):
+        values = ranking_metrics(scores, labels)
+        assert set(values) == {"auroc", "ap", "f1-max"}
+        assert all(math.isnan(v) for v in values.values())  # one class only
+
+
+def test_threshold_index_on_irregular_thresholds_falls_back_to_binary_search():
+    thresholds = np.array([0.0, 0.001, 0.5, 0.75, 100.0], np.float64)
+    values = np.array([-1.0, 0.0, 0.0005, 0.001, 0.3, 0.5, 0.6, 0.75, 50.0, 100.0, 200.0])
+    got = _ThresholdIndex(thresholds)(values)
+    np.testing.assert_array_equal(got, np.searchsorted(thresholds, values, side="left"))
