@@ -40,28 +40,35 @@ The rules follow the reference TipsOmaly code (``Image.open(p).convert("RGB")``,
 
 Sizes: ``size`` arguments are the side S of the square model input, in pixels. Original sizes
 are reported as ``(height, width)`` (the order ``torch.nn.functional.interpolate`` wants).
+
+PyTorch is imported only by the functions that take or return tensors, so scanning folders and
+reading images (:func:`is_image_file`, :func:`load_image`, :func:`open_image`) does not load it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import warnings
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final, Union
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import TipsomalyError
 from .names import display_path
 
+if TYPE_CHECKING:
+    import torch
+
 logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike[str]
-ImageInput = Image.Image | np.ndarray | torch.Tensor
+# Union with a string: ``torch.Tensor`` is named without importing torch.
+ImageInput = Union[Image.Image, np.ndarray, "torch.Tensor"]  # noqa: UP007
 
 #: File extensions (lower case) treated as images when scanning folders.
 IMAGE_EXTENSIONS: tuple[str, ...] = (
@@ -432,6 +439,8 @@ def _array_to_pil(arr: np.ndarray) -> Image.Image:
 
 def _tensor_to_array(t: torch.Tensor) -> np.ndarray:
     """CxHxW (C in 1, 3, 4) or HxW tensor → HxWxC / HxW numpy array (same dtype)."""
+    import torch
+
     if t.ndim == 3:
         if t.shape[0] not in (1, 3, 4):
             hint = (
@@ -471,7 +480,8 @@ def to_pil(image: ImageInput) -> Image.Image:
     """
     if isinstance(image, Image.Image):
         return to_rgb(image)
-    if isinstance(image, torch.Tensor):
+    torch_module = sys.modules.get("torch")  # torch not imported: ``image`` is no tensor
+    if torch_module is not None and isinstance(image, torch_module.Tensor):
         image = _tensor_to_array(image)
     if isinstance(image, np.ndarray):
         return to_rgb(_array_to_pil(image))
@@ -482,6 +492,8 @@ def to_pil(image: ImageInput) -> Image.Image:
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     """8-bit RGB PIL image (H, W) → float32 tensor (3, H, W) in [0, 1] (``/ 255``, as ToTensor)."""
+    import torch
+
     arr = np.array(to_rgb(image), dtype=np.uint8, copy=True)
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous().float().div_(255.0)
 
@@ -535,6 +547,8 @@ def resize_mask(mask: np.ndarray, size: int) -> torch.Tensor:
     The mask is written as a 0/255 ``L`` image, resized with PIL bilinear to S×S and
     thresholded at 0.5 (a resized value ``v`` counts as anomalous when ``v / 255 > 0.5``).
     """
+    import torch
+
     size = _check_size(size)
     binary = np.asarray(mask).astype(bool)
     if binary.ndim != 2:
@@ -564,6 +578,8 @@ def load_mask(
         ImageLoadError: the mask file cannot be read.
         ValueError: both ``path`` and ``size`` are ``None``.
     """
+    import torch
+
     if path is None:
         if size is None:
             raise ValueError("load_mask(None, None): give a size for the all-zero mask")
