@@ -63,13 +63,6 @@ def test_console_script_runs():
     assert "l14h" in out
 
 
-def test_data_layout_names_match_the_registry():
-    from tipsomaly.cli.data import LAYOUT_NAMES
-    from tipsomaly.data.layouts import LAYOUTS
-
-    assert set(LAYOUT_NAMES) == set(LAYOUTS)
-
-
 def test_help_does_not_import_torch():
     code = (
         "import sys; from tipsomaly.cli.main import build_parser; build_parser(); "

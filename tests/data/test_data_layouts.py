@@ -9,12 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import tipsomaly.data.layouts as layouts
 from tipsomaly.data.layouts import (
+    LAYOUT_NAMES,
     LAYOUTS,
     MVTEC_CLASSES,
     LayoutError,
     build_meta,
     detect_layout,
+    register_layout,
 )
 from tipsomaly.data.meta import read_meta, write_meta
 
@@ -497,18 +500,37 @@ def test_folder_empty(tmp_path):
 # --------------------------------------------------------------------------- registry, detect
 
 
-def test_registry_names():
-    assert set(LAYOUTS) == {
-        "mvtec",
-        "visa",
-        "mpdd",
-        "btad",
-        "dtd",
-        "ksdd",
-        "dagm",
-        "medical",
-        "folder",
-    }
+def test_registry_names_in_registration_order():
+    """Each builder registers under its function name; the import order in __init__ is the order."""
+    expected = ("mvtec", "mpdd", "btad", "dtd", "visa", "ksdd", "dagm", "medical", "folder")
+    assert tuple(LAYOUTS) == expected
+    assert LAYOUT_NAMES == expected
+    assert all(LAYOUTS[name].__name__ == name for name in LAYOUTS)
+    assert LAYOUTS["mvtec"] is layouts.mvtec and LAYOUTS["folder"] is layouts.folder
+
+
+def test_register_layout_adds_a_builder_and_refuses_a_second_of_the_same_name(monkeypatch):
+    from tipsomaly.data.layouts import _registry
+
+    monkeypatch.setattr(_registry, "LAYOUTS", {})
+
+    def extra(root, *, strict_masks=True):
+        return {"train": {}, "test": {}}
+
+    assert register_layout(extra) is extra
+    assert _registry.LAYOUTS == {"extra": extra}
+    with pytest.raises(ValueError, match="layout 'extra' is registered twice"):
+        register_layout(extra)
+
+
+def test_data_meta_help_lists_the_registered_layouts():
+    from tipsomaly.cli.main import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "verb").choices["data"]
+    meta = next(a for a in sub._actions if a.dest == "data_verb").choices["meta"]
+    layout = next(a for a in meta._actions if a.dest == "layout")
+    assert f"native layout: {', '.join(LAYOUTS)} (default: detected)" == layout.help
 
 
 def test_detect_unrecognised(tmp_path):

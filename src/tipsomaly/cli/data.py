@@ -5,11 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..data.layouts import LAYOUT_NAMES  # the registry's names (importing it loads no torch)
 from .options import HelpFormatter, writing
-
-# Spelled out here so that building the parser does not import the data layer (and torch);
-# a test checks it against tipsomaly.data.layouts.LAYOUTS.
-LAYOUT_NAMES = ("mvtec", "visa", "mpdd", "btad", "dtd", "ksdd", "dagm", "medical", "folder")
 
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

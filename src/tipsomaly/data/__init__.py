@@ -4,14 +4,18 @@
   tensors → (3, S, S) float tensors in [0, 1]; masks → (S, S) {0, 1}).
 - :mod:`~tipsomaly.data.meta`     the ``meta.json`` schema: read with validation, write.
 - :mod:`~tipsomaly.data.layouts`  native dataset trees (MVTec AD, VisA, MPDD, BTAD, DTD-Synthetic,
-  KSDD, DAGM, medical sets, plain folders) → ``meta.json`` dicts.
+  KSDD, DAGM, medical sets, plain folders) → ``meta.json`` dicts; a package, one private module
+  per layout family, each builder registered in ``LAYOUTS`` by a decorator.
 - :mod:`~tipsomaly.data.dataset`  ``meta.json`` → tensors, tolerant of unreadable files.
 - :mod:`~tipsomaly.data.inputs`   PATH arguments → image files → output names (``predict``).
 - :mod:`~tipsomaly.data.names`    :func:`display_path`: any path as UTF-8-safe text.
 
-This layer imports nothing from :mod:`tipsomaly.method` or :mod:`tipsomaly.cli`.
+This layer imports only :mod:`tipsomaly.errors` below it (``tests/test_layers.py`` checks the
+order), never :mod:`tipsomaly.metrics` beside it nor a layer above.
 
-Names are imported on first use: reading ``meta.json`` or a layout does not import PyTorch.
+Names are imported on first use. PyTorch is imported only by :mod:`~tipsomaly.data.dataset` and by
+the tensor helpers of :mod:`~tipsomaly.data.images` when called: reading ``meta.json``, scanning a
+layout or expanding inputs does not import it.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ _EXPORTS = {
     "to_pil": "images",
     "to_rgb": "images",
     "LAYOUTS": "layouts",
+    "LAYOUT_NAMES": "layouts",
     "LayoutError": "layouts",
     "build_meta": "layouts",
     "detect_layout": "layouts",
