@@ -198,3 +198,64 @@ def test_the_torch_check_can_fail():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert out.stdout.strip() == "True"
+
+
+def module_loggers(source: str) -> list[str]:
+    """Module-level ``NAME = logging.getLogger(ARG)`` statements, as ``NAME = getLogger(ARG)``."""
+    found = []
+    for node in ast.parse(source).body:
+        if (
+            isinstance(node, ast.Assign)
+            and isinstance(node.value, ast.Call)
+            and isinstance(node.value.func, ast.Attribute)
+            and node.value.func.attr == "getLogger"
+        ):
+            targets = ", ".join(ast.unparse(t) for t in node.targets)
+            args = ", ".join(ast.unparse(a) for a in node.value.args)
+            found.append(f"{targets} = getLogger({args})")
+    return found
+
+
+def test_module_loggers_are_named_logger_after_the_module():
+    """One convention: ``logger = logging.getLogger(__name__)`` (children of ``tipsomaly``)."""
+    bad, count = [], 0
+    for path in sorted((SRC / ROOT_PACKAGE).rglob("*.py")):
+        for found in module_loggers(path.read_text(encoding="utf-8")):
+            count += 1
+            if found != "logger = getLogger(__name__)":
+                bad.append(f"{module_name(path)[0]}: {found}")
+    assert count > 15  # the walk found the loggers
+    assert not bad, "use logger = logging.getLogger(__name__):\n" + "\n".join(bad)
+
+
+def test_the_logger_check_can_fail():
+    source = (
+        "import logging\n"
+        "log = logging.getLogger('tipsomaly.x')\n"
+        "logger = logging.getLogger(__name__)\n"
+        "def f():\n"
+        "    other = logging.getLogger('ignored: not at module level')\n"
+    )
+    assert module_loggers(source) == [
+        "log = getLogger('tipsomaly.x')",
+        "logger = getLogger(__name__)",
+    ]
+
+
+def test_cli_logging_reaches_every_module_logger():
+    """The CLI sets the level of the parent ``tipsomaly`` logger; each module logger inherits it."""
+    import argparse
+    import logging
+
+    from tipsomaly.cli.main import ALWAYS_QUIET, PACKAGE_LOGGER, THIRD_PARTY, _setup_logging
+
+    touched = [logging.getLogger(n) for n in ("", PACKAGE_LOGGER, *THIRD_PARTY, *ALWAYS_QUIET)]
+    saved = [(lg, lg.level) for lg in touched]
+    try:
+        _setup_logging(argparse.Namespace(quiet=False, verbose=1))
+        assert logging.getLogger("tipsomaly.data.layouts._mvtec").isEnabledFor(logging.DEBUG)
+        _setup_logging(argparse.Namespace(quiet=True, verbose=0))
+        assert not logging.getLogger("tipsomaly.metrics._arrays").isEnabledFor(logging.INFO)
+    finally:
+        for lg, level in saved:
+            lg.setLevel(level)

@@ -26,7 +26,7 @@ from tipsomaly.metrics.pro import _sort_with_payload, _ThresholdIndex
 
 
 def _messages(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "tipsomaly.metrics"]
+    return [r.getMessage() for r in caplog.records if r.name.startswith("tipsomaly.metrics.")]
 
 
 # -- the warnings say which metric is undefined and why -----------------------------------------

@@ -16,7 +16,8 @@ from . import train as train_cli
 from . import weights as weights_cli
 from .options import HelpFormatter, Parser
 
-log = logging.getLogger("tipsomaly")
+#: The parent of every module logger (``logging.getLogger(__name__)``): its level is ours.
+PACKAGE_LOGGER = "tipsomaly"
 
 # Every verb module exposes add_parser(subparsers, common) and sets args.func.
 VERBS = [predict_cli, eval_cli, train_cli, data_cli, weights_cli]
@@ -67,7 +68,7 @@ def _setup_logging(args: argparse.Namespace) -> None:
     root = logging.DEBUG if verbose >= 2 else logging.WARNING
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger().setLevel(root)
-    log.setLevel(ours)
+    logging.getLogger(PACKAGE_LOGGER).setLevel(ours)
     for name in THIRD_PARTY:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
     for name in ALWAYS_QUIET:

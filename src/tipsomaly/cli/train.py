@@ -20,7 +20,7 @@ from .options import (
     unit_interval_open,
 )
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 _EPILOG = """\
 outputs (in --out):

@@ -43,7 +43,7 @@ from ..errors import TipsomalyError
 from .images import IMAGE_EXTENSIONS, is_image_file
 from .names import display_path
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
@@ -91,12 +91,12 @@ def _scan_folder(top: Path, exclude: set[Path]) -> list[Path]:
     def unreadable(exc: OSError) -> None:
         where = exc.filename if exc.filename is not None else top
         reason = exc.strerror or type(exc).__name__
-        log.warning("skipping folder %s: cannot read it (%s)", display_path(where), reason)
+        logger.warning("skipping folder %s: cannot read it (%s)", display_path(where), reason)
 
     for root, dirs, files in os.walk(top, onerror=unreadable):
         here = Path(root)
         if here != top and is_output_folder(files):
-            log.info("skipping %s: it holds an earlier tipsomaly output", display_path(here))
+            logger.info("skipping %s: it holds an earlier tipsomaly output", display_path(here))
             dirs[:] = []
             continue
         images = [f for f in files if is_image_file(f)]
@@ -107,7 +107,7 @@ def _scan_folder(top: Path, exclude: set[Path]) -> list[Path]:
             if _resolved(here / d) in exclude:
                 continue
             if beside and d.lower() in MASK_FOLDER_NAMES:
-                log.info("skipping %s: a ground-truth mask folder", display_path(here / d))
+                logger.info("skipping %s: a ground-truth mask folder", display_path(here / d))
                 continue
             kept.append(d)
         dirs[:] = kept
@@ -156,7 +156,7 @@ def expand_inputs(
         if kind == "dir":
             items = _scan_folder(p, excluded)
             if not items:
-                log.warning("no image files in folder %s", display_path(p))
+                logger.warning("no image files in folder %s", display_path(p))
         elif kind == "file" or not _GLOB_CHARS.search(text):
             items = [p]
         else:
@@ -168,11 +168,11 @@ def expand_inputs(
                 elif is_image_file(m):
                     items.append(m)
             if not items:
-                log.warning("no image files match %r", display_path(text))
+                logger.warning("no image files match %r", display_path(text))
         for item in items:
             key = os.path.normcase(os.path.abspath(item))
             if key in seen:
-                log.debug("skipping %s: already listed", display_path(item))
+                logger.debug("skipping %s: already listed", display_path(item))
                 continue
             seen.add(key)
             found.append(item)

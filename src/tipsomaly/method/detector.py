@@ -24,7 +24,7 @@ from .prompts import PromptSet, class_embeddings, learned_embeddings, load_promp
 from .scoring import image_scores, state_probabilities
 from .text_cache import TextEmbeddingCache
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 CLS_CHOICES = ("cls1", "cls2")
 NON_FINITE = "non-finite anomaly score: check the model weights and prompts"
@@ -143,7 +143,7 @@ class Detector:
             self.pixel_prompts = load_pixel_prompts(pixel_prompts)
             self.pixel_prompts.check_width(self.model.embed_dim, self.model.name)
         else:
-            log.info(
+            logger.info(
                 "no learned pixel prompts given: the fixed %r prompts score the patches too "
                 "(maps are coarser; see --pixel-prompts)",
                 self.prompts.name,
@@ -350,7 +350,7 @@ class Detector:
             assert scores is not None and item.original_size is not None
             m = scores.maps[k]
             if not _finite(scores.score_cls1[k], scores.score_cls2[k], m):
-                log.warning("%s: non-finite anomaly score or map", item.source)
+                logger.warning("%s: non-finite anomaly score or map", item.source)
                 yield Prediction(item.source, item.class_name, error=NON_FINITE)
                 k += 1
                 continue

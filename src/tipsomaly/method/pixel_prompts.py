@@ -16,7 +16,7 @@ from ..errors import TipsomalyError
 from .names import BUNDLED_PIXEL_PROMPTS
 from .torch_pickle import read_torch_file
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # Names users can type for the prompts that ship with the package (the authors' release).
 BUNDLED = BUNDLED_PIXEL_PROMPTS

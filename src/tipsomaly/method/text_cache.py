@@ -17,7 +17,7 @@ import torch
 
 from ..tips.weights import cache_dir
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 FORMAT = 1
 
@@ -68,11 +68,11 @@ class TextEmbeddingCache:
                 problem = "NaN or infinite values"
         if problem is None:
             return tensor
-        log.warning("discarding cached text embeddings %s: %s; recomputing them", path, problem)
+        logger.warning("discarding cached text embeddings %s: %s; recomputing them", path, problem)
         try:
             path.unlink()
         except OSError as exc:
-            log.warning("could not delete %s (%s)", path, exc)
+            logger.warning("could not delete %s (%s)", path, exc)
         return None
 
     def put(self, key: str, embeddings: torch.Tensor) -> None:
@@ -80,7 +80,7 @@ class TextEmbeddingCache:
 
         path = self._path(key)
         if not bool(torch.isfinite(embeddings).all()):
-            log.warning("not caching text embeddings with NaN or infinite values (%s)", path)
+            logger.warning("not caching text embeddings with NaN or infinite values (%s)", path)
             return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,7 +88,7 @@ class TextEmbeddingCache:
             save_file({"embeddings": embeddings.detach().float().cpu().contiguous()}, str(tmp))
             os.replace(tmp, path)
         except OSError as exc:  # a read-only or full cache must not stop a run
-            log.warning("could not cache text embeddings in %s (%s)", path, exc)
+            logger.warning("could not cache text embeddings in %s (%s)", path, exc)
 
 
 def _read_entry(path: Path) -> torch.Tensor:

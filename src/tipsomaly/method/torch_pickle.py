@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import TipsomalyError
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # Limits on what a prompt file may ask for (the authors' files hold 2 × 8 × 1024 floats).
 MAX_MEMBER_BYTES = 1 << 30  # one storage or data.pkl, uncompressed

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-logger = logging.getLogger("tipsomaly.metrics")
+logger = logging.getLogger(__name__)
 
 #: Elements handled at once by the chunked passes; bounds the temporary arrays (each pass
 #: allocates a few to some tens of bytes per element of a chunk, i.e. at most ~100 MB).

@@ -47,7 +47,7 @@ from .store import (
     sample_keys,
 )
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 NETWORK_OUTPUTS = ("global_probs_cls1", "global_probs_cls2", "patch_probs")
 
@@ -161,7 +161,7 @@ def _model_identity(spec: str) -> str:
         named = (vision.npz, text.npz, text.tokenizer)
         files |= {(path / n).resolve() for n in named if n and (path / n).is_file()}
     except Exception as exc:  # noqa: BLE001 - the loader reports a bad model.json itself
-        log.debug("model identity of %s: %s", path, exc)
+        logger.debug("model identity of %s: %s", path, exc)
     digest = hashlib.sha256()
     for f in sorted(files):
         try:
@@ -221,7 +221,7 @@ class Evaluator:
     @property
     def detector(self) -> Detector:
         if self._detector is None:
-            log.info("loading the model (%s)", self.settings.model)
+            logger.info("loading the model (%s)", self.settings.model)
             self._detector = self._factory()
         return self._detector
 
@@ -303,7 +303,7 @@ class Evaluator:
         errors: dict[int, str] = {}
         unkeyed: dict[int, dict[str, np.ndarray]] = {}
         if todo:
-            log.info(
+            logger.info(
                 "class %s: %d of %d images to compute (%d stored)",
                 class_name,
                 len(todo),
@@ -417,7 +417,7 @@ class Evaluator:
                 errors[i] = (
                     f"{batch['path'][j]}: the network's output is not finite (NaN or inf); left out"
                 )
-                log.warning("%s", errors[i])
+                logger.warning("%s", errors[i])
                 continue
             row = {k: np.asarray(outputs[k][j], dtype=FIELDS[k]) for k in NETWORK_OUTPUTS}
             row.update(
@@ -446,7 +446,7 @@ class Evaluator:
     def _metrics(self, class_name: str, predictions: ClassPredictions) -> dict[str, float]:
         a = predictions.arrays
         if len(predictions) == 0:
-            log.warning("class %s: no image could be evaluated", class_name)
+            logger.warning("class %s: no image could be evaluated", class_name)
             return {}
         from ..method.scoring import image_scores
 
@@ -456,7 +456,7 @@ class Evaluator:
         maps = masks = None
         if a["has_mask"].any():
             if not a["has_mask"][a["label"] == 1].all():
-                log.warning(
+                logger.warning(
                     "class %s: some anomalous images have no mask; their pixels count as normal",
                     class_name,
                 )
@@ -520,7 +520,7 @@ def evaluate_datasets(
         own = settings
         if settings.pixel_prompts == "auto":
             chosen = protocol_pixel_prompts(settings.model, name)
-            log.info("%s: pixel prompts %s", name, chosen or "none (fixed prompts for patches)")
+            logger.info("%s: pixel prompts %s", name, chosen or "none (fixed prompts for patches)")
             own = replace(settings, pixel_prompts=chosen)
         evaluator = Evaluator(own, out_dir, progress=progress, shared_models=models, locked=True)
         results.append(evaluator.evaluate(root, name))

@@ -35,7 +35,7 @@ from ..data.meta import Sample
 from ..errors import TipsomalyError
 from ..tips.model import TipsModel
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 CACHE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 FORMAT = "tipsomaly-features-1"
@@ -154,7 +154,7 @@ class LiveFeatures(FeatureStore):
     def get(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         batch = collate_samples([self.dataset[i] for i in indices])
         for err in batch["errors"]:
-            log.warning("left out of this batch: %s", err["error"])
+            logger.warning("left out of this batch: %s", err["error"])
         with torch.no_grad():
             patches = self.model.encode_image(batch["image"]).patches.float().cpu()
         return patches, batch["mask"] > 0.5
@@ -173,7 +173,7 @@ def _encode_all(
     with tqdm(total=len(samples), desc=desc, unit="img", disable=not progress) as bar:
         for batch in loader:
             for err in batch["errors"]:
-                log.warning("left out of training: %s", err["error"])
+                logger.warning("left out of training: %s", err["error"])
             if batch["image"].shape[0]:
                 with torch.no_grad():
                     patches = model.encode_image(batch["image"]).patches.float().cpu()
@@ -286,7 +286,7 @@ def _build_disk(
     n_patches = (image_size // model.patch_size) ** 2
     files = [folder / f"{sample_key(s)}.safetensors" for s in samples]
     missing = [i for i, f in enumerate(files) if not _valid_file(f, n_patches, image_size, dtype)]
-    log.info(
+    logger.info(
         "feature cache %s: %d of %d images cached, computing %d",
         folder,
         len(samples) - len(missing),

@@ -31,7 +31,7 @@ from typing import Any
 
 from ..errors import OutputError, TipsomalyError
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".tipsomaly.lock"
 
@@ -206,14 +206,14 @@ class OutputLock:
                 # alive and the very process that wrote the record (the flock alone is not
                 # trusted: some file systems accept every flock)
                 raise OutputLockedError(self.folder, holder)
-            log.warning(
+            logger.warning(
                 "taking over the stale lock of %s: pid %s (started %s) is no longer running",
                 self.folder,
                 holder.get("pid"),
                 holder.get("started"),
             )
         elif _file_size(fd):
-            log.warning("taking over the unreadable lock file %s", self.path)
+            logger.warning("taking over the unreadable lock file %s", self.path)
         self._write_fd(fd, self._record())
         return True
 

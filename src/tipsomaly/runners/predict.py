@@ -51,7 +51,7 @@ from ..report.results import printable
 from ..report.tables import ScoreTable
 from .lock import OutputLock
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 OVERLAY_DIR, MASK_DIR, MAP_DIR = "overlays", "masks", "maps"
 OUTPUT_KINDS = ((OVERLAY_DIR, ".png"), (MASK_DIR, ".png"), (MAP_DIR, ".npy"))
@@ -150,7 +150,7 @@ def run_predict(
     else:
         name_of = class_name  # type: ignore[assignment]
     classes = [name_of(f) for f in files]
-    log.info("%d input image(s); writing to %s", len(files), out)
+    logger.info("%d input image(s); writing to %s", len(files), out)
 
     run_settings = {
         "tipsomaly": __version__,
@@ -244,7 +244,7 @@ def _run(
                     except _ImageOutputError as exc:
                         row = _error_row(row, str(exc))
                 if row["status"] != "ok":
-                    log.warning("%s", printable(row["error"]))
+                    logger.warning("%s", printable(row["error"]))
                 try:
                     table.add(row)
                 except BaseException:
@@ -265,7 +265,7 @@ def _run(
         except OSError as exc:
             if complete:
                 raise
-            log.error("%s", printable(exc))
+            logger.error("%s", printable(exc))
         table.close()
     return table
 
@@ -356,7 +356,7 @@ def _write_images(
     """
     amap = pred.anomaly_map_original
     assert amap is not None
-    log.debug("%s: image score %.4f", printable(pred.source), pred.image_score)
+    logger.debug("%s: image score %.4f", printable(pred.source), pred.image_score)
     written: list[tuple[Path, Path]] = []
     final = out
     try:
@@ -373,7 +373,7 @@ def _write_images(
             try:
                 image = load_image(pred.source)
             except ImageLoadError as exc:  # changed or removed since it was scored
-                log.warning("no overlay for %s: %s", printable(pred.source), printable(exc))
+                logger.warning("no overlay for %s: %s", printable(pred.source), printable(exc))
             else:
                 save_overlay(_tmp_name(final), image, amap, alpha=alpha, scale=scale)
                 written.append((_tmp_name(final), final))

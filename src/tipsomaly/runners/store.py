@@ -41,7 +41,7 @@ import numpy as np
 
 from ..errors import OutputError
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 FORMAT = "tipsomaly-predictions-2"
 STORE_NAME = "store.npz"
@@ -216,7 +216,7 @@ class PredictionStore:
             try:
                 rows = _read_rows(path)
             except Exception as exc:  # noqa: BLE001 - any unreadable file is recomputed
-                log.warning(
+                logger.warning(
                     "class %s: dropping unreadable stored predictions %s (%s: %s); they are "
                     "computed again",
                     class_name,

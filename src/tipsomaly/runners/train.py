@@ -48,7 +48,7 @@ from ..tips.runtime import resolve_device, resolve_dtype
 from .features import FeatureStore, build_features, model_fingerprint
 from .lock import OutputLock
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 PROMPTS_FILE = "prompts_epoch{epoch}.safetensors"
 STATE_FILE = "train_state_epoch{epoch}.safetensors"
@@ -328,7 +328,7 @@ class _Log:
                 with path.open(newline="", errors="replace") as f:
                     rows = [r for r in csv.DictReader(f) if _epoch_of(r) <= keep_epochs]
             except (OSError, csv.Error) as exc:
-                log.warning("%s is unreadable (%s): starting a new log", path, exc)
+                logger.warning("%s is unreadable (%s): starting a new log", path, exc)
                 rows = []
             rows = [{k: r.get(k, "") for k in LOG_COLUMNS} for r in rows]
         self._file = path.open("w", newline="")
@@ -383,7 +383,7 @@ def _check_resume(out: Path, identity: dict) -> int:
     """The epoch to continue after (0: nothing saved, start afresh); refuses changed settings."""
     done = completed_epochs(out)
     if not done:
-        log.info("nothing to resume in %s: starting from scratch", out)
+        logger.info("nothing to resume in %s: starting from scratch", out)
         return 0
     path = out / CONFIG_FILE
     if not path.is_file():
@@ -564,9 +564,9 @@ def _train(config: TrainConfig) -> TrainResult:
             param.copy_(result.prompts.preambles.to(param.device))
         load_train_state(out / STATE_FILE.format(epoch=start), optimizer, generator)
         result.checkpoints = [out / PROMPTS_FILE.format(epoch=e) for e in range(1, start + 1)]
-        log.info("resuming after epoch %d of %d from %s", start, config.epochs, out)
+        logger.info("resuming after epoch %d of %d from %s", start, config.epochs, out)
     if start >= config.epochs:
-        log.info("all %d epochs are already done in %s", config.epochs, out)
+        logger.info("all %d epochs are already done in %s", config.epochs, out)
         return result
 
     clock = time.perf_counter()
@@ -582,7 +582,7 @@ def _train(config: TrainConfig) -> TrainResult:
         "epochs_total": config.epochs,
         "tipsomaly_version": __version__,
     }
-    log.info(
+    logger.info(
         "training 2×%d pixel prompts of %s on %d images of %s (%d classes), %d epochs",
         config.n_prompt, model.name, len(store), meta.root, len(meta.classes), config.epochs,
     )  # fmt: skip
@@ -628,7 +628,7 @@ def _train(config: TrainConfig) -> TrainResult:
             )
             save_train_state(out / STATE_FILE.format(epoch=epoch), optimizer, generator, epoch)
             result.checkpoints.append(path)
-            log.info(
+            logger.info(
                 "epoch %d/%d: loss %.4f (focal %.4f, dice abnormal %.4f, dice normal %.4f)%s → %s",
                 epoch, config.epochs, means["total"], means["focal"], means["dice_abnormal"],
                 means["dice_normal"], "".join(f", {k} {v:.4f}" for k, v in summary.items()), path,

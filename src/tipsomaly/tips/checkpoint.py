@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import TipsomalyError
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 class CheckpointError(TipsomalyError, ValueError):

@@ -29,7 +29,7 @@ from .tokenizer import Tokenizer
 from .vision import VisionFeatures, VisionTransformer
 from .weights import WeightsUnavailableError, fetch, offline_mode, weights_dir
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.json"
 
@@ -309,7 +309,9 @@ def _hub_files(preset: Preset, offline: bool) -> ModelFiles:
         )
     except (NotInRepo, ValueError, TypeError, AttributeError):
         temperature = preset.temperature
-        log.warning("no usable temperature in %s/config.json; using the preset's", preset.hub_repo)
+        logger.warning(
+            "no usable temperature in %s/config.json; using the preset's", preset.hub_repo
+        )
     try:
         tokenizer = get(TOKENIZER_FILE)
     except NotInRepo:  # the hub repos may not carry it: every TIPS model shares v1's tokenizer

@@ -8,7 +8,7 @@ import torch
 
 from ..errors import InvalidOptionError
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 DTYPE_NAMES = {
     "fp32": torch.float32,
@@ -94,5 +94,5 @@ def resolve_dtype(
                 "emulate bf16, several times slower than fp32; use fp32 (or auto)"
             )
         if native is None:
-            log.info("cannot tell whether this CPU runs bf16 natively; using bf16 as asked")
+            logger.info("cannot tell whether this CPU runs bf16 natively; using bf16 as asked")
     return dtype

@@ -19,7 +19,7 @@ from pathlib import Path
 from ..errors import TipsomalyError
 from ..validation import in_range
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 USER_AGENT = "tipsomaly"
@@ -115,7 +115,7 @@ class ChecksumRegistry:
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
-            log.warning("ignoring unreadable checksum registry %s (%s)", self.path, exc)
+            logger.warning("ignoring unreadable checksum registry %s (%s)", self.path, exc)
             return {}
         return {k: v for k, v in data.items() if isinstance(v, str)}
 
@@ -188,7 +188,7 @@ def download(
         mode = "ab"
     elif offset and response.status == 206:
         mode = "ab"
-        log.info("resuming %s at byte %d", url, offset)
+        logger.info("resuming %s at byte %d", url, offset)
     else:
         mode, offset = "wb", 0
     if mode == "ab":
@@ -272,7 +272,7 @@ def fetch(
     failed = _unreachable.get(host)
     if failed and time.monotonic() - failed[0] < UNREACHABLE_FOR_S:
         raise WeightsUnavailableError(f"could not download {url} ({failed[1]}). {how}")
-    log.info("downloading %s to %s (timeout %g s)", url, dest, timeout)
+    logger.info("downloading %s to %s (timeout %g s)", url, dest, timeout)
     try:
         sha = download(
             url, dest, expected_sha256=expected_sha256, progress=progress, timeout=timeout
@@ -310,7 +310,7 @@ def verify(
             "the file is corrupt or was replaced. Delete it and run the command again."
         )
     if not expected:
-        log.info("recording SHA-256 of %s", path)
+        logger.info("recording SHA-256 of %s", path)
         registry.record(path.name, sha)
     _verified[key] = sha
     return sha
