@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
+import logging
 import os
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from synthetic import mvtec_tree, tiny_model_dir
 from tipsomaly.data.meta import read_meta
@@ -215,14 +218,38 @@ def test_disk_cache_is_reused_and_follows_file_changes(setup, tmp_path, monkeypa
     monkeypatch.setattr(model, "encode_image", lambda x: encoded.append(len(x)) or real(x))
     build_features(model, samples, SIZE, cache=tmp_path, progress=False)
     assert encoded == []
-    st = samples[3].image_path.stat()
-    os.utime(samples[3].image_path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    # files are known by their bytes: a touched file is not recomputed, an edited one is
+    image = samples[3].image_path
+    st = image.stat()
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     build_features(model, samples, SIZE, cache=tmp_path, progress=False)
-    assert encoded == [1]
+    assert encoded == []
+    original = image.read_bytes()
+    try:
+        with Image.open(image) as im:
+            pixels = np.array(im)
+        pixels[0, 0] ^= 1
+        Image.fromarray(pixels).save(image)
+        os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns))  # same mtime, new content
+        build_features(model, samples, SIZE, cache=tmp_path, progress=False)
+        assert encoded == [1]
+    finally:
+        image.write_bytes(original)
 
     half = build_features(model, samples, SIZE, cache_dtype="fp16", progress=False)
     assert half.get(rows)[0].dtype == torch.float16
     torch.testing.assert_close(half.get(rows)[0].float(), patches, atol=1e-2, rtol=1e-2)
+
+
+def test_disk_cache_leaves_out_an_unreadable_image_with_a_warning(setup, tmp_path, caplog):
+    model_dir, data = setup
+    model = load_model(model_dir)
+    samples = read_meta(data).all_samples()
+    gone = dataclasses.replace(samples[0], image_path=tmp_path / "missing.png")
+    with caplog.at_level(logging.WARNING, logger="tipsomaly.runners.features"):
+        disk = build_features(model, [gone, *samples[1:]], SIZE, cache=tmp_path, progress=False)
+    assert disk.samples == samples[1:]
+    assert "missing.png" in caplog.text
 
 
 def test_live_features_match_the_cache(setup):

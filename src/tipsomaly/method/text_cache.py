@@ -7,14 +7,13 @@ under ``<cache>/text/``.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from pathlib import Path
 
 import torch
 
+from .. import fingerprint
 from ..tips.weights import cache_dir
 
 logger = logging.getLogger(__name__)
@@ -30,12 +29,13 @@ class TextEmbeddingCache:
 
     @staticmethod
     def key(**parts: object) -> str:
-        """A hash of JSON-serialisable parts (tensors are hashed by their bytes)."""
+        """A hash of JSON-serialisable parts, tensors by their shape and values: the
+        :func:`~tipsomaly.fingerprint.digest` of the parts and the cache format."""
         normalised = {
-            k: _tensor_digest(v) if isinstance(v, torch.Tensor) else v for k, v in parts.items()
+            k: fingerprint.tensor_digest(v) if isinstance(v, torch.Tensor) else v
+            for k, v in parts.items()
         }
-        text = json.dumps({"format": FORMAT, **normalised}, sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:32]
+        return fingerprint.digest({"format": FORMAT, **normalised}, 32)
 
     def _path(self, key: str) -> Path:
         return self.directory / key[:2] / f"{key}.safetensors"
@@ -103,8 +103,3 @@ def _read_entry(path: Path) -> torch.Tensor:
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= 200 else text[:197] + "..."
-
-
-def _tensor_digest(t: torch.Tensor) -> str:
-    data = t.detach().float().cpu().contiguous().numpy().tobytes()
-    return f"{tuple(t.shape)}:{hashlib.sha256(data).hexdigest()}"

@@ -7,7 +7,6 @@ never loads the model.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import __version__
+from .. import __version__, fingerprint
 from ..data.dataset import AnomalyDataset, collate_samples
 from ..data.meta import read_meta
 from ..method.detector import Detector
@@ -43,7 +42,6 @@ from .store import (
     PredictionStore,
     StoredClass,
     config_key,
-    file_digest,
     sample_keys,
 )
 
@@ -139,7 +137,7 @@ def _identity(spec: str) -> str:
     """A name stays a name; a file becomes its path plus the SHA-256 of its bytes."""
     path = Path(spec)
     if path.is_file():
-        return f"{path.resolve()}#{file_digest(path)}"
+        return f"{path.resolve()}#{fingerprint.file_digest(path)}"
     if path.is_dir():
         return _model_identity(spec)
     return spec
@@ -162,13 +160,8 @@ def _model_identity(spec: str) -> str:
         files |= {(path / n).resolve() for n in named if n and (path / n).is_file()}
     except Exception as exc:  # noqa: BLE001 - the loader reports a bad model.json itself
         logger.debug("model identity of %s: %s", path, exc)
-    digest = hashlib.sha256()
-    for f in sorted(files):
-        try:
-            digest.update(f"{f}#{file_digest(f)}\n".encode("utf-8", "surrogateescape"))
-        except OSError as exc:  # unreadable: loading would fail anyway; never reuse then
-            digest.update(f"{f}#unreadable:{exc}\n".encode("utf-8", "surrogateescape"))
-    return f"{path.resolve()}#{digest.hexdigest()[:32]}"
+    # an unreadable file gets an id no readable one has: loading would fail; never reuse then
+    return f"{path.resolve()}#{fingerprint.files_digest(files)}"
 
 
 class Evaluator:

@@ -8,8 +8,9 @@ one interface, :meth:`FeatureStore.get` → ``(patches (B, N, D), masks (B, S, S
 * :class:`DiskFeatures` — one ``.safetensors`` file per image under
   ``<dir>/<model key>/<image key>.safetensors``. The model key names the backbone (name, width,
   a fingerprint of its weights), the image size, the backbone dtype and the cache dtype; the
-  image key hashes the image's and mask's absolute path, byte size and mtime, so an edited file
-  is recomputed and files are shared by every run that uses the same images.
+  image key hashes the bytes of the image and of its mask, and the label
+  (:func:`tipsomaly.fingerprint.file_digest`), so an edited file is recomputed and files are
+  shared by every run that uses the same images, wherever they lie.
 * :class:`LiveFeatures` — no cache: images are read and the backbone runs at every ``get``
   (for comparison and for data that do not fit anywhere).
 
@@ -19,8 +20,6 @@ from the batch they fall in).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import re
@@ -30,6 +29,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .. import fingerprint
 from ..data.dataset import AnomalyDataset, collate_samples, make_loader
 from ..data.meta import Sample
 from ..errors import TipsomalyError
@@ -38,23 +38,22 @@ from ..tips.model import TipsModel
 logger = logging.getLogger(__name__)
 
 CACHE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
-FORMAT = "tipsomaly-features-1"
+#: part of every image key: version 2 keys on file contents (version 1 keyed on path, size and
+#: mtime, so its files are never found again and are recomputed)
+FORMAT = "tipsomaly-features-2"
 
 
 def model_fingerprint(model: TipsModel) -> str:
     """A short id of the backbone's weights.
 
     The loader's fingerprint of the weight files when there is one (``model.fingerprint``),
-    else a hash of every vision-tower array (a model built in memory).
+    else :func:`~tipsomaly.fingerprint.tensors_digest` of the vision tower (a model built in
+    memory).
     """
     recorded = getattr(model, "fingerprint", None)
     if recorded:
         return str(recorded)[:16]
-    digest = hashlib.blake2b(digest_size=8)
-    for name, t in sorted(model.vision.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
+    return fingerprint.tensors_digest(model.vision.state_dict(), 16)
 
 
 def model_key(model: TipsModel, image_size: int, cache_dtype: str) -> str:
@@ -67,21 +66,21 @@ def model_key(model: TipsModel, image_size: int, cache_dtype: str) -> str:
     )
 
 
-def _file_identity(path: Path | None) -> list:
-    if path is None:
-        return [None]
-    st = path.stat()
-    return [str(path.resolve()), st.st_size, st.st_mtime_ns]
-
-
 def sample_key(sample: Sample) -> str:
-    """Hash of the image's and mask's absolute path, byte size and mtime (and the label)."""
+    """The id of one sample's features: a digest of :data:`FORMAT`, the SHA-256 of the image's
+    bytes, of the mask's bytes (anomalous samples only) and the label.
+
+    Raises:
+        OSError: the image or the mask cannot be read.
+    """
+    mask = sample.mask_path if sample.anomaly == 1 else None
     parts = [
-        _file_identity(sample.image_path),
-        _file_identity(sample.mask_path if sample.anomaly == 1 else None),
+        FORMAT,
+        fingerprint.file_digest(sample.image_path),
+        fingerprint.file_digest(mask) if mask is not None else None,
         int(sample.anomaly),
     ]
-    return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:24]
+    return fingerprint.digest(parts, 24)
 
 
 class FeatureCacheError(TipsomalyError, ValueError):
@@ -284,20 +283,25 @@ def _build_disk(
     folder = root / model_key(model, image_size, cache_dtype)
     folder.mkdir(parents=True, exist_ok=True)
     n_patches = (image_size // model.patch_size) ** 2
-    files = [folder / f"{sample_key(s)}.safetensors" for s in samples]
-    missing = [i for i, f in enumerate(files) if not _valid_file(f, n_patches, image_size, dtype)]
+    files = [_feature_file(folder, s) for s in samples]
+    missing = [
+        i
+        for i, f in enumerate(files)
+        if f is not None and not _valid_file(f, n_patches, image_size, dtype)
+    ]
+    readable = {i for i, f in enumerate(files) if f is not None} - set(missing)
     logger.info(
         "feature cache %s: %d of %d images cached, computing %d",
         folder,
-        len(samples) - len(missing),
+        len(readable),
         len(samples),
         len(missing),
     )
-    readable = set(range(len(samples))) - set(missing)
     todo = [samples[i] for i in missing]
     for k, p, m in _encode_all(model, todo, image_size, batch_size, progress, desc):
         index = missing[k]
         path = files[index]
+        assert path is not None  # samples without a file are never computed
         tmp = path.with_name(path.name + ".tmp")
         meta = {"format": FORMAT, "image": str(samples[index].image_path)}
         save_file({"patches": p.to(dtype).contiguous(), "mask": m.contiguous()}, str(tmp), meta)
@@ -307,3 +311,12 @@ def _build_disk(
     if not order:
         raise ValueError("no readable image: nothing to train on")
     return DiskFeatures([samples[i] for i in order], [files[i] for i in order], image_size)
+
+
+def _feature_file(folder: Path, sample: Sample) -> Path | None:
+    """Where ``sample``'s features are cached, or None (logged) when its files cannot be read."""
+    try:
+        return folder / f"{sample_key(sample)}.safetensors"
+    except OSError as exc:
+        logger.warning("left out of training: %s (%s)", sample.image_path, exc)
+        return None

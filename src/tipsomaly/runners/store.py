@@ -28,7 +28,6 @@ time. Failed images are not stored: they are tried again by every run. Everythin
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import tempfile
@@ -39,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import fingerprint
 from ..errors import OutputError
 
 logger = logging.getLogger(__name__)
@@ -83,32 +83,7 @@ class ClassPredictions:
         return bits.reshape(-1, size, size).astype(bool)
 
 
-# -- content digests --------------------------------------------------------------------------
-_DIGESTS: dict[tuple, str] = {}
-
-
-def file_digest(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes (hex). Remembered in this process while the file's identity
-    (device, inode, size, modification and change times) stays the same.
-
-    Raises:
-        OSError: the file cannot be read.
-    """
-    with open(path, "rb") as f:
-        st = os.fstat(f.fileno())
-        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        known = _DIGESTS.get(identity)
-        if known is not None:
-            return known
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-    _DIGESTS[identity] = digest
-    return digest
-
-
-def _hash(parts: object) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
-
-
+# -- content keys (digests from tipsomaly.fingerprint) ----------------------------------------
 def sample_keys(
     class_name: str, image_path: str | os.PathLike, label: int, mask_path: str | os.PathLike | None
 ) -> tuple[str, str]:
@@ -118,16 +93,15 @@ def sample_keys(
     Raises:
         OSError: the image or mask file cannot be read.
     """
-    image = file_digest(image_path)
-    mask = file_digest(mask_path) if int(label) == 1 and mask_path is not None else None
-    pred_key = _hash([FORMAT, class_name, image])
-    return _hash([FORMAT, class_name, image, int(label), mask]), pred_key
+    image = fingerprint.file_digest(image_path)
+    mask = fingerprint.file_digest(mask_path) if int(label) == 1 and mask_path is not None else None
+    pred_key = fingerprint.digest([FORMAT, class_name, image], 32)
+    return fingerprint.digest([FORMAT, class_name, image, int(label), mask], 32), pred_key
 
 
 def config_key(config: dict) -> str:
     """A short stable hash of the settings that determine the network's outputs."""
-    text = json.dumps([FORMAT, config], sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return fingerprint.digest([FORMAT, config], 16)
 
 
 # -- files ------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -13,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..fingerprint import text_digest
 from .checkpoint import (
     CheckpointError,
     check_temperature,
@@ -118,7 +118,11 @@ class ModelFiles:
 
     def fingerprint(self) -> str:
         """A short hash of the files' identities (path, size, modification time, content hash
-        where the weights cache recorded one): changes whenever the weights do."""
+        where the weights cache recorded one): changes whenever the weights do.
+
+        Cheap (no file is read), unlike :func:`tipsomaly.fingerprint.file_digest`; the
+        text-embedding and feature caches key on it.
+        """
         from .weights import ChecksumRegistry
 
         parts = [str(self.temperature)]
@@ -129,7 +133,7 @@ class ModelFiles:
             stat = resolved.stat()
             recorded = ChecksumRegistry(Path(path).parent).get(Path(path).name) or ""
             parts.append(f"{resolved}:{stat.st_size}:{stat.st_mtime_ns}:{recorded}")
-        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+        return text_digest("|".join(parts), 16)
 
 
 def build_model(
