@@ -68,6 +68,18 @@ def test_head_equals_detector_score_batch_exactly(golden, learned, cls):
     assert out.anomaly_map.shape == (len(golden["class_ids"]), size, size)
 
 
+def test_detector_head_holds_the_batch_classes(golden):
+    detector = _detector(golden)
+    names = _names(golden)
+    head, index = detector.head_for(names)
+    assert head is detector.head and index.tolist() == list(golden["class_ids"])
+    distinct = list(dict.fromkeys(names))
+    assert torch.equal(head.class_text, torch.stack([detector.class_text(c) for c in distinct]))
+    assert torch.equal(head.pixel_text, detector.pixel_text())
+    head, index = detector.head_for([names[1]] * 3)  # a later batch of one class
+    assert head.class_text.shape[0] == 1 and index.tolist() == [0, 0, 0]
+
+
 def test_head_is_frozen_and_its_state_dict_holds_the_text(golden):
     model = load_model_dir(golden.dir, description="golden.json")  # a copy to unfreeze
     model.vision.requires_grad_(True)
@@ -156,3 +168,10 @@ def test_torch_export_at_the_native_grid(golden):
 def test_torch_export_at_the_golden_size(golden):
     head = _head(golden).eval()
     torch.export.export(head, (_images(golden)[:2], torch.from_numpy(golden["class_ids"])[:2]))
+
+
+def test_predict_takes_image_score_from_the_heads_cls(golden):
+    detector = _detector(golden, cls="cls2")
+    predictions = detector.predict(list(_images(golden)[:2]), _names(golden)[:2])
+    assert detector.head.cls == "cls2"
+    assert all(p.image_score == p.score_cls2 != p.score_cls1 for p in predictions)

@@ -18,32 +18,15 @@ from ..data.images import ImageInput, ImageLoadError, load_image, preprocess
 from ..tips.model import TipsModel, load_model
 from ..tips.presets import DEFAULT_PRESET
 from ..tips.vision import VisionFeatures
-from .maps import anomaly_maps
+from .head import BatchScores, DetectorOutput, TipsomalyHead
 from .pixel_prompts import PixelPrompts, load_pixel_prompts
 from .prompts import PromptSet, class_embeddings, learned_embeddings, load_prompts
-from .scoring import image_scores, state_probabilities
 from .text_cache import TextEmbeddingCache
 
 logger = logging.getLogger(__name__)
 
 CLS_CHOICES = ("cls1", "cls2")
 NON_FINITE = "non-finite anomaly score: check the model weights and prompts"
-
-
-@dataclass
-class BatchScores:
-    """Everything the detector computes for a batch of B images at model resolution S.
-
-    ``global_probs_cls*`` (B, 2) and ``patch_probs`` (B, N, 2) are [normal, abnormal]
-    probabilities; ``score_cls*`` (B,) image scores; ``maps`` (B, S, S) anomaly maps in [0, 1].
-    """
-
-    global_probs_cls1: torch.Tensor
-    global_probs_cls2: torch.Tensor
-    patch_probs: torch.Tensor
-    score_cls1: torch.Tensor
-    score_cls2: torch.Tensor
-    maps: torch.Tensor
 
 
 @dataclass
@@ -150,6 +133,7 @@ class Detector:
             )
         self._fixed: dict[str, torch.Tensor] = {}
         self._learned: torch.Tensor | None = None
+        self._head: TipsomalyHead | None = None
         if text_cache is True:
             text_cache = TextEmbeddingCache()
         self.text_cache: TextEmbeddingCache | None = text_cache or None
@@ -206,6 +190,30 @@ class Detector:
         cache.put(key, embeddings)
         return embeddings
 
+    # -- the method as a module -------------------------------------------------------------
+    @property
+    def head(self) -> TipsomalyHead:
+        """The method as one ``nn.Module`` (:class:`~tipsomaly.method.head.TipsomalyHead`),
+        sharing this detector's vision tower; its text buffers hold the classes of the last
+        batch scored (see :meth:`head_for`)."""
+        if self._head is None:
+            empty = torch.empty(0, 2, self.model.embed_dim, device=self.device)
+            self._head = TipsomalyHead(self.model, empty, sigma=self.sigma, cls=self.cls)
+        return self._head
+
+    @torch.no_grad()
+    def head_for(self, class_names: Sequence[str]) -> tuple[TipsomalyHead, torch.Tensor]:
+        """B class names → the head with its text buffers set for them, and (B,) class indices.
+
+        ``class_text`` (C, 2, D) holds the C distinct names in order of first appearance (from
+        the text cache); ``pixel_text`` the learned prompts' embeddings, if any.
+        """
+        rows: dict[str, int] = {}
+        index = [rows.setdefault(c, len(rows)) for c in class_names]
+        head = self.head
+        head.set_text(torch.stack([self.class_text(c) for c in rows]), self.pixel_text())
+        return head, torch.tensor(index, dtype=torch.long, device=self.device)
+
     # -- image side -----------------------------------------------------------------------
     def score_features(
         self,
@@ -217,23 +225,10 @@ class Detector:
 
         ``pixel_text`` (2, D) overrides the learned prompts' embeddings (used in training).
         """
-        fixed = torch.stack([self.class_text(c) for c in class_names])  # (B, 2, D)
-        if pixel_text is None:
-            pixel_text = self.pixel_text()
-        pixel = fixed if pixel_text is None else pixel_text
-        t = self.model.temperature
-        g1 = state_probabilities(features.cls1, fixed, t)[:, 0]
-        g2 = state_probabilities(features.cls2, fixed, t)[:, 0]
-        patch = state_probabilities(features.patches, pixel, t)
+        head, index = self.head_for(class_names)
+        class_text = head.select_class_text(index, len(class_names))  # (B, 2, D)
         size = (self.image_size, self.image_size)
-        return BatchScores(
-            global_probs_cls1=g1,
-            global_probs_cls2=g2,
-            patch_probs=patch,
-            score_cls1=image_scores(g1, patch),
-            score_cls2=image_scores(g2, patch),
-            maps=anomaly_maps(patch, self.grid, size, self.sigma),
-        )
+        return head.score_features(features, class_text, size, pixel_text)
 
     @torch.no_grad()
     def score_batch(self, images: torch.Tensor, class_names: str | Sequence[str]) -> BatchScores:
@@ -338,18 +333,20 @@ class Detector:
 
     def _run(self, items: list[_Item]) -> Iterator[Prediction]:
         ready = [i for i in items if i.tensor is not None]
-        scores = None
+        out: DetectorOutput | None = None
         if ready:
+            # score_batch is the head's forward in parts (features, then the text buffers):
+            # tests and tools hook it to stand in for the network.
             images = torch.stack([i.tensor for i in ready])
-            scores = self.score_batch(images, [i.class_name for i in ready])
+            out = self.head.output(self.score_batch(images, [i.class_name for i in ready]))
         k = 0
         for item in items:
             if item.tensor is None:
                 yield Prediction(item.source, item.class_name, error=item.error)
                 continue
-            assert scores is not None and item.original_size is not None
-            m = scores.maps[k]
-            if not _finite(scores.score_cls1[k], scores.score_cls2[k], m):
+            assert out is not None and item.original_size is not None
+            m = out.anomaly_map[k]
+            if not _finite(out.score_cls1[k], out.score_cls2[k], m):
                 logger.warning("%s: non-finite anomaly score or map", item.source)
                 yield Prediction(item.source, item.class_name, error=NON_FINITE)
                 k += 1
@@ -362,13 +359,12 @@ class Detector:
                 mode="bilinear",
                 align_corners=False,
             )[0, 0]
-            s1, s2 = float(scores.score_cls1[k]), float(scores.score_cls2[k])
             yield Prediction(
                 source=item.source,
                 class_name=item.class_name,
-                image_score=s1 if self.cls == "cls1" else s2,
-                score_cls1=s1,
-                score_cls2=s2,
+                image_score=float(out.image_score[k]),
+                score_cls1=float(out.score_cls1[k]),
+                score_cls2=float(out.score_cls2[k]),
                 anomaly_map=m.cpu().numpy(),
                 anomaly_map_original=original.cpu().numpy(),
                 original_size=item.original_size,

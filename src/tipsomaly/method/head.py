@@ -179,6 +179,16 @@ class TipsomalyHead(nn.Module):
             maps=anomaly_maps(patch, grid, size, self.sigma),
         )
 
+    def output(self, scores: BatchScores) -> DetectorOutput:
+        """:class:`BatchScores` of B images → :class:`DetectorOutput` (``image_score`` from
+        the head's ``cls``)."""
+        return DetectorOutput(
+            image_score=scores.score_cls1 if self.cls == "cls1" else scores.score_cls2,
+            score_cls1=scores.score_cls1,
+            score_cls2=scores.score_cls2,
+            anomaly_map=scores.maps,
+        )
+
     def forward(
         self, images: torch.Tensor, class_index: torch.Tensor | None = None
     ) -> DetectorOutput:
@@ -190,13 +200,7 @@ class TipsomalyHead(nn.Module):
         size = (int(images.shape[-2]), int(images.shape[-1]))
         features = self.vision(images)
         class_text = self.select_class_text(class_index, images.shape[0])
-        s = self.score_features(features, class_text, size)
-        return DetectorOutput(
-            image_score=s.score_cls1 if self.cls == "cls1" else s.score_cls2,
-            score_cls1=s.score_cls1,
-            score_cls2=s.score_cls2,
-            anomaly_map=s.maps,
-        )
+        return self.output(self.score_features(features, class_text, size))
 
 
 __all__ = ["BatchScores", "DetectorOutput", "TipsomalyHead"]
