@@ -14,7 +14,7 @@ from PIL import Image
 
 from goldens import golden_dirs
 from tipsomaly.cli.main import main
-from tipsomaly.cli.predict import default_pixel_prompts
+from tipsomaly.method.config import resolve_pixel_prompts
 from tipsomaly.method.detector import Detector
 from tipsomaly.runners.predict import (
     NoInputsError,
@@ -361,12 +361,14 @@ def test_output_names_are_unique_and_mirror_folders(tmp_path):
 
 
 def test_default_pixel_prompts_follow_the_backbone(tmp_path):
-    assert default_pixel_prompts("l14h", None) == "trained-on-mvtec"
-    assert default_pixel_prompts("tips-v1-l14-highres", None) == "trained-on-mvtec"
-    assert default_pixel_prompts("b14h", None) is None
-    assert default_pixel_prompts(str(tmp_path), None) is None
-    assert default_pixel_prompts("l14h", "none") is None
-    assert default_pixel_prompts("b14h", "trained-on-visa") == "trained-on-visa"
+    """predict's --pixel-prompts (default auto) as cmd_predict resolves it."""
+    assert resolve_pixel_prompts("auto", "l14h") == "trained-on-mvtec"
+    assert resolve_pixel_prompts("auto", "tips-v1-l14-highres") == "trained-on-mvtec"
+    assert resolve_pixel_prompts("auto", "b14h") is None
+    assert resolve_pixel_prompts("auto", str(tmp_path)) is None
+    assert resolve_pixel_prompts("none", "l14h") is None
+    assert resolve_pixel_prompts("None", "l14h") is None
+    assert resolve_pixel_prompts("trained-on-visa", "b14h") == "trained-on-visa"
 
 
 def test_help_documents_outputs_and_exit_codes(capsys):

@@ -107,9 +107,9 @@ def _add_flip_class(model: Path, data: Path, pool: Path) -> None:
 
 
 def _settings(model, **kw) -> EvalSettings:
-    return EvalSettings(
-        **{"model": str(model), "image_size": SIZE, "batch_size": BATCH, "sigma": SIGMA, **kw}
-    )
+    # workers=0: images load in this process, where the tests' stand-in loaders are patched
+    settings = {"model": str(model), "image_size": SIZE, "batch_size": BATCH, "sigma": SIGMA}
+    return EvalSettings(**{**settings, "workers": 0, **kw})
 
 
 def _f1_max(labels: np.ndarray, scores: np.ndarray) -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import tempfile
 from collections.abc import Iterator
@@ -18,12 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidOptionError, OutputError, TipsomalyError
+from ..method.config import DTYPE_CHOICES, DetectorConfig  # noqa: F401 - DTYPE_CHOICES re-exported
 from ..validation import float_type, int_type, multiple_of, text_type
 
 if TYPE_CHECKING:
     import torch
-
-DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")
 
 # Reusable ``type=`` adapters (predict, eval, train; later fit and serve).
 positive_int = int_type(1)
@@ -35,6 +35,24 @@ pixel_threshold = float_type(0, 1, hint="the maps are abnormal probabilities in 
 image_threshold = float_type(0, 2, hint="image_score = global + max patch probability, in [0, 2]")
 unit_interval_open = float_type(0, 1, high_open=True)
 seed_int = int_type(0, 2**64 - 1)
+
+#: the ``type=`` of each config field given as an option (defaults and help: the configs)
+OPTION_TYPES = {
+    "image_size": positive_int,
+    "sigma": non_negative_float,
+    "batch_size": positive_int,
+    "workers": non_negative_int,
+    "epochs": positive_int,
+    "lr": positive_float,
+    "betas": unit_interval_open,
+    "n_prompt": positive_int,
+    "seed": seed_int,
+}
+
+
+def _shown(value: object) -> str:
+    """A default as the README writes it: 4 for 4.0, 0.001 for 1e-3."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -56,9 +74,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         ):
             return text
         if isinstance(default, (list, tuple)):
-            shown = " ".join(str(v) for v in default)
+            shown = " ".join(_shown(v) for v in default)
         else:
-            shown = str(default)
+            shown = _shown(default)
         return f"{text} (default: {shown.replace('%', '%%')})"
 
 
@@ -98,44 +116,48 @@ def apply_input_options(args: argparse.Namespace) -> None:
     set_max_pixels(args.max_pixels)
 
 
-def add_model_options(p: argparse.ArgumentParser, *, dtype_default: str = "fp32") -> None:
-    """``--model``, ``--prompt-type``, ``--prompt-file``, ``--image-size``, ``--device``,
-    ``--dtype``: what every verb that runs the network needs."""
-    from ..method.names import BUILTIN_PROMPT_TYPES
+def add_config_option(
+    p: argparse.ArgumentParser, config: type, name: str, **overrides: Any
+) -> argparse.Action:
+    """``--name`` for the field ``name`` of the dataclass ``config``.
 
-    p.add_argument(
-        "--model",
-        default="l14h",
-        help="TIPS preset (see `tipsomaly weights list`; downloaded on first use) or a model "
-        "directory (default: l14h, the paper's backbone)",
-    )
-    p.add_argument(
-        "--prompt-type",
-        default="industrial",
-        help=f"fixed prompt ensemble: {', '.join(BUILTIN_PROMPT_TYPES)} or a name in "
-        "--prompt-file (default: industrial)",
-    )
-    p.add_argument("--prompt-file", help="JSON file of prompt ensembles (schema of the built-in)")
-    p.add_argument(
-        "--image-size",
-        type=positive_int,
-        default=518,
-        help="side of the square model input, a multiple of the patch size 14 "
-        "(default: 518, as the paper)",
-    )
-    p.add_argument(
-        "--device",
-        default="auto",
-        help="auto (cuda if available, else cpu), cpu, cuda, cuda:1… (default: auto)",
-    )
-    p.add_argument(
-        "--dtype",
-        choices=DTYPE_CHOICES,
-        default=dtype_default,
-        help="matmul precision of the vision tower: fp32, bf16 (CPUs with AMX/AVX-512-BF16, "
-        "recent GPUs), fp16 (GPUs); auto = the fastest this machine runs accurately "
-        f"(default: {dtype_default})",
-    )
+    The default, choices, help and metavar come from the field (its metadata, see
+    :func:`tipsomaly.method.config.option`), the argparse ``type=`` from :data:`OPTION_TYPES`;
+    ``overrides`` replace any of them. A field without a default is a required option.
+    """
+    spec = {f.name: f for f in dataclasses.fields(config)}[name]
+    meta = spec.metadata
+    kwargs: dict[str, Any] = {"help": meta.get("help")}
+    if spec.default is dataclasses.MISSING:
+        kwargs["required"] = True
+    else:
+        kwargs["default"] = spec.default
+    if isinstance(spec.default, bool):
+        kwargs["action"] = "store_true"
+    for key in ("choices", "metavar"):
+        if meta.get(key):
+            kwargs[key] = meta[key]
+    if name in OPTION_TYPES:
+        kwargs["type"] = OPTION_TYPES[name]
+    kwargs.update(overrides)
+    return p.add_argument("--" + name.replace("_", "-"), **kwargs)
+
+
+def add_model_options(
+    p: argparse.ArgumentParser,
+    config: type[DetectorConfig] = DetectorConfig,
+    *,
+    skip: tuple[str, ...] = (),
+    **overrides: dict[str, Any],
+) -> None:
+    """The options of every :class:`DetectorConfig` field (``--model``, ``--pixel-prompts``,
+    ``--prompt-type``, ``--prompt-file``, ``--image-size``, ``--sigma``, ``--cls``, ``--device``,
+    ``--dtype``, ``--batch-size``) but those in ``skip``, read from ``config`` (the verb's
+    config, a subclass); ``overrides`` maps a field to its :func:`add_config_option` overrides
+    (``dtype={"default": "auto"}``)."""
+    for spec in dataclasses.fields(DetectorConfig):
+        if spec.name not in skip:
+            add_config_option(p, config, spec.name, **overrides.get(spec.name, {}))
 
 
 def check_model_options(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:

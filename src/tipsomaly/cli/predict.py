@@ -16,12 +16,14 @@ from .options import (
     ensure_out_dir,
     image_threshold,
     non_empty,
-    non_negative_float,
     pixel_threshold,
-    positive_int,
 )
 
 EXIT_OK, EXIT_USAGE, EXIT_NO_INPUTS, EXIT_SOME_FAILED = 0, 1, 2, 3
+
+#: predict's one departure from DetectorConfig: the fastest dtype this machine runs accurately
+#: (eval and train keep fp32, the paper's numbers)
+PREDICT_DTYPE = "auto"
 
 
 _EPILOG = """\
@@ -45,7 +47,6 @@ Every option is checked before the model loads (one line per mistake, exit statu
 
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from ..method.names import BUNDLED_PIXEL_PROMPTS as BUNDLED
     from ..report.overlay import SCALES
 
     p = sub.add_parser(
@@ -75,30 +76,8 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         action="store_true",
         help="use each image's parent folder name as its class (bottle/001.png -> bottle)",
     )
-    add_model_options(p, dtype_default="auto")
+    add_model_options(p, dtype={"default": PREDICT_DTYPE})
     add_input_options(p)
-    p.add_argument(
-        "--pixel-prompts",
-        help=f"learned pixel prompts: {' or '.join(BUNDLED)} (bundled, for l14h), a "
-        ".safetensors/.pth file, or 'none'. Default: trained-on-mvtec when the model is "
-        "l14h, otherwise none (the fixed prompts then score the patches too)",
-    )
-    p.add_argument(
-        "--sigma",
-        type=non_negative_float,
-        default=4.0,
-        help="Gaussian smoothing of the maps, in model-input pixels (default: 4)",
-    )
-    p.add_argument(
-        "--cls",
-        choices=["cls1", "cls2"],
-        default="cls1",
-        help="CLS token giving image_score: cls1 (alt-text) or cls2 (dense captions); both "
-        "scores are always in the table (default: cls1)",
-    )
-    p.add_argument(
-        "--batch-size", type=positive_int, default=8, help="images per forward pass (default: 8)"
-    )
     p.add_argument(
         "--threshold",
         type=pixel_threshold,
@@ -126,21 +105,10 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.set_defaults(func=cmd_predict)
 
 
-def default_pixel_prompts(model: str, pixel_prompts: str | None) -> str | None:
-    """The ``--pixel-prompts`` value to use: as given (``none`` → None), else
-    ``trained-on-mvtec`` for the paper's backbone (l14h under any of its names), else None."""
-    from ..tips.presets import DEFAULT_PRESET, get_preset, is_preset
-
-    if pixel_prompts is not None:
-        return None if pixel_prompts.lower() == "none" else pixel_prompts
-    if is_preset(model) and get_preset(model).name == DEFAULT_PRESET:
-        return "trained-on-mvtec"
-    return None
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
     """Run ``predict``: check options, find the inputs, load the model, score, report."""
     from ..data.inputs import NoInputsError, expand_inputs
+    from ..method.config import resolve_pixel_prompts
     from ..method.detector import Detector
     from ..runners.predict import run_predict
 
@@ -155,7 +123,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return EXIT_NO_INPUTS
     ensure_out_dir(args.out)  # read-only, full, or under a file: one line before the model
     apply_input_options(args)
-    pixel_prompts = default_pixel_prompts(args.model, args.pixel_prompts)
+    pixel_prompts = resolve_pixel_prompts(args.pixel_prompts, args.model)
     # prompt, pixel-prompt and model-file problems are TipsomalyErrors: main() shows them
     detector = Detector(
         args.model,

@@ -7,17 +7,13 @@ import logging
 
 from .options import (
     HelpFormatter,
+    add_config_option,
     add_input_options,
     add_model_options,
     apply_input_options,
     check_model_options,
     dtype_name,
     ensure_out_dir,
-    non_negative_float,
-    positive_float,
-    positive_int,
-    seed_int,
-    unit_interval_open,
 )
 
 logger = logging.getLogger(__name__)
@@ -36,6 +32,8 @@ the defaults are the paper's: 518 px, batch 8, 2 epochs, Adam lr 1e-3 betas (0.5
 
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from ..runners.config import TrainConfig
+
     p = sub.add_parser(
         "train",
         parents=[common],
@@ -45,56 +43,25 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         epilog=_EPILOG,
         formatter_class=HelpFormatter,
     )
-    p.add_argument("--data", required=True, metavar="DIR", help="dataset root with meta.json")
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    add_model_options(p)
+    add_config_option(p, TrainConfig, "data")
+    add_config_option(p, TrainConfig, "out")
+    add_model_options(
+        p,
+        TrainConfig,
+        skip=("pixel_prompts", "cls"),
+        batch_size={"help": "images per step"},
+        sigma={"help": "map smoothing for --eval-data, in model-input pixels"},
+    )
     add_input_options(p)
-    p.add_argument(
-        "--allow-outside-root",
-        action="store_true",
-        help="let meta.json paths leave the dataset root (../, absolute paths, symlinks out)",
-    )
-    p.add_argument("--batch-size", type=positive_int, default=8, help="images per step")
-    p.add_argument("--epochs", type=positive_int, default=2, help="passes over the data")
-    p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (> 0)")
-    p.add_argument(
-        "--betas",
-        type=unit_interval_open,
-        nargs=2,
-        default=(0.5, 0.999),
-        metavar=("B1", "B2"),
-        help="Adam's betas, each in [0, 1)",
-    )
-    p.add_argument("--n-prompt", type=positive_int, default=8, help="learned vectors per state")
-    p.add_argument("--seed", type=seed_int, default=111, help="initialisation and shuffling")
-    p.add_argument("--classes", nargs="+", help="train on these classes only (default: all)")
-    p.add_argument(
-        "--feature-cache",
-        default="memory",
-        metavar="DIR|memory|none",
-        help="where the frozen patch features live: in memory (default), in a directory "
-        "(reused by later runs on the same images and model), or none (backbone every step)",
-    )
-    p.add_argument(
-        "--cache-dtype",
-        default="fp32",
-        choices=["fp32", "fp16"],
-        help="precision of the cached features (fp16: half the memory; default: fp32)",
-    )
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue after the last complete epoch in --out (same settings; --epochs may grow)",
-    )
-    p.add_argument(
-        "--eval-data", metavar="DIR", help="dataset root evaluated after each epoch (pixel metrics)"
-    )
-    p.add_argument(
-        "--aupro", choices=["zsad", "mvtec"], default="zsad", help="AUPRO definition of --eval-data"
-    )
-    p.add_argument(
-        "--sigma", type=non_negative_float, default=4.0, help="map smoothing for --eval-data (px)"
-    )
+    add_config_option(p, TrainConfig, "allow_outside_root")
+    for name in ("epochs", "lr"):
+        add_config_option(p, TrainConfig, name)
+    add_config_option(p, TrainConfig, "betas", nargs=2)
+    for name in ("n_prompt", "seed"):
+        add_config_option(p, TrainConfig, name)
+    add_config_option(p, TrainConfig, "classes", nargs="+")
+    for name in ("feature_cache", "cache_dtype", "resume", "eval_data", "aupro"):
+        add_config_option(p, TrainConfig, name)
     p.set_defaults(func=run)
 
 
@@ -126,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         cache_dtype=args.cache_dtype,
         resume=args.resume,
         eval_data=args.eval_data,
-        eval_sigma=args.sigma,
+        sigma=args.sigma,
         aupro=args.aupro,
         offline=args.offline or None,
         progress=not args.quiet,

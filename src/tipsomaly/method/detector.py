@@ -18,6 +18,8 @@ from ..data.images import ImageInput, ImageLoadError, load_image, preprocess
 from ..tips.model import TipsModel, load_model
 from ..tips.presets import DEFAULT_PRESET
 from ..tips.vision import VisionFeatures
+from ..validation import choice, in_range, multiple_of, positive_int
+from .config import CLS_CHOICES, DetectorConfig
 from .head import BatchScores, DetectorOutput, TipsomalyHead
 from .pixel_prompts import PixelPrompts, load_pixel_prompts
 from .prompts import PromptSet, class_embeddings, learned_embeddings, load_prompts
@@ -25,7 +27,7 @@ from .text_cache import TextEmbeddingCache
 
 logger = logging.getLogger(__name__)
 
-CLS_CHOICES = ("cls1", "cls2")
+_DEFAULTS = DetectorConfig()  # the one source of the defaults below
 NON_FINITE = "non-finite anomaly score: check the model weights and prompts"
 
 
@@ -91,31 +93,26 @@ class Detector:
         self,
         model: str | os.PathLike | TipsModel = DEFAULT_PRESET,
         *,
-        prompt_type: str = "industrial",
+        prompt_type: str = _DEFAULTS.prompt_type,
         prompt_file: str | os.PathLike | None = None,
         pixel_prompts: str | os.PathLike | PixelPrompts | None = None,
-        image_size: int = 518,
-        sigma: float = 4.0,
-        cls: str = "cls1",
+        image_size: int = _DEFAULTS.image_size,
+        sigma: float = _DEFAULTS.sigma,
+        cls: str = _DEFAULTS.cls,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
-        batch_size: int = 8,
+        batch_size: int = _DEFAULTS.batch_size,
         offline: bool | None = None,
         text_cache: bool | TextEmbeddingCache = True,
     ) -> None:
-        if cls not in CLS_CHOICES:
-            raise ValueError(f"cls must be one of {CLS_CHOICES}, got {cls!r}")
+        choice(cls, "cls", CLS_CHOICES)  # InvalidOptionError (a ValueError), before loading
+        in_range(sigma, "sigma", 0)
+        positive_int(batch_size, "batch_size")
         if isinstance(model, TipsModel):
             self.model = model.to(device=device).set_compute_dtype(dtype)
         else:
             self.model = load_model(model, device=device, dtype=dtype, offline=offline)
-        patch = self.model.patch_size
-        if image_size <= 0 or image_size % patch:
-            raise ValueError(f"image_size must be a positive multiple of {patch}, got {image_size}")
-        if sigma < 0:
-            raise ValueError(f"sigma must be >= 0, got {sigma}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        multiple_of(image_size, "image_size", self.model.patch_size, what="the patch size")
         self.prompts: PromptSet = load_prompts(prompt_type, prompt_file)
         self.image_size = int(image_size)
         self.sigma = float(sigma)

@@ -13,7 +13,6 @@ import os
 import platform
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +21,9 @@ import torch
 from .. import __version__, fingerprint
 from ..data.dataset import AnomalyDataset, collate_samples
 from ..data.meta import read_meta
+from ..method.config import AUTO, default_pixel_prompts
 from ..method.detector import Detector
 from ..method.maps import anomaly_maps
-from ..method.pixel_prompts import BUNDLED
 from ..metrics import image_metrics, pixel_metrics
 from ..report.results import (
     INDUSTRIAL,
@@ -35,6 +34,7 @@ from ..report.results import (
 )
 from ..tips.presets import get_preset, is_preset
 from ..tips.runtime import resolve_device, resolve_dtype
+from .config import EvalConfig, EvalSettings
 from .lock import OutputLock
 from .store import (
     FIELDS,
@@ -54,12 +54,14 @@ __all__ = [
     "MEDICAL",
     "TABLE_METRICS",
     "DatasetResult",
+    "EvalConfig",
     "EvalSettings",
     "Evaluator",
     "class_metrics",
     "domain_of",
     "environment",
     "evaluate_datasets",
+    "prediction_config",
     "protocol_pixel_prompts",
 ]
 
@@ -87,43 +89,22 @@ def class_metrics(
     return out
 
 
-@dataclass
-class EvalSettings:
-    """What ``tipsomaly eval`` runs: the detector's construction and the metric options."""
+def prediction_config(settings: EvalConfig) -> dict:
+    """The settings that change the network's outputs (not sigma, cls or aupro).
 
-    model: str = "l14h"
-    pixel_prompts: str | None = None
-    prompt_type: str = "industrial"
-    prompt_file: str | None = None
-    image_size: int = 518
-    sigma: float = 4.0
-    cls: str = "cls1"
-    device: str = "cpu"
-    dtype: str = "fp32"
-    batch_size: int = 8
-    workers: int = 0
-    aupro: str = "zsad"
-    classes: Sequence[str] | None = None
-    offline: bool | None = None
-    #: let meta.json paths leave the dataset root (refused by default)
-    allow_outside_root: bool = False
-
-    def prediction_config(self) -> dict:
-        """The settings that change the network's outputs (not sigma, cls or aupro).
-
-        Files are identified by a digest of their bytes: the model's weights (for a model
-        directory, every file in it and every file its ``model.json`` names, also outside it),
-        the pixel prompts and the prompt file. ``dtype`` is the resolved one (``auto`` → the
-        dtype this machine would use).
-        """
-        return {
-            "model": _model_identity(self.model),
-            "pixel_prompts": _identity(self.pixel_prompts) if self.pixel_prompts else None,
-            "prompt_type": self.prompt_type,
-            "prompt_file": _identity(self.prompt_file) if self.prompt_file else None,
-            "image_size": self.image_size,
-            "dtype": _resolved_dtype(self.dtype, self.device),
-        }
+    Files are identified by a digest of their bytes: the model's weights (for a model
+    directory, every file in it and every file its ``model.json`` names, also outside it),
+    the pixel prompts and the prompt file. ``dtype`` is the resolved one (``auto`` → the
+    dtype this machine would use).
+    """
+    return {
+        "model": _model_identity(settings.model),
+        "pixel_prompts": _identity(settings.pixel_prompts) if settings.pixel_prompts else None,
+        "prompt_type": settings.prompt_type,
+        "prompt_file": _identity(settings.prompt_file) if settings.prompt_file else None,
+        "image_size": settings.image_size,
+        "dtype": _resolved_dtype(settings.dtype, settings.device),
+    }
 
 
 def _resolved_dtype(dtype: str, device: str) -> str:
@@ -168,12 +149,13 @@ class Evaluator:
     """Evaluates datasets with one configuration, building the detector only when needed.
 
     :meth:`evaluate` holds the output folder's lock (:class:`~tipsomaly.runners.lock.OutputLock`)
-    unless ``locked=True`` says the caller holds it already.
+    unless ``locked=True`` says the caller holds it already. ``settings.pixel_prompts="auto"``
+    is resolved for each dataset evaluated (:func:`default_pixel_prompts`).
     """
 
     def __init__(
         self,
-        settings: EvalSettings,
+        settings: EvalConfig,
         out_dir: str | os.PathLike,
         *,
         progress: bool = True,
@@ -181,7 +163,8 @@ class Evaluator:
         shared_models: dict | None = None,
         locked: bool = False,
     ) -> None:
-        self.settings = settings
+        self.requested = settings  # pixel_prompts "auto" is resolved per dataset
+        self.settings = settings.for_dataset()
         self.out_dir = Path(out_dir)
         self.progress = progress
         self._factory = detector_factory or self._build_detector
@@ -252,6 +235,9 @@ class Evaluator:
     def _evaluate(self, root: str | os.PathLike, name: str | None) -> DatasetResult:
         root = Path(root)
         name = name or root.resolve().name
+        own = self.requested.for_dataset(name)
+        if own != self.settings:  # "auto" picks other prompts for this dataset
+            self.settings, self._detector = own, None
         meta = read_meta(
             root, "test", self.settings.classes, allow_outside_root=self.settings.allow_outside_root
         )
@@ -470,23 +456,13 @@ class Evaluator:
         return out
 
 
-def protocol_pixel_prompts(model: str, dataset_name: str) -> str | None:
-    """The paper's cross-dataset choice of learned prompts for its backbone (``l14h``).
-
-    Prompts trained on VisA for MVTec AD, prompts trained on MVTec AD for everything else;
-    ``None`` for other backbones (no released prompts fit them).
-    """
-    if not (is_preset(model) and get_preset(model).short_name == "l14h"):
-        return None
-    key = "".join(c for c in dataset_name.lower() if c.isalnum())
-    name = "trained-on-visa" if key.startswith("mvtec") else "trained-on-mvtec"
-    assert name in BUNDLED
-    return name
+#: the paper's cross-dataset choice of learned prompts, kept under its former name
+protocol_pixel_prompts = default_pixel_prompts
 
 
 def evaluate_datasets(
     roots: Sequence[str | os.PathLike],
-    settings: EvalSettings,
+    settings: EvalConfig,
     out_dir: str | os.PathLike,
     *,
     progress: bool = True,
@@ -494,7 +470,7 @@ def evaluate_datasets(
 ) -> list[DatasetResult]:
     """Evaluate several datasets with one model (loaded at most once).
 
-    ``settings.pixel_prompts == "auto"`` applies :func:`protocol_pixel_prompts` per dataset.
+    ``settings.pixel_prompts == "auto"`` applies :func:`default_pixel_prompts` per dataset.
     ``lock``: hold ``out_dir``'s :class:`~tipsomaly.runners.lock.OutputLock` meanwhile (False
     when the caller holds it, e.g. to write the result files under the same lock).
 
@@ -504,17 +480,14 @@ def evaluate_datasets(
     if lock:
         with OutputLock(out_dir):
             return evaluate_datasets(roots, settings, out_dir, progress=progress, lock=False)
-    from dataclasses import replace
-
     models: dict = {}
     results = []
     for root in roots:
         name = Path(root).resolve().name
-        own = settings
-        if settings.pixel_prompts == "auto":
-            chosen = protocol_pixel_prompts(settings.model, name)
+        own = settings.for_dataset(name)
+        if settings.pixel_prompts == AUTO:
+            chosen = own.pixel_prompts
             logger.info("%s: pixel prompts %s", name, chosen or "none (fixed prompts for patches)")
-            own = replace(settings, pixel_prompts=chosen)
         evaluator = Evaluator(own, out_dir, progress=progress, shared_models=models, locked=True)
         results.append(evaluator.evaluate(root, name))
     return results

@@ -25,7 +25,6 @@ import math
 import os
 import re
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +34,6 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..data.meta import read_meta
-from ..errors import TipsomalyError
 from ..method.losses import LossTerms, segmentation_loss
 from ..method.maps import anomaly_maps, upsample
 from ..method.pixel_prompts import PixelPromptError, PixelPrompts
@@ -43,8 +41,9 @@ from ..method.prompts import PromptSet, learned_embeddings, load_prompts
 from ..method.scoring import state_probabilities
 from ..metrics import pixel_metrics
 from ..tips.model import TipsModel, load_model
-from ..tips.presets import DEFAULT_PRESET
 from ..tips.runtime import resolve_device, resolve_dtype
+from ..validation import multiple_of
+from .config import TrainConfig, TrainError
 from .features import FeatureStore, build_features, model_fingerprint
 from .lock import OutputLock
 
@@ -60,10 +59,6 @@ LOG_COLUMNS = ("kind", "epoch", "step", "images", *LOSS_NAMES, *EVAL_NAMES)
 CLASS_WORD = "object"
 
 
-class TrainError(TipsomalyError, ValueError):
-    """The training run cannot start or continue (bad settings, nothing to resume, ...)."""
-
-
 class NonFiniteLossError(TrainError):
     """A step's loss (or the prompts after it) is NaN or infinite: training stopped there.
 
@@ -77,44 +72,6 @@ class NonFiniteLossError(TrainError):
         self.epoch, self.step, self.values, self.what = epoch, step, values, what
         terms = ", ".join(f"{k} {v:.4g}" for k, v in values.items())
         super().__init__(f"training stopped at epoch {epoch}, step {step}: {what} ({terms})")
-
-
-@dataclass
-class TrainConfig:
-    """Settings of a training run; the defaults are the paper's.
-
-    ``data`` is a dataset root with ``meta.json`` (its ``test`` split is trained on, as the paper
-    trains on MVTec AD's test set); ``model`` a preset name, a model directory or a loaded
-    :class:`TipsModel`. ``feature_cache`` is ``"memory"``, ``"none"`` (backbone every step) or a
-    directory; ``cache_dtype`` ``"fp32"`` or ``"fp16"``. ``eval_data`` is an optional dataset
-    root evaluated (pixel AUROC and AUPRO, mean over classes) after each epoch.
-    """
-
-    data: str | os.PathLike
-    out: str | os.PathLike
-    model: str | os.PathLike | TipsModel = DEFAULT_PRESET
-    image_size: int = 518
-    batch_size: int = 8
-    epochs: int = 2
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.5, 0.999)
-    n_prompt: int = 8
-    init_std: float = 0.02
-    seed: int = 111
-    prompt_type: str = "industrial"
-    prompt_file: str | os.PathLike | None = None
-    classes: Sequence[str] | None = None
-    device: str = "auto"
-    dtype: str = "fp32"
-    feature_cache: str | os.PathLike = "memory"
-    cache_dtype: str = "fp32"
-    resume: bool = False
-    eval_data: str | os.PathLike | None = None
-    eval_sigma: float = 4.0
-    aupro: str = "zsad"
-    offline: bool | None = None
-    progress: bool = True
-    allow_outside_root: bool = False
 
 
 @dataclass
@@ -403,22 +360,6 @@ def _check_resume(out: Path, identity: dict) -> int:
     return done
 
 
-def _validate(config: TrainConfig) -> None:
-    checks = [
-        (config.epochs >= 1, f"epochs must be >= 1, got {config.epochs}"),
-        (config.batch_size >= 1, f"batch_size must be >= 1, got {config.batch_size}"),
-        (config.n_prompt >= 1, f"n_prompt must be >= 1, got {config.n_prompt}"),
-        (config.lr > 0, f"lr must be > 0, got {config.lr}"),
-        (
-            len(config.betas) == 2 and all(0 <= b < 1 for b in config.betas),
-            f"betas must be two values in [0, 1), got {config.betas}",
-        ),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise TrainError(message)
-
-
 def _load(config: TrainConfig) -> TipsModel:
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
@@ -427,10 +368,7 @@ def _load(config: TrainConfig) -> TipsModel:
     else:
         model = load_model(config.model, device=device, dtype=dtype, offline=config.offline)
     model.eval().requires_grad_(False)
-    if config.image_size <= 0 or config.image_size % model.patch_size:
-        raise TrainError(
-            f"image_size must be a positive multiple of {model.patch_size}, got {config.image_size}"
-        )
+    multiple_of(config.image_size, "image_size", model.patch_size, what="the patch size")
     return model
 
 
@@ -522,7 +460,6 @@ def train(config: TrainConfig) -> TrainResult:
     CPU. Nothing to resume starts afresh. One run at a time writes into ``out`` (its
     :class:`~tipsomaly.runners.lock.OutputLock`; a second run gets ``OutputLockedError``).
     """
-    _validate(config)
     with OutputLock(config.out):
         return _train(config)
 
@@ -611,7 +548,7 @@ def _train(config: TrainConfig) -> TrainResult:
             scores: dict[str, float] = {}
             if eval_store is not None:
                 scores = evaluate_prompts(
-                    model, prompts, param, eval_store, sigma=config.eval_sigma,
+                    model, prompts, param, eval_store, sigma=config.sigma,
                     aupro=config.aupro, batch_size=config.batch_size,
                 )  # fmt: skip
                 result.eval_metrics.append(scores)
