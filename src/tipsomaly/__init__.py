@@ -5,8 +5,11 @@ the CLI's ``--help`` do not import PyTorch)::
 
     from tipsomaly import Detector, run_predict, evaluate_datasets, train, TipsomalyError
 
-- Predict: :class:`Detector`, :class:`Prediction`, :func:`run_predict`, :class:`PredictSummary`.
-- Evaluate: :func:`evaluate_datasets`, :class:`EvalSettings`, :class:`Evaluator`.
+- Predict: :class:`Detector`, :class:`Prediction`, :func:`run_predict`, :class:`PredictSummary`;
+  :class:`DetectorConfig` (the shared settings), :class:`TipsomalyHead` (the method as one
+  ``nn.Module``) and its :class:`DetectorOutput`.
+- Evaluate: :func:`evaluate_datasets`, :class:`EvalConfig` (alias :class:`EvalSettings`),
+  :class:`Evaluator`.
 - Train: :func:`train`, :class:`TrainConfig`, :class:`TrainResult`.
 - Prompts: :func:`load_pixel_prompts`, :class:`PixelPrompts`, :func:`load_prompts`.
 - Backbone: :func:`load_model`, :func:`build_model`, :class:`TipsModel`, :data:`PRESETS`,
@@ -14,12 +17,15 @@ the CLI's ``--help`` do not import PyTorch)::
 - Datasets: :func:`build_meta`, :func:`detect_layout`, :func:`read_meta`, :func:`write_meta`.
 - Errors: :class:`TipsomalyError`, the base of every error a user can fix, and its subclasses.
 
-Layers, from the bottom up (each imports only from those below it):
+Layers, from the bottom up (each imports only from those below it; tests/test_layers.py):
 
+- :mod:`tipsomaly.errors`, then :mod:`tipsomaly.validation`, :mod:`tipsomaly.fingerprint`.
 - :mod:`tipsomaly.tips`    the TIPS backbone: towers, tokenizer, presets, weights.
-- :mod:`tipsomaly.method`  the TipsOmaly method: prompts, pixel prompts, maps, detector.
 - :mod:`tipsomaly.data`, :mod:`tipsomaly.metrics`  datasets and evaluation metrics.
-- :mod:`tipsomaly.runners`, :mod:`tipsomaly.report`  predict / eval / train, and their outputs.
+- :mod:`tipsomaly.method`  the TipsOmaly method: config, prompts, pixel prompts, maps, head,
+  detector.
+- :mod:`tipsomaly.report`  overlays, score and result tables.
+- :mod:`tipsomaly.runners` predict / eval / train as library calls.
 - :mod:`tipsomaly.cli`     the ``tipsomaly`` command.
 """
 
@@ -37,9 +43,13 @@ _EXPORTS: dict[str, str] = {
     "Prediction": "method.detector",
     "run_predict": "runners.predict",
     "PredictSummary": "runners.predict",
+    "DetectorConfig": "method.config",
+    "TipsomalyHead": "method.head",
+    "DetectorOutput": "method.head",
     # evaluate
     "evaluate_datasets": "runners.evaluate",
     "EvalSettings": "runners.evaluate",
+    "EvalConfig": "runners.config",
     "Evaluator": "runners.evaluate",
     # train
     "train": "runners.train",
@@ -77,6 +87,7 @@ _EXPORTS: dict[str, str] = {
     "ImageLoadError": "data.images",
     "NoInputsError": "data.inputs",
     "TrainError": "runners.train",
+    "OutputLockedError": "runners.lock",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

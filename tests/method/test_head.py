@@ -159,12 +159,6 @@ def test_torch_export_at_the_native_grid(golden):
     _assert_equal(got, expected)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Exception,
-    reason="tips/vision.py caches interpolated positional embeddings keyed on data_ptr(), "
-    "which fake tensors refuse; skip that cache while exporting to make this pass",
-)
 def test_torch_export_at_the_golden_size(golden):
     head = _head(golden).eval()
     torch.export.export(head, (_images(golden)[:2], torch.from_numpy(golden["class_ids"])[:2]))

@@ -18,10 +18,9 @@ from torch import nn
 
 from ..tips.model import TipsModel
 from ..tips.vision import VisionFeatures
+from .config import CLS_CHOICES
 from .maps import anomaly_maps
 from .scoring import image_scores, state_probabilities
-
-_CLS = ("cls1", "cls2")  # as Detector's cls
 
 
 class DetectorOutput(NamedTuple):
@@ -108,8 +107,8 @@ class TipsomalyHead(nn.Module):
         cls: str = "cls1",
     ) -> None:
         super().__init__()
-        if cls not in _CLS:
-            raise ValueError(f"cls must be one of {_CLS}, got {cls!r}")
+        if cls not in CLS_CHOICES:
+            raise ValueError(f"cls must be one of {CLS_CHOICES}, got {cls!r}")
         if sigma < 0:
             raise ValueError(f"sigma must be >= 0, got {sigma}")
         self.vision = model.vision.requires_grad_(False)

@@ -79,8 +79,19 @@ class VisionTransformer(nn.Module):
         g = self.config.pos_embed_grid
         if grid_h == g and grid_w == g:
             return pos
-        use_cache = not (pos.requires_grad and torch.is_grad_enabled())
-        key = (grid_h, grid_w, pos.dtype, pos.device, pos.data_ptr(), pos._version)
+        # no cache while tracing/exporting: fake tensors have no data_ptr, and a graph must not
+        # depend on Python-side state
+        tracing = (
+            torch.jit.is_tracing()
+            or torch.compiler.is_compiling()
+            or getattr(torch.compiler, "is_exporting", lambda: False)()
+        )
+        use_cache = not tracing and not (pos.requires_grad and torch.is_grad_enabled())
+        key = (
+            (grid_h, grid_w, pos.dtype, pos.device, pos.data_ptr(), pos._version)
+            if use_cache
+            else None
+        )
         if use_cache and key in self._pos_cache:
             return self._pos_cache[key]
         pos32 = pos.float()
