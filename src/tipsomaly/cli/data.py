@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..data.layouts import LAYOUT_NAMES  # the registry's names (importing it loads no torch)
+from .exit_codes import ExitCode
 from .options import HelpFormatter, writing
 
 
@@ -42,7 +43,7 @@ def run_meta(args: argparse.Namespace) -> int:
     target = meta_path_for(root)
     if target.exists() and not args.force:
         print(f"tipsomaly: error: {target} exists; use --force to overwrite", file=sys.stderr)
-        return 1
+        return ExitCode.ERROR
     # LayoutError / MetaError reach main(), which prints them as one-line user errors.
     layout = args.layout or detect_layout(root)
     meta = build_meta(root, layout, classes=args.classes)
@@ -52,4 +53,4 @@ def run_meta(args: argparse.Namespace) -> int:
     for cls, (normal, anomalous) in summary.counts().items():
         print(f"{cls}: {normal} normal, {anomalous} anomalous")
     print(f"written: {target} (layout {layout})")
-    return 0
+    return ExitCode.OK

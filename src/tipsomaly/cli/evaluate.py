@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from .exit_codes import ExitCode
 from .options import (
     HelpFormatter,
     add_config_option,
@@ -86,4 +87,4 @@ def run(args: argparse.Namespace) -> int:
     print(render_text(results, args.cls))
     print("written: " + ", ".join(str(f) for f in files))
     failed = sum(len(r.errors) for r in results)
-    return 3 if failed else 0
+    return ExitCode.SOME_FAILED if failed else ExitCode.OK

@@ -14,6 +14,7 @@ from . import evaluate as eval_cli
 from . import predict as predict_cli
 from . import train as train_cli
 from . import weights as weights_cli
+from .exit_codes import ExitCode
 from .options import HelpFormatter, Parser
 
 #: The parent of every module logger (``logging.getLogger(__name__)``): its level is ours.
@@ -89,10 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except TipsomalyError as exc:
         print(f"tipsomaly: error: {exc}", file=sys.stderr)
-        return 1
+        return ExitCode.ERROR
     except KeyboardInterrupt:
         print("tipsomaly: interrupted", file=sys.stderr)
-        return 130
+        return ExitCode.INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import InvalidOptionError, OutputError, TipsomalyError
 from ..method.config import DTYPE_CHOICES, DetectorConfig  # noqa: F401 - DTYPE_CHOICES re-exported
 from ..validation import float_type, int_type, multiple_of, text_type
+from .exit_codes import ExitCode
 
 if TYPE_CHECKING:
     import torch
@@ -87,7 +88,7 @@ class Parser(argparse.ArgumentParser):
     """
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(1, f"tipsomaly: error: {message} (see `{self.prog} --help`)\n")
+        self.exit(ExitCode.ERROR, f"tipsomaly: error: {message} (see `{self.prog} --help`)\n")
 
 
 def max_pixels_option(text: str) -> int | None:

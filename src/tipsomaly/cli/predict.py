@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..errors import OutputError
+from .exit_codes import ExitCode
 from .options import (
     HelpFormatter,
     add_input_options,
@@ -18,8 +19,6 @@ from .options import (
     non_empty,
     pixel_threshold,
 )
-
-EXIT_OK, EXIT_USAGE, EXIT_NO_INPUTS, EXIT_SOME_FAILED = 0, 1, 2, 3
 
 #: predict's one departure from DetectorConfig: the fastest dtype this machine runs accurately
 #: (eval and train keep fp32, the paper's numbers)
@@ -120,7 +119,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     files = expand_inputs(args.paths, exclude=[args.out])
     if not files:
         print(f"tipsomaly: error: {NoInputsError(args.paths)}", file=sys.stderr)
-        return EXIT_NO_INPUTS
+        return ExitCode.NO_INPUTS
     ensure_out_dir(args.out)  # read-only, full, or under a file: one line before the model
     apply_input_options(args)
     pixel_prompts = resolve_pixel_prompts(args.pixel_prompts, args.model)
@@ -159,14 +158,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
         )
     except NoInputsError as exc:
         print(f"tipsomaly: error: {exc}", file=sys.stderr)
-        return EXIT_NO_INPUTS
+        return ExitCode.NO_INPUTS
     except KeyboardInterrupt:
         print(
             f"tipsomaly: interrupted; the images scored so far are in {args.out}/scores.csv "
             "and scores.json",
             file=sys.stderr,
         )
-        return 130
+        return ExitCode.INTERRUPTED
     print(f"{summary.images} image(s): {summary.ok} ok, {summary.failed} failed")
     outputs = [summary.csv_path.name, summary.json_path.name]
     if not args.no_overlays and summary.ok:
@@ -182,5 +181,5 @@ def cmd_predict(args: argparse.Namespace) -> int:
             f" and {len(failed) - 10} more" if len(failed) > 10 else ""
         )
         print(f"failed (see the error column of scores.csv): {shown}")
-        return EXIT_SOME_FAILED
-    return EXIT_OK
+        return ExitCode.SOME_FAILED
+    return ExitCode.OK

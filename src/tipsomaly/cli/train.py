@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from .exit_codes import ExitCode
 from .options import (
     HelpFormatter,
     add_config_option,
@@ -104,4 +105,4 @@ def run(args: argparse.Namespace) -> int:
     result = train(config)
     if result.last_checkpoint is not None:
         print(result.last_checkpoint)  # the prompts to pass to --pixel-prompts
-    return 0
+    return ExitCode.OK
