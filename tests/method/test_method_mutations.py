@@ -262,3 +262,28 @@ def test_builtin_ensembles_load_under_either_spelling(spelling, key):
 def test_unknown_builtin_ensemble_lists_the_known_ones():
     with pytest.raises(PromptError, match="industrial, medical, object_agnostic"):
         load_prompts("object agnostic")
+
+
+@pytest.mark.parametrize("truncate", [2.0, 3.0])
+def test_blur_passes_truncate_on_to_the_kernel(truncate):
+    """scipy's ``truncate`` decides the kernel radius; a blur that dropped it would use 4."""
+    maps = torch.from_numpy(np.random.default_rng(3).random((1, 24, 24))).float()
+    got = gaussian_blur(maps, 1.5, truncate=truncate)[0].numpy()
+    expected = gaussian_filter(
+        maps[0].numpy().astype(np.float64), 1.5, mode="reflect", truncate=truncate
+    )
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_anomaly_maps_smooth_with_the_papers_sigma_by_default():
+    probs = torch.from_numpy(np.random.default_rng(4).random((2, 16, 2))).float()
+    probs = probs / probs.sum(-1, keepdim=True)
+    default = anomaly_maps(probs, (4, 4), (28, 28))
+    torch.testing.assert_close(default, anomaly_maps(probs, (4, 4), (28, 28), sigma=4.0))
+    assert not torch.equal(default, anomaly_maps(probs, (4, 4), (28, 28), sigma=5.0))
+
+
+def test_anomaly_maps_name_the_patch_count_that_does_not_fit():
+    probs = torch.full((1, 15, 2), 0.5)
+    with pytest.raises(ValueError, match=r"^15 patches do not fill"):
+        anomaly_maps(probs, (4, 4), (28, 28))
