@@ -77,8 +77,8 @@ def test_a_holder_that_ends_normally_releases_the_folder(tmp_path):
     holder.stdin.close()
     assert holder.wait(timeout=60) == 0
     assert not (out / LOCK_NAME).exists()
-    with OutputLock(out):
-        pass
+    with OutputLock(out) as lock:
+        assert lock.held
 
 
 def test_record_of_a_dead_pid_on_this_host_is_stale(tmp_path, caplog):
@@ -87,8 +87,8 @@ def test_record_of_a_dead_pid_on_this_host_is_stale(tmp_path, caplog):
     pid = _dead_pid()
     record = {"pid": pid, "host": socket.gethostname(), "started": "earlier", "command": "x"}
     (out / LOCK_NAME).write_text(json.dumps(record))
-    with caplog.at_level(logging.WARNING), OutputLock(out):
-        pass
+    with caplog.at_level(logging.WARNING), OutputLock(out) as lock:
+        assert lock.held
     assert f"pid {pid}" in caplog.text
 
 
@@ -97,8 +97,8 @@ def test_a_reused_pid_is_stale_but_the_recording_process_is_not(tmp_path):
     out.mkdir()
     record = {"pid": os.getpid(), "host": socket.gethostname(), "proc_start": "1", "command": "x"}
     (out / LOCK_NAME).write_text(json.dumps(record))
-    with OutputLock(out):  # our pid, but another process start time: a reused pid
-        pass
+    with OutputLock(out) as lock:  # our pid, but another process start time: a reused pid
+        assert lock.held
     live = OutputLock(out)._record()  # this very process, exactly as it records itself
     (out / LOCK_NAME).write_text(json.dumps(live))
     with pytest.raises(OutputLockedError, match=f"pid {os.getpid()}"):
@@ -121,6 +121,6 @@ def test_two_locks_in_one_process_conflict_and_garbage_is_taken_over(tmp_path, c
     with OutputLock(out), pytest.raises(OutputLockedError, match=f"pid {os.getpid()}"):
         OutputLock(out).acquire()
     (out / LOCK_NAME).write_bytes(b"\x00garbage")
-    with caplog.at_level(logging.WARNING), OutputLock(out):
-        pass
+    with caplog.at_level(logging.WARNING), OutputLock(out) as lock:
+        assert lock.held
     assert "unreadable lock file" in caplog.text
