@@ -7,6 +7,7 @@ read directly, or strings written out by hand -- never from the function under t
 from __future__ import annotations
 
 import json
+import re
 from importlib import resources
 
 import numpy as np
@@ -287,3 +288,30 @@ def test_anomaly_maps_name_the_patch_count_that_does_not_fit():
     probs = torch.full((1, 15, 2), 0.5)
     with pytest.raises(ValueError, match=r"^15 patches do not fill"):
         anomaly_maps(probs, (4, 4), (28, 28))
+
+
+_ENSEMBLE = {"normal_states": ["good {}"], "abnormal_states": ["bad {}"], "templates": ["a {}."]}
+
+
+def test_load_prompts_defaults_to_the_industrial_ensemble():
+    assert load_prompts().name == "industrial"
+
+
+def test_prompt_file_errors_name_the_file_and_the_ensemble(tmp_path):
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"mine": "not an object", "other": _ENSEMBLE}))
+    with pytest.raises(PromptError, match=rf"^{re.escape(str(path))}: ensemble 'mine' must be"):
+        load_prompts("mine", path)
+    broken = tmp_path / "broken.json"
+    broken.write_text("{ not json")
+    with pytest.raises(PromptError, match=rf"^{re.escape(str(broken))} is not valid JSON"):
+        load_prompts("mine", broken)
+
+
+def test_underscore_keys_of_a_prompt_file_are_comments(tmp_path):
+    path = tmp_path / "several.json"
+    path.write_text(json.dumps({"_comment": "notes", "a": _ENSEMBLE, "b": _ENSEMBLE}))
+    assert load_prompts("a", path).name == "a"
+    with pytest.raises(PromptError) as info:
+        load_prompts("nope", path)
+    assert str(info.value).endswith("available: a, b")
