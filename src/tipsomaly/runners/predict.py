@@ -30,14 +30,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import math
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -45,7 +43,7 @@ from .. import __version__
 from ..data.images import ImageLoadError, load_image
 from ..data.inputs import NoInputsError, expand_inputs, folder_class_name, output_names
 from ..errors import OutputError
-from ..method.detector import Detector, Prediction
+from ..method.detector import NON_FINITE, Detector, Prediction
 from ..report.overlay import DEFAULT_ALPHA, SCALES, save_map, save_mask, save_overlay
 from ..report.results import printable
 from ..report.tables import ScoreTable
@@ -271,20 +269,11 @@ def _run(
 
 
 def _row(pred: Prediction, name: str, image_threshold: float | None) -> dict[str, Any]:
-    """The table row of one prediction; a non-finite score makes it an error row."""
+    """The table row of one prediction (the detector makes non-finite scores failures)."""
     error = None
     if not pred.ok:
-        # read but not scored (a non-finite score or map), or never read
-        scored = pred.original_size is not None or "non-finite" in str(pred.error)
-        what = "score" if scored else "load"
+        what = "score" if pred.error == NON_FINITE else "load"  # read but not scored, or not read
         error = f"cannot {what} image '{pred.source}': {pred.error}"
-    else:
-        scores = (pred.image_score, pred.score_cls1, pred.score_cls2)
-        amap = pred.anomaly_map_original
-        if not all(math.isfinite(v) for v in scores):
-            error = f"cannot score image '{pred.source}': non-finite score {scores}"
-        elif amap is not None and not np.isfinite(amap).all():
-            error = f"cannot score image '{pred.source}': non-finite anomaly map"
     row: dict[str, Any] = {
         "path": pred.source,
         "class_name": pred.class_name,
