@@ -21,8 +21,11 @@ from ..tips.vision import VisionFeatures
 from ..validation import choice, in_range, multiple_of, positive_int
 from .config import CLS_CHOICES, DetectorConfig
 from .head import BatchScores, DetectorOutput, TipsomalyHead
+from .memory_bank import ReferenceDistances
 from .pixel_prompts import PixelPrompts, load_pixel_prompts
+from .profile import DEFAULT_MODE, Profile, load_profiles
 from .prompts import PromptSet, class_embeddings, learned_embeddings, load_prompts
+from .scoring import MODES
 from .text_cache import TextEmbeddingCache
 
 logger = logging.getLogger(__name__)
@@ -39,7 +42,9 @@ class Prediction:
     in [0, 2]); ``anomaly_map`` is (S, S) float32 at model resolution and
     ``anomaly_map_original`` (H, W) at the image's original size. When the image could not be
     read, or its score or map is not finite (:data:`NON_FINITE`), ``error`` says why and the
-    numbers are NaN / the maps ``None``.
+    numbers are NaN / the maps ``None``. With a profile of its class, ``mode`` says how it was
+    scored and ``threshold`` / ``pixel_threshold`` are the profile's calibrated thresholds for
+    that mode (None when the profile has none); :attr:`is_anomalous` is the decision.
     """
 
     source: str
@@ -51,14 +56,27 @@ class Prediction:
     anomaly_map_original: np.ndarray | None = None
     original_size: tuple[int, int] | None = None
     error: str | None = None
+    mode: str = "zero-shot"
+    threshold: float | None = None
+    pixel_threshold: float | None = None
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
+    @property
+    def is_anomalous(self) -> bool | None:
+        """``image_score >= threshold`` with a calibrated threshold (a profile), else None."""
+        if self.threshold is None or not self.ok:
+            return None
+        return bool(self.image_score >= self.threshold)
+
 
 @dataclass
-class _Item:
+class LoadedImage:
+    """One input decoded and resized for the network (``tensor`` (3, S, S) in [0, 1]), or
+    the reason it could not be (``error``)."""
+
     source: str
     class_name: str
     tensor: torch.Tensor | None = None
@@ -87,6 +105,12 @@ class Detector:
         batch_size: images per forward pass in :meth:`predict`.
         text_cache: keep text embeddings on disk (``<cache>/text``) so that the next run with
             the same model and prompts skips the text tower; ``False`` computes them per run.
+        profile: few-shot profiles (:class:`~tipsomaly.method.profile.Profile` or folders
+            written by ``tipsomaly fit``), one per class: images of a class with a profile are
+            scored against its normal references in ``mode`` and get its calibrated
+            thresholds. Each profile must come from this detector's setup (checked).
+        mode: ``"zero-shot"``, ``"few-shot"`` or ``"fused"``; default ``"fused"`` with
+            profiles, ``"zero-shot"`` without.
     """
 
     def __init__(
@@ -104,6 +128,8 @@ class Detector:
         batch_size: int = _DEFAULTS.batch_size,
         offline: bool | None = None,
         text_cache: bool | TextEmbeddingCache = True,
+        profile: str | os.PathLike | Profile | Sequence[str | os.PathLike | Profile] | None = None,
+        mode: str | None = None,
     ) -> None:
         choice(cls, "cls", CLS_CHOICES)  # InvalidOptionError (a ValueError), before loading
         in_range(sigma, "sigma", 0)
@@ -134,6 +160,35 @@ class Detector:
         if text_cache is True:
             text_cache = TextEmbeddingCache()
         self.text_cache: TextEmbeddingCache | None = text_cache or None
+        self.profiles: dict[str, Profile] = {}
+        self.mode = "zero-shot"
+        self.set_profiles(profile, mode)
+
+    def set_profiles(
+        self,
+        profile: str | os.PathLike | Profile | Sequence[str | os.PathLike | Profile] | None,
+        mode: str | None = None,
+    ) -> None:
+        """Use these profiles (by class name) in ``mode`` from now on; ``None``: none.
+
+        Raises:
+            ProfileError: a profile cannot be read, or two are of one class.
+            ProfileMismatchError: a profile was fitted with another setup (named).
+        """
+        if mode is not None:
+            choice(mode, "mode", MODES)
+        if profile is None:
+            specs: list = []
+        elif isinstance(profile, (str, os.PathLike, Profile)):
+            specs = [profile]
+        else:
+            specs = list(profile)
+        profiles = load_profiles(specs, self.device)
+        for p in profiles.values():
+            p.check_compatible(self)
+            p.bank.to(self.device)
+        self.profiles = profiles
+        self.mode = mode or (DEFAULT_MODE if profiles else "zero-shot")
 
     @property
     def device(self) -> torch.device:
@@ -221,11 +276,31 @@ class Detector:
         """Scores and maps from already computed vision features (B images, B class names).
 
         ``pixel_text`` (2, D) overrides the learned prompts' embeddings (used in training).
+        Images of a class with a profile are scored in :attr:`mode` against its references.
         """
         head, index = self.head_for(class_names)
         class_text = head.select_class_text(index, len(class_names))  # (B, 2, D)
         size = (self.image_size, self.image_size)
-        return head.score_features(features, class_text, size, pixel_text)
+        scores = head.score_features(features, class_text, size, pixel_text)
+        if self.mode == "zero-shot" or not self.profiles:
+            return scores
+        rows = [i for i, c in enumerate(class_names) if c in self.profiles]
+        if not rows:
+            return scores
+        distances = reference_distances(features, class_names, self.profiles)
+        if len(rows) == len(class_names):
+            return head.fuse(scores, distances, size, self.mode)
+        # some images have no profile: zero-shot for them, fused for the others
+        pick = torch.tensor(rows, device=features.patches.device)
+        part = head.fuse(
+            _rows(scores, pick), ReferenceDistances(*(d[pick] for d in distances)), size, self.mode
+        )
+        merged = {}
+        for name in BatchScores.__dataclass_fields__:
+            whole = getattr(scores, name).clone()
+            whole[pick] = getattr(part, name).to(whole.dtype)
+            merged[name] = whole
+        return BatchScores(**merged)
 
     @torch.no_grad()
     def score_batch(self, images: torch.Tensor, class_names: str | Sequence[str]) -> BatchScores:
@@ -259,8 +334,8 @@ class Detector:
         if on_error not in ("raise", "record"):
             raise ValueError(f"on_error must be 'raise' or 'record', got {on_error!r}")
         batch_size = batch_size or self.batch_size
-        pending: list[_Item] = []
-        for prepared in self._prepared(inputs, class_names, lookahead=2 * batch_size):
+        pending: list[LoadedImage] = []
+        for prepared in self.load_images(inputs, class_names, lookahead=2 * batch_size):
             if prepared.error is not None and on_error == "raise":
                 raise ImageLoadError(prepared.source, prepared.error)
             pending.append(prepared)
@@ -270,13 +345,13 @@ class Detector:
         if pending:
             yield from self._run(pending)
 
-    def _prepared(
-        self, inputs: Iterable[object], class_names: str | Sequence[str], lookahead: int
-    ) -> Iterator[_Item]:
+    def load_images(
+        self, inputs: Iterable[object], class_names: str | Sequence[str], lookahead: int = 16
+    ) -> Iterator[LoadedImage]:
         """Inputs decoded and resized in a background thread, ``lookahead`` ahead of the
         network (PIL releases the GIL), yielded in input order."""
         names = _class_name_iter(class_names)
-        queue: deque[Future[_Item]] = deque()
+        queue: deque[Future[LoadedImage]] = deque()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tipsomaly-load") as pool:
             for index, item in enumerate(inputs):
                 try:
@@ -308,14 +383,14 @@ class Detector:
         )
 
     # -- internals ------------------------------------------------------------------------
-    def _prepare(self, item: object, class_name: str, index: int) -> _Item:
+    def _prepare(self, item: object, class_name: str, index: int) -> LoadedImage:
         if isinstance(item, (str, os.PathLike)):
             source = str(item)
             try:
                 image = load_image(item)
             except ImageLoadError as exc:
-                return _Item(source, class_name, error=exc.reason)
-            return _Item(
+                return LoadedImage(source, class_name, error=exc.reason)
+            return LoadedImage(
                 source,
                 class_name,
                 tensor=preprocess(image, self.image_size),
@@ -325,10 +400,10 @@ class Detector:
         try:
             tensor = preprocess(item, self.image_size)  # type: ignore[arg-type]
         except (TypeError, ValueError) as exc:
-            return _Item(source, class_name, error=str(exc))
-        return _Item(source, class_name, tensor=tensor, original_size=_input_hw(item))
+            return LoadedImage(source, class_name, error=str(exc))
+        return LoadedImage(source, class_name, tensor=tensor, original_size=_input_hw(item))
 
-    def _run(self, items: list[_Item]) -> Iterator[Prediction]:
+    def _run(self, items: list[LoadedImage]) -> Iterator[Prediction]:
         ready = [i for i in items if i.tensor is not None]
         out: DetectorOutput | None = None
         if ready:
@@ -356,6 +431,8 @@ class Detector:
                 mode="bilinear",
                 align_corners=False,
             )[0, 0]
+            profile = self.profiles.get(item.class_name)
+            mode = self.mode if profile is not None else "zero-shot"
             yield Prediction(
                 source=item.source,
                 class_name=item.class_name,
@@ -365,8 +442,43 @@ class Detector:
                 anomaly_map=m.cpu().numpy(),
                 anomaly_map_original=original.cpu().numpy(),
                 original_size=item.original_size,
+                mode=mode,
+                threshold=_calibrated(profile, mode, "image"),
+                pixel_threshold=_calibrated(profile, mode, "pixel"),
             )
             k += 1
+
+
+def reference_distances(
+    features: VisionFeatures, class_names: Sequence[str], profiles: dict[str, Profile]
+) -> ReferenceDistances:
+    """Each image's distances to its class's references (B images; a class without a
+    profile gets zeros, to be ignored by the caller)."""
+    b, n = features.patches.shape[:2]
+    device = features.patches.device
+    cls1 = torch.zeros(b, device=device)
+    cls2 = torch.zeros(b, device=device)
+    patches = torch.zeros(b, n, device=device)
+    for name in dict.fromkeys(class_names):
+        profile = profiles.get(name)
+        if profile is None:
+            continue
+        pick = torch.tensor([i for i, c in enumerate(class_names) if c == name], device=device)
+        sub = VisionFeatures(*(t.index_select(0, pick) for t in features))
+        d = profile.bank(sub)
+        cls1[pick], cls2[pick], patches[pick] = d.cls1, d.cls2, d.patches
+    return ReferenceDistances(cls1, cls2, patches)
+
+
+def _rows(scores: BatchScores, pick: torch.Tensor) -> BatchScores:
+    return BatchScores(**{k: getattr(scores, k)[pick] for k in BatchScores.__dataclass_fields__})
+
+
+def _calibrated(profile: Profile | None, mode: str, kind: str) -> float | None:
+    if profile is None:
+        return None
+    calib = profile.thresholds.get(mode, {}).get(kind)
+    return None if calib is None else calib.threshold
 
 
 def _finite(*tensors: torch.Tensor) -> bool:
@@ -390,4 +502,4 @@ def _input_hw(item: object) -> tuple[int, int]:
     return int(shape[0]), int(shape[1])  # H, W[, C]
 
 
-__all__ = ["BatchScores", "Detector", "Prediction"]
+__all__ = ["BatchScores", "Detector", "LoadedImage", "Prediction"]

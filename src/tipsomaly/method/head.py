@@ -20,7 +20,8 @@ from ..tips.model import TipsModel
 from ..tips.vision import VisionFeatures
 from .config import CLS_CHOICES
 from .maps import anomaly_maps
-from .scoring import image_scores, state_probabilities
+from .memory_bank import ReferenceBank, ReferenceDistances
+from .scoring import MODES, few_shot_anomaly, fuse_evidence, image_scores, state_probabilities
 
 
 class DetectorOutput(NamedTuple):
@@ -69,11 +70,11 @@ class TipsomalyHead(nn.Module):
     - ``temperature`` (): logits are ``cosine / temperature``.
 
     ``sigma`` (map smoothing, input pixels) and ``cls`` (which CLS token gives
-    ``image_score``) are fixed settings. Extension points, not registered yet (they would
-    change ``state_dict`` and do nothing): a ``memory_bank`` (M, D) buffer filled by an explicit
-    ``fit()`` (anomalib PatchCore's ``torch.empty(0, D)``), and ``image_threshold`` /
-    ``pixel_threshold`` NaN buffers that ``forward`` would turn into
-    ``DetectorOutput.pred_label`` / ``pred_mask``.
+    ``image_score``) are fixed settings. :meth:`set_references` adds a class's normal
+    references (a :class:`~tipsomaly.method.memory_bank.ReferenceBank` submodule, filled by
+    an explicit fit: :meth:`tipsomaly.method.profile.Profile.fit`) and the fusion ``mode``.
+    Extension point, not registered yet: ``image_threshold`` / ``pixel_threshold`` buffers
+    that ``forward`` would turn into ``DetectorOutput.pred_label`` / ``pred_mask`` (export).
 
     The head shares the vision tower with the model it is built from (no copy); it is frozen:
     no parameter requires grad. :meth:`set_text` replaces the text buffers between calls.
@@ -123,6 +124,18 @@ class TipsomalyHead(nn.Module):
         self.register_buffer("class_text", torch.empty(0, 2, self.embed_dim))
         self.register_buffer("pixel_text", None)
         self.set_text(class_text, pixel_text)
+        self.mode = "zero-shot"
+        self.references: ReferenceBank | None = None
+
+    def set_references(self, references: ReferenceBank | None, mode: str = "fused") -> None:
+        """Score :meth:`forward`'s images against normal ``references`` (one class) in
+        ``mode`` (see :func:`~tipsomaly.method.scoring.fuse_evidence`); ``None`` → zero-shot."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if references is not None and references.dim != self.embed_dim:
+            raise ValueError(f"references are {references.dim}-wide, the model {self.embed_dim}")
+        self.references = references
+        self.mode = mode if references is not None else "zero-shot"
 
     def set_text(self, class_text: torch.Tensor, pixel_text: torch.Tensor | None = None) -> None:
         """Replace the buffers: ``class_text`` (C, 2, D) or (2, D), ``pixel_text`` (2, D) or None.
@@ -178,6 +191,44 @@ class TipsomalyHead(nn.Module):
             maps=anomaly_maps(patch, grid, size, self.sigma),
         )
 
+    def fuse(
+        self,
+        zero_shot: BatchScores,
+        distances: ReferenceDistances,
+        size: tuple[int, int],
+        mode: str,
+    ) -> BatchScores:
+        """Zero-shot scores and distances to normal references of the same B images →
+        :class:`BatchScores` in ``mode``.
+
+        Global and patch evidence are fused by :func:`~tipsomaly.method.scoring.fuse_evidence`
+        and written as [normal, abnormal] pairs ``[1 − e, e]``, so maps and image scores follow
+        the zero-shot recipe unchanged; ``zero-shot`` returns ``zero_shot`` itself.
+        """
+        if mode == "zero-shot":
+            return zero_shot
+        g1 = fuse_evidence(
+            zero_shot.global_probs_cls1[:, 1], few_shot_anomaly(distances.cls1), mode
+        )
+        g2 = fuse_evidence(
+            zero_shot.global_probs_cls2[:, 1], few_shot_anomaly(distances.cls2), mode
+        )
+        patch = fuse_evidence(
+            zero_shot.patch_probs[..., 1], few_shot_anomaly(distances.patches), mode
+        )
+        patch_probs = torch.stack([1.0 - patch, patch], dim=-1)
+        global1 = torch.stack([1.0 - g1, g1], dim=-1)
+        global2 = torch.stack([1.0 - g2, g2], dim=-1)
+        grid = (size[0] // self.patch_size, size[1] // self.patch_size)
+        return BatchScores(
+            global_probs_cls1=global1,
+            global_probs_cls2=global2,
+            patch_probs=patch_probs,
+            score_cls1=image_scores(global1, patch_probs),
+            score_cls2=image_scores(global2, patch_probs),
+            maps=anomaly_maps(patch_probs, grid, size, self.sigma),
+        )
+
     def output(self, scores: BatchScores) -> DetectorOutput:
         """:class:`BatchScores` of B images → :class:`DetectorOutput` (``image_score`` from
         the head's ``cls``)."""
@@ -199,7 +250,10 @@ class TipsomalyHead(nn.Module):
         size = (int(images.shape[-2]), int(images.shape[-1]))
         features = self.vision(images)
         class_text = self.select_class_text(class_index, images.shape[0])
-        return self.output(self.score_features(features, class_text, size))
+        scores = self.score_features(features, class_text, size)
+        if self.references is not None:
+            scores = self.fuse(scores, self.references(features), size, self.mode)
+        return self.output(scores)
 
 
 __all__ = ["BatchScores", "DetectorOutput", "TipsomalyHead"]
