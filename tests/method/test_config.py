@@ -28,9 +28,17 @@ from tipsomaly.runners.config import (
     TrainSettingsError,
 )
 
-VERB_CONFIGS = {"predict": DetectorConfig, "eval": EvalConfig, "train": TrainConfig}
-#: the one documented departure: predict picks the fastest accurate dtype (README, Predict)
-VERB_OVERRIDES = {"predict": {"dtype": predict_cli.PREDICT_DTYPE}}
+VERB_CONFIGS = {
+    "predict": DetectorConfig,
+    "fit": DetectorConfig,
+    "eval": EvalConfig,
+    "train": TrainConfig,
+}
+#: the documented departure: predict and fit pick the fastest accurate dtype (README, Predict)
+VERB_OVERRIDES = {
+    "predict": {"dtype": predict_cli.PREDICT_DTYPE},
+    "fit": {"dtype": predict_cli.PREDICT_DTYPE},
+}
 
 
 def _verb_parser(verb: str) -> argparse.ArgumentParser:
@@ -52,7 +60,17 @@ def test_cli_defaults_choices_and_help_come_from_the_config(verb):
         matched += 1
         spec = fields[dest]
         expected = VERB_OVERRIDES.get(verb, {}).get(dest, spec.default)
-        if expected is dataclasses.MISSING:
+        if verb == "predict" and dest in predict_cli.PROFILE_SETTINGS:
+            # no argparse default: the profile's, else the config's (apply_profile_settings)
+            assert action.default is None, dest
+            args = argparse.Namespace(
+                profile=None, **{k: None for k in predict_cli.PROFILE_SETTINGS}
+            )
+            predict_cli.apply_profile_settings(args)
+            assert getattr(args, dest) == expected, dest
+            shown = "none" if expected is None else expected
+            assert f"(default: {shown}; with --profile, the profile's)" in action.help, dest
+        elif expected is dataclasses.MISSING:
             assert action.required, dest
         else:
             assert action.default == expected, (verb, dest, action.default, expected)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
+from typing import Any
 
-from ..errors import OutputError
+from ..errors import InvalidOptionError, OutputError
+from ..method.config import MODES, DetectorConfig
 from .exit_codes import ExitCode
 from .options import (
     HelpFormatter,
@@ -23,17 +26,56 @@ from .options import (
 #: predict's one departure from DetectorConfig: the fastest dtype this machine runs accurately
 #: (eval and train keep fp32, the paper's numbers)
 PREDICT_DTYPE = "auto"
+#: the options whose default, with --profile, is the profile's (what its numbers depend on)
+PROFILE_SETTINGS = (
+    "model",
+    "image_size",
+    "prompt_type",
+    "prompt_file",
+    "pixel_prompts",
+    "sigma",
+    "cls",
+)
+
+
+def _from_profile(name: str) -> dict[str, Any]:
+    """argparse overrides: no default (None), the help saying where the default comes from."""
+    spec = {f.name: f for f in dataclasses.fields(DetectorConfig)}[name]
+    shown = "none" if spec.default is None else spec.default
+    help_text = spec.metadata["help"]
+    return {
+        "default": None,
+        "help": f"{help_text} (default: {shown}; with --profile, the profile's)",
+    }
+
+
+def apply_profile_settings(args: argparse.Namespace) -> None:
+    """Fill the model options not given: from the first ``--profile``'s settings, else the
+    :class:`DetectorConfig` defaults. Options given keep their value (a profile fitted with
+    another setup is refused when the detector is built, naming what differs)."""
+    recorded: dict[str, Any] = {}
+    if args.profile:
+        from ..method.profile import read_record
+
+        recorded = read_record(args.profile[0]).get("settings") or {}
+    defaults = DetectorConfig()
+    for name in PROFILE_SETTINGS:
+        if getattr(args, name) is None:
+            value = recorded.get(name, getattr(defaults, name))
+            setattr(args, name, value)
 
 
 _EPILOG = """\
 outputs (in --out):
   scores.csv           path, class_name, image_score, score_cls1, score_cls2,
-                       [is_anomalous], status (ok|error), error, name; one row per input,
+                       [is_anomalous], [threshold, mode: with --profile], status
+                       (ok|error), error, name; one row per input,
                        written as each image is scored (an interrupted run keeps its rows)
   scores.json          the same rows + summary + settings, written at the end
   overlays/NAME.png    heat map over the image at its original size (jet: blue = 0,
                        green = 0.5, red = 1; see --overlay-scale)
-  masks/NAME.png       0/255 mask of map >= --threshold        (with --threshold)
+  masks/NAME.png       0/255 mask of map >= --threshold        (with --threshold, or
+                       a profile's calibrated pixel threshold)
   maps/NAME.npy        raw map, float32 HxW, original size      (with --save-maps)
 NAME is the image's path relative to the deepest folder holding all inputs, without its
 extension (a/x.png -> a/x), so same-named files in different folders do not collide; two
@@ -75,8 +117,28 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         action="store_true",
         help="use each image's parent folder name as its class (bottle/001.png -> bottle)",
     )
-    add_model_options(p, dtype={"default": PREDICT_DTYPE})
+    add_model_options(
+        p,
+        dtype={"default": PREDICT_DTYPE},
+        **{name: _from_profile(name) for name in PROFILE_SETTINGS},
+    )
     add_input_options(p)
+    p.add_argument(
+        "--profile",
+        nargs="+",
+        action="extend",
+        metavar="DIR",
+        help="few-shot profiles from `tipsomaly fit` (several: chosen by class name): adds "
+        "is_anomalous, threshold and mode columns at the profile's calibrated false-alarm "
+        "rate and writes masks at its pixel threshold; the model options default to the "
+        "profile's",
+    )
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        help="with --profile: zero-shot (prompts only), few-shot (distance to the profile's "
+        "normal references) or fused (their mean) (default: fused)",
+    )
     p.add_argument(
         "--threshold",
         type=pixel_threshold,
@@ -113,6 +175,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     # options first, inputs next: no model download before we know the settings work and
     # there is something to score
+    if args.mode is not None and not args.profile:
+        raise InvalidOptionError("--mode needs --profile (without one, predict is zero-shot)")
+    apply_profile_settings(args)
+    if args.profile and args.class_name:
+        from ..method.profile import ProfileError, read_record
+
+        fitted = {read_record(folder)["class_name"] for folder in args.profile}
+        if args.class_name not in fitted:
+            raise ProfileError(
+                f"no profile for class {args.class_name!r} (profiles: "
+                f"{', '.join(map(repr, sorted(fitted)))}); fit one with `tipsomaly fit` or "
+                "leave out --profile"
+            )
     device, dtype = check_model_options(args)
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise OutputError(args.out, "exists and is not a folder")
@@ -136,6 +211,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         dtype=dtype,
         batch_size=args.batch_size,
         offline=args.offline or None,
+        profile=args.profile,
+        mode=args.mode,
     )
     try:
         summary = run_predict(
@@ -170,7 +247,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     outputs = [summary.csv_path.name, summary.json_path.name]
     if not args.no_overlays and summary.ok:
         outputs.append("overlays/")
-    if args.threshold is not None and summary.ok:
+    if summary.ok and (args.threshold is not None or args.profile):
         outputs.append("masks/")
     if args.save_maps and summary.ok:
         outputs.append("maps/")

@@ -19,6 +19,11 @@ from .names import BUILTIN_PROMPT_TYPES, BUNDLED_PIXEL_PROMPTS
 
 __all__ = [
     "AUTO",
+    "DEFAULT_FALSE_ALARM_RATE",
+    "DEFAULT_MAX_BANK",
+    "DEFAULT_MODE",
+    "DEFAULT_PIXEL_FALSE_ALARM_RATE",
+    "MODES",
     "CLS_CHOICES",
     "DTYPE_CHOICES",
     "PROMPTS_BACKBONE",
@@ -33,6 +38,16 @@ CLS_CHOICES = ("cls1", "cls2")
 DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")
 #: the backbone the bundled pixel prompts were trained for (the paper's, TIPS L/14 high-res)
 PROMPTS_BACKBONE = "l14h"
+
+# few-shot profiles (``tipsomaly fit``, :mod:`tipsomaly.method.profile`)
+#: how an image is scored when normal references are known
+MODES = ("zero-shot", "few-shot", "fused")
+#: the mode a profile is used in unless told otherwise
+DEFAULT_MODE = "fused"
+DEFAULT_FALSE_ALARM_RATE = 0.01
+DEFAULT_PIXEL_FALSE_ALARM_RATE = 0.001
+#: patch-bank entries kept before the coreset starts (16 references at 518 px: 21,904)
+DEFAULT_MAX_BANK = 32768
 
 C = TypeVar("C", bound="DetectorConfig")
 

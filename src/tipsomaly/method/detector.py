@@ -19,13 +19,12 @@ from ..tips.model import TipsModel, load_model
 from ..tips.presets import DEFAULT_PRESET
 from ..tips.vision import VisionFeatures
 from ..validation import choice, in_range, multiple_of, positive_int
-from .config import CLS_CHOICES, DetectorConfig
+from .config import CLS_CHOICES, DEFAULT_MODE, MODES, DetectorConfig
 from .head import BatchScores, DetectorOutput, TipsomalyHead
 from .memory_bank import ReferenceDistances
 from .pixel_prompts import PixelPrompts, load_pixel_prompts
-from .profile import DEFAULT_MODE, Profile, load_profiles
+from .profile import Profile, load_profiles
 from .prompts import PromptSet, class_embeddings, learned_embeddings, load_prompts
-from .scoring import MODES
 from .text_cache import TextEmbeddingCache
 
 logger = logging.getLogger(__name__)

@@ -18,10 +18,10 @@ from torch import nn
 
 from ..tips.model import TipsModel
 from ..tips.vision import VisionFeatures
-from .config import CLS_CHOICES
+from .config import CLS_CHOICES, MODES
 from .maps import anomaly_maps
 from .memory_bank import ReferenceBank, ReferenceDistances
-from .scoring import MODES, few_shot_anomaly, fuse_evidence, image_scores, state_probabilities
+from .scoring import few_shot_anomaly, fuse_evidence, image_scores, state_probabilities
 
 
 class DetectorOutput(NamedTuple):

@@ -187,9 +187,11 @@ def greedy_coreset(
     chosen = torch.empty(size, dtype=torch.long)
     chosen[0] = start
     nearest = (norms - 2.0 * (x @ x[start]) + norms[start]).clamp_min_(0.0)
+    nearest[start] = -math.inf  # chosen rows are never chosen again (repeated rows are)
     for k in range(1, size):
         i = int(torch.argmax(nearest))
         chosen[k] = i
         torch.minimum(nearest, (norms - 2.0 * (x @ x[i]) + norms[i]).clamp_min_(0.0), out=nearest)
+        nearest[i] = -math.inf
     logger.debug("coreset: %d of %d rows", size, m)
     return chosen.to(features.device)

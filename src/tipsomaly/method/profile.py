@@ -38,8 +38,14 @@ from ..errors import TipsomalyError
 from ..fingerprint import digest, file_digest, prompts_digest, tensor_digest, tensors_digest
 from ..tips.vision import VisionFeatures
 from .calibration import Calibration, conformal_threshold, pixel_threshold, pixels_to_keep
+from .config import (
+    DEFAULT_FALSE_ALARM_RATE,
+    DEFAULT_MAX_BANK,
+    DEFAULT_MODE,
+    DEFAULT_PIXEL_FALSE_ALARM_RATE,
+    MODES,
+)
 from .memory_bank import MemoryBank, ReferenceBank, greedy_coreset
-from .scoring import MODES
 
 if TYPE_CHECKING:
     from .detector import Detector
@@ -56,15 +62,13 @@ __all__ = [
     "ProfileError",
     "ProfileMismatchError",
     "detector_identity",
+    "load_profiles",
+    "profile_digest",
+    "read_record",
 ]
 
 PROFILE_FORMAT = "tipsomaly-profile-1"
 PROFILE_JSON, BANK_FILE = "profile.json", "bank.safetensors"
-DEFAULT_FALSE_ALARM_RATE = 0.01
-DEFAULT_PIXEL_FALSE_ALARM_RATE = 0.001
-#: patch-bank entries kept before the coreset starts (16 references at 518 px: 21,904)
-DEFAULT_MAX_BANK = 32768
-DEFAULT_MODE = "fused"
 #: the identity entries a profile must share with the detector that uses it
 IDENTITY_KEYS = ("model", "image_size", "prompts", "pixel_prompts", "sigma", "cls")
 
@@ -337,18 +341,10 @@ class Profile:
         from safetensors.torch import load_file
 
         folder = Path(folder)
-        meta_path, bank_path = folder / PROFILE_JSON, folder / BANK_FILE
         if folder.is_file() and folder.name == PROFILE_JSON:
-            return cls.load(folder.parent, device)
-        if not meta_path.is_file():
-            raise ProfileError(
-                f"{folder}: not a profile folder (no {PROFILE_JSON}; see `tipsomaly fit`)"
-            )
-        try:
-            record = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-            raise ProfileError(f"{meta_path}: unreadable profile ({_one_line(exc)})") from None
-        _check_record(record, meta_path)
+            folder = folder.parent
+        record = read_record(folder)
+        bank_path = folder / BANK_FILE
         try:
             actual = file_digest(bank_path)
         except OSError as exc:
@@ -391,6 +387,31 @@ _RECORD_OWN = {"format", "class_name", "mode", "identity", "thresholds", "fusion
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def read_record(folder: str | os.PathLike) -> dict[str, Any]:
+    """``profile.json`` of a profile folder, checked against its schema (no bank read).
+
+    Raises:
+        ProfileError: no such profile, or an unreadable or malformed ``profile.json``.
+    """
+    folder = Path(folder)
+    if folder.is_file() and folder.name == PROFILE_JSON:
+        folder = folder.parent
+    meta_path = folder / PROFILE_JSON
+    if not meta_path.is_file():
+        what = (
+            "does not exist"
+            if not folder.exists()
+            else f"is not a profile folder (no {PROFILE_JSON})"
+        )
+        raise ProfileError(f"{folder} {what}; fit a profile with `tipsomaly fit`")
+    try:
+        record = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ProfileError(f"{meta_path}: unreadable profile ({_one_line(exc)})") from None
+    _check_record(record, meta_path)
+    return record
 
 
 def _check_record(record: object, path: Path) -> None:
@@ -584,8 +605,8 @@ def _calibrate(
             out[mode] = {"image": None, "pixel": None}
             continue
         image = conformal_threshold(np.asarray(scores[mode]), alpha)
-        if not image.attainable:
-            logger.warning("%s, mode %s: %s", profile.class_name, mode, image.note)
+        if not image.attainable and mode == modes[0]:  # n is the same in every mode
+            logger.warning("%s: %s", profile.class_name, image.note)
         pixel = pixel_threshold(tops[mode].numpy(), n_pixels, pixel_alpha)
         out[mode] = {"image": image, "pixel": pixel}
     return out

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .config import MODES
+
 
 def state_probabilities(
     features: torch.Tensor, text: torch.Tensor, temperature: float
@@ -26,10 +28,6 @@ def image_scores(global_probs: torch.Tensor, patch_probs: torch.Tensor) -> torch
     global_probs: (B, 2); patch_probs: (B, N, 2) → (B,).
     """
     return global_probs[:, 1] + patch_probs[..., 1].amax(dim=1)
-
-
-#: how an image is scored when normal references are known (see :func:`fuse_evidence`)
-MODES = ("zero-shot", "few-shot", "fused")
 
 
 def few_shot_anomaly(distance: torch.Tensor) -> torch.Tensor:

@@ -2,10 +2,12 @@
 
 Columns (in this order): ``path`` (the input as found), ``class_name``, ``image_score`` (the
 chosen CLS token's score, in [0, 2], higher = more anomalous), ``score_cls1``, ``score_cls2``,
-``is_anomalous`` (only with an image threshold), ``status`` (``ok`` | ``error``), ``error``
-(the problem, naming the file; empty when ok) and ``name`` (the output name: the overlay is
-``overlays/<name>.png``). In the CSV, scores have 6 decimals and are empty for failed images,
-``is_anomalous`` is ``true``/``false``; in the JSON they are numbers / booleans / ``null``.
+``is_anomalous`` (only with an image threshold), ``threshold`` and ``mode`` (only with a
+few-shot profile: the image threshold applied and how the image was scored), ``status``
+(``ok`` | ``error``), ``error`` (the problem, naming the file; empty when ok) and ``name``
+(the output name: the overlay is ``overlays/<name>.png``). In the CSV, scores have 6
+decimals and are empty for failed images, ``is_anomalous`` is ``true``/``false``; in the
+JSON they are numbers / booleans / ``null``.
 CSV lines end with ``\\n``; text that is not valid UTF-8 (file names with undecodable bytes,
 held by Python as surrogate escapes) is written escaped (``\\xff``). A disk error raises
 :class:`~tipsomaly.errors.OutputError` naming the file; the rows written before it stay.
@@ -30,11 +32,13 @@ JSON_NAME = "scores.json"
 SCORE_COLUMNS = ("image_score", "score_cls1", "score_cls2")
 
 
-def columns(with_is_anomalous: bool = False) -> list[str]:
-    """The table's column names, in order."""
+def columns(with_is_anomalous: bool = False, with_profile: bool = False) -> list[str]:
+    """The table's column names, in order (``with_profile`` implies ``is_anomalous``)."""
     cols = ["path", "class_name", *SCORE_COLUMNS]
-    if with_is_anomalous:
+    if with_is_anomalous or with_profile:
         cols.append("is_anomalous")
+    if with_profile:
+        cols += ["threshold", "mode"]
     return [*cols, "status", "error", "name"]
 
 
@@ -67,9 +71,15 @@ class ScoreTable:
     Use it as a context manager, or call :meth:`close`.
     """
 
-    def __init__(self, out_dir: str | os.PathLike, *, with_is_anomalous: bool = False) -> None:
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        *,
+        with_is_anomalous: bool = False,
+        with_profile: bool = False,
+    ) -> None:
         self.out_dir = Path(out_dir)
-        self.columns = columns(with_is_anomalous)
+        self.columns = columns(with_is_anomalous, with_profile)
         self.rows: list[dict[str, Any]] = []
         self.csv_path = self.out_dir / CSV_NAME
         self.json_path = self.out_dir / JSON_NAME

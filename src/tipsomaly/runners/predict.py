@@ -7,7 +7,8 @@ Output layout under ``out_dir``::
                           when the run starts (before any row), again at the end
                           ("complete": true, or false when the run stops early)
     overlays/<name>.png   heat map over the image, at the image's original size
-    masks/<name>.png      0/255 mask of map >= threshold           (only with a pixel threshold)
+    masks/<name>.png      0/255 mask of map >= threshold           (only with a pixel threshold:
+                          given, or a profile's calibrated one)
     maps/<name>.npy       raw map, float32 (H, W), original size   (only with save_maps)
 
 Naming rule: ``<name>`` is the image's path relative to the deepest folder holding every
@@ -44,6 +45,7 @@ from ..data.images import ImageLoadError, load_image
 from ..data.inputs import NoInputsError, expand_inputs, folder_class_name, output_names
 from ..errors import OutputError
 from ..method.detector import NON_FINITE, Detector, Prediction
+from ..method.profile import ProfileError
 from ..report.overlay import DEFAULT_ALPHA, SCALES, save_map, save_mask, save_overlay
 from ..report.results import printable
 from ..report.tables import ScoreTable
@@ -148,6 +150,15 @@ def run_predict(
     else:
         name_of = class_name  # type: ignore[assignment]
     classes = [name_of(f) for f in files]
+    if detector.profiles:
+        missing = sorted(set(classes) - set(detector.profiles))
+        if missing:
+            raise ProfileError(
+                f"no profile for class(es) {', '.join(map(repr, missing))} (profiles: "
+                f"{', '.join(map(repr, sorted(detector.profiles)))}); fit one with "
+                "`tipsomaly fit` or leave out --profile"
+            )
+        _warn_uncalibrated(detector, image_threshold, threshold)
     logger.info("%d input image(s); writing to %s", len(files), out)
 
     run_settings = {
@@ -162,6 +173,8 @@ def run_predict(
         else detector.pixel_prompts.metadata.get("source", "given"),
         "threshold": threshold,
         "image_threshold": image_threshold,
+        "mode": detector.mode,
+        "profiles": {c: p.name for c, p in detector.profiles.items()} or None,
         "overlay_scale": overlay_scale if overlays else None,
         "overlay_alpha": overlay_alpha if overlays else None,
         **(settings or {}),
@@ -212,7 +225,12 @@ def _run(
     progress: bool,
 ) -> ScoreTable:
     """The run proper, with the output folder's lock held."""
-    table = ScoreTable(out, with_is_anomalous=image_threshold is not None)
+    table = ScoreTable(
+        out,
+        with_is_anomalous=image_threshold is not None,
+        with_profile=bool(detector.profiles),
+    )
+    with_profile = bool(detector.profiles)
     complete = False
     bar = tqdm(total=len(files), unit="img", desc="predict", disable=not progress)
     redirect = logging_redirect_tqdm() if progress else contextlib.nullcontext()
@@ -225,7 +243,7 @@ def _run(
                 [str(f) for f in files], classes, batch_size=batch_size, on_error="record"
             )
             for pred, name in zip(predictions, names, strict=True):
-                row = _row(pred, name, image_threshold)
+                row = _row(pred, name, image_threshold, with_profile)
                 written: list[tuple[Path, Path]] = []
                 if row["status"] == "ok":
                     try:
@@ -233,7 +251,7 @@ def _run(
                             pred,
                             out,
                             name,
-                            threshold,
+                            threshold if threshold is not None else pred.pixel_threshold,
                             save_maps,
                             overlays,
                             overlay_scale,
@@ -268,8 +286,39 @@ def _run(
     return table
 
 
-def _row(pred: Prediction, name: str, image_threshold: float | None) -> dict[str, Any]:
-    """The table row of one prediction (the detector makes non-finite scores failures)."""
+def _warn_uncalibrated(
+    detector: Detector, image_threshold: float | None, threshold: float | None
+) -> None:
+    """One warning per profile without the thresholds this run would take from it."""
+    for name, profile in detector.profiles.items():
+        kinds = profile.thresholds.get(detector.mode, {})
+        lacking = [
+            what
+            for what, given, kind in (
+                ("image", image_threshold, "image"),
+                ("pixel", threshold, "pixel"),
+            )
+            if given is None and kinds.get(kind) is None
+        ]
+        if lacking:
+            logger.warning(
+                "profile of %r has no calibrated %s threshold for mode %s (fitted on %s "
+                "reference image(s)): no decision for its images; give --image-threshold / "
+                "--threshold, or fit on 2 or more images",
+                name,
+                " or ".join(lacking),
+                detector.mode,
+                profile.info.get("references", {}).get("used", "?"),
+            )
+
+
+def _row(
+    pred: Prediction, name: str, image_threshold: float | None, with_profile: bool = False
+) -> dict[str, Any]:
+    """The table row of one prediction (the detector makes non-finite scores failures).
+
+    The image threshold is ``image_threshold`` when given, else the profile's calibrated one.
+    """
     error = None
     if not pred.ok:
         what = "score" if pred.error == NON_FINITE else "load"  # read but not scored, or not read
@@ -284,8 +333,12 @@ def _row(pred: Prediction, name: str, image_threshold: float | None) -> dict[str
         "error": None,
         "name": name,
     }
-    if image_threshold is not None:
-        row["is_anomalous"] = bool(pred.image_score >= image_threshold)
+    used = image_threshold if image_threshold is not None else pred.threshold
+    if image_threshold is not None or with_profile:
+        row["is_anomalous"] = None if used is None else bool(pred.image_score >= used)
+    if with_profile:
+        row["threshold"] = used
+        row["mode"] = pred.mode
     return row if error is None else _error_row(row, error)
 
 

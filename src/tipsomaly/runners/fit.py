@@ -1,0 +1,146 @@
+"""``fit`` as a library call: normal images of one class in, a profile folder out.
+
+Output layout under ``out_dir``::
+
+    profile.json       class, counts, settings, thresholds per mode, versions, bank checksum
+    bank.safetensors   the references' patch and CLS features (see method/profile.py)
+    calibration.csv    each reference's leave-one-out image score per mode (what the
+                       thresholds were computed from), with its path
+
+One run at a time writes into ``out_dir`` (:class:`~.lock.OutputLock`); the profile files
+are written under temporary names and renamed, ``profile.json`` last, so a folder never holds
+a profile whose bank does not match it.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from ..data.inputs import NoInputsError, expand_inputs
+from ..errors import OutputError
+from ..method.calibration import Calibration
+from ..method.config import (
+    DEFAULT_FALSE_ALARM_RATE,
+    DEFAULT_MAX_BANK,
+    DEFAULT_PIXEL_FALSE_ALARM_RATE,
+    MODES,
+)
+from ..method.detector import Detector
+from ..method.profile import Profile
+from .lock import OutputLock
+
+logger = logging.getLogger(__name__)
+
+CALIBRATION_CSV = "calibration.csv"
+
+
+@dataclass
+class FitSummary:
+    """What a :func:`run_fit` call did."""
+
+    profile: Profile
+    out_dir: Path
+    references: int
+    failed: list[tuple[str, str]]
+
+    @property
+    def thresholds(self) -> dict[str, Calibration | None]:
+        """The image threshold of each mode (None where not calibrated)."""
+        return {m: self.profile.thresholds[m]["image"] for m in MODES}
+
+
+def run_fit(
+    detector: Detector,
+    paths: Iterable[str | os.PathLike],
+    *,
+    class_name: str,
+    out_dir: str | os.PathLike,
+    false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
+    pixel_false_alarm_rate: float = DEFAULT_PIXEL_FALSE_ALARM_RATE,
+    augment: bool = False,
+    max_bank: int = DEFAULT_MAX_BANK,
+    seed: int = 0,
+    batch_size: int | None = None,
+    progress: bool = False,
+    settings: dict[str, Any] | None = None,
+) -> FitSummary:
+    """Fit a profile of ``class_name`` from the normal images named by ``paths`` and save it.
+
+    Args:
+        detector: the detector (model, prompts, image size…) the profile is for.
+        paths: files, folders and glob patterns of normal images (as ``predict``).
+        out_dir: the profile folder (created; an earlier profile there is replaced).
+        false_alarm_rate, pixel_false_alarm_rate, augment, max_bank, seed: see
+            :meth:`Profile.fit`.
+        settings: how the detector was set up (``model``, ``image_size``, … as given), kept in
+            ``profile.json`` so ``predict --profile`` can rebuild it.
+
+    Raises:
+        NoInputsError: ``paths`` name no image file.
+        ProfileError: no reference image could be read.
+        OutputLockedError: another run is writing into ``out_dir``.
+        OutputError: ``out_dir`` cannot be written.
+    """
+    paths = list(paths)
+    out = Path(out_dir)
+    files = expand_inputs(paths, exclude=[out])
+    if not files:
+        raise NoInputsError(paths)
+    logger.info("%d reference image(s) of %r", len(files), class_name)
+    bar = tqdm(total=len(files), unit="img", desc="fit", disable=not progress)
+
+    def advance(done: int) -> None:
+        bar.update(done - bar.n)
+
+    with OutputLock(out):
+        try:
+            profile = Profile.fit(
+                detector,
+                [str(f) for f in files],
+                class_name,
+                false_alarm_rate=false_alarm_rate,
+                pixel_false_alarm_rate=pixel_false_alarm_rate,
+                augment=augment,
+                max_bank=max_bank,
+                seed=seed,
+                batch_size=batch_size,
+                progress=advance,
+            )
+        finally:
+            bar.close()
+        if settings:
+            profile.info["settings"] = settings
+        try:
+            profile.save(out)
+            _write_calibration_csv(out / CALIBRATION_CSV, profile)
+        except OSError as exc:
+            raise OutputError(getattr(exc, "filename", None) or out, exc) from None
+    failed = [(e["path"], e["error"]) for e in profile.info["references"]["errors"]]
+    return FitSummary(profile, out, profile.info["references"]["used"], failed)
+
+
+def _write_calibration_csv(path: Path, profile: Profile) -> None:
+    calib = profile.info.get("calibration", {})
+    scores: dict[str, list[float]] = calib.get("scores", {})
+    modes = [m for m in MODES if m in scores]
+    sources = profile.info["references"]["sources"]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["path", *(f"score_{m}" for m in modes)])
+        for i, source in enumerate(sources):
+            writer.writerow([source, *(_cell(scores[m][i]) for m in modes)])
+    os.replace(tmp, path)
+
+
+def _cell(value: float) -> str:
+    return "" if not math.isfinite(value) else f"{value:.6f}"
