@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -110,14 +109,6 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.set_defaults(func=cmd_fit)
 
 
-def _absolute_if_path(value: Any) -> Any:
-    """A model/prompt spec as it can be found again: folders and files made absolute."""
-    if value is None:
-        return None
-    text = str(value)
-    return str(Path(text).resolve()) if os.path.exists(text) else text
-
-
 def cmd_fit(args: argparse.Namespace) -> int:
     """Run ``fit``: check options, find the references, load the model, fit, report."""
     from ..data.inputs import NoInputsError, expand_inputs
@@ -148,17 +139,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         offline=args.offline or None,
     )
-    settings = {
-        "model": _absolute_if_path(args.model),
-        "image_size": args.image_size,
-        "prompt_type": args.prompt_type,
-        "prompt_file": _absolute_if_path(args.prompt_file),
-        "pixel_prompts": _absolute_if_path(pixel_prompts) or "none",
-        "sigma": args.sigma,
-        "cls": args.cls,
-        "dtype": dtype_name(dtype),
-        "device": str(device),
-    }
+    settings = {"dtype": dtype_name(dtype), "device": str(device)}
     try:
         summary = run_fit(
             detector,

@@ -139,6 +139,20 @@ class Detector:
             self.model = load_model(model, device=device, dtype=dtype, offline=offline)
         multiple_of(image_size, "image_size", self.model.patch_size, what="the patch size")
         self.prompts: PromptSet = load_prompts(prompt_type, prompt_file)
+        # how to build this detector again (a profile records it for `predict --profile`)
+        self.spec: dict[str, object] = {
+            "model": None if isinstance(model, TipsModel) else _findable(model),
+            "image_size": int(image_size),
+            "prompt_type": prompt_type,
+            "prompt_file": _findable(prompt_file),
+            "pixel_prompts": "none"
+            if pixel_prompts is None
+            else None
+            if isinstance(pixel_prompts, PixelPrompts)
+            else _findable(pixel_prompts),
+            "sigma": float(sigma),
+            "cls": cls,
+        }
         self.image_size = int(image_size)
         self.sigma = float(sigma)
         self.cls = cls
@@ -446,6 +460,13 @@ class Detector:
                 pixel_threshold=_calibrated(profile, mode, "pixel"),
             )
             k += 1
+
+
+def _findable(spec: str | os.PathLike | None) -> str | None:
+    """A model / prompt spec that names an existing file or folder, made absolute."""
+    if spec is None:
+        return None
+    return os.path.abspath(spec) if os.path.exists(spec) else str(spec)
 
 
 def reference_distances(

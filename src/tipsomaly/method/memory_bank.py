@@ -37,6 +37,7 @@ DEFAULT_CHUNK = 1 << 24
 class MemoryBank(nn.Module):
     """(M, D) L2-normalised features, with ``sources`` (M,): the reference each came from.
 
+    ``normalized=True`` takes ``features`` as already unit-length (a bank read from disk).
     ``forward(queries)`` gives each query's cosine distance to its nearest bank entry,
     ``1 − max_j cos(q, b_j)`` in [0, 2], exact. The similarities are computed in blocks of at
     most ``chunk`` floats (queries × entries), so memory stays bounded for any bank size.
@@ -51,6 +52,7 @@ class MemoryBank(nn.Module):
         sources: torch.Tensor | None = None,
         *,
         chunk: int = DEFAULT_CHUNK,
+        normalized: bool = False,
     ) -> None:
         super().__init__()
         if features.ndim != 2 or features.shape[0] == 0:
@@ -61,7 +63,9 @@ class MemoryBank(nn.Module):
             sources = torch.zeros(features.shape[0], dtype=torch.long)
         if tuple(sources.shape) != (features.shape[0],):
             raise ValueError(f"sources must be ({features.shape[0]},), got {tuple(sources.shape)}")
-        self.register_buffer("features", F.normalize(features.float(), dim=-1).contiguous())
+        # normalising twice can move values by an ulp: a bank read back stays bit-identical
+        unit = features.float() if normalized else F.normalize(features.float(), dim=-1)
+        self.register_buffer("features", unit.contiguous())
         self.register_buffer("sources", sources.to(device=features.device, dtype=torch.long))
         self.chunk = int(chunk)
 

@@ -249,6 +249,7 @@ class Profile:
             MemoryBank(torch.cat(refs.cls2).to(device), torch.cat(refs.cls_sources).to(device)),
         )
         info = {
+            "settings": dict(detector.spec),
             "references": {
                 "used": n,
                 "failed": len(refs.failed),
@@ -467,9 +468,9 @@ def _bank_from_tensors(
             raise ProfileError(f"{path}: non-finite values in the bank's {k}")
     try:
         return ReferenceBank(
-            MemoryBank(p.to(device), t["patch_sources"].to(device)),
-            MemoryBank(c1.to(device), t["cls_sources"].to(device)),
-            MemoryBank(c2.to(device), t["cls_sources"].to(device)),
+            MemoryBank(p.to(device), t["patch_sources"].to(device), normalized=True),
+            MemoryBank(c1.to(device), t["cls_sources"].to(device), normalized=True),
+            MemoryBank(c2.to(device), t["cls_sources"].to(device), normalized=True),
         )
     except ValueError as exc:
         raise ProfileError(f"{path}: {exc}") from None

@@ -81,8 +81,8 @@ def run_fit(
         out_dir: the profile folder (created; an earlier profile there is replaced).
         false_alarm_rate, pixel_false_alarm_rate, augment, max_bank, seed: see
             :meth:`Profile.fit`.
-        settings: how the detector was set up (``model``, ``image_size``, … as given), kept in
-            ``profile.json`` so ``predict --profile`` can rebuild it.
+        settings: extra entries for ``profile.json``'s ``settings`` (which already say how
+            to rebuild the detector: model, image size, prompts, sigma, CLS token).
 
     Raises:
         NoInputsError: ``paths`` name no image file.
@@ -118,7 +118,7 @@ def run_fit(
         finally:
             bar.close()
         if settings:
-            profile.info["settings"] = settings
+            profile.info["settings"] = {**profile.info["settings"], **settings}
         try:
             profile.save(out)
             _write_calibration_csv(out / CALIBRATION_CSV, profile)
