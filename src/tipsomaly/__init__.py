@@ -8,6 +8,8 @@ the CLI's ``--help`` do not import PyTorch)::
 - Predict: :class:`Detector`, :class:`Prediction`, :func:`run_predict`, :class:`PredictSummary`;
   :class:`DetectorConfig` (the shared settings), :class:`TipsomalyHead` (the method as one
   ``nn.Module``) and its :class:`DetectorOutput`.
+- Few good images: :class:`Profile` (``Profile.fit`` / ``Profile.load``; use with
+  ``Detector(..., profile=...)``), :func:`run_fit`, :class:`Calibration`.
 - Evaluate: :func:`evaluate_datasets`, :class:`EvalConfig` (alias :class:`EvalSettings`),
   :class:`Evaluator`.
 - Train: :func:`train`, :class:`TrainConfig`, :class:`TrainResult`.
@@ -46,6 +48,10 @@ _EXPORTS: dict[str, str] = {
     "DetectorConfig": "method.config",
     "TipsomalyHead": "method.head",
     "DetectorOutput": "method.head",
+    # few good images
+    "Profile": "method.profile",
+    "run_fit": "runners.fit",
+    "Calibration": "method.calibration",
     # evaluate
     "evaluate_datasets": "runners.evaluate",
     "EvalSettings": "runners.evaluate",
@@ -88,6 +94,9 @@ _EXPORTS: dict[str, str] = {
     "NoInputsError": "data.inputs",
     "TrainError": "runners.train",
     "OutputLockedError": "runners.lock",
+    "ProfileError": "method.profile",
+    "ProfileMismatchError": "method.profile",
+    "NotCalibratedError": "method.profile",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

@@ -10,6 +10,6 @@ class ExitCode(IntEnum):
 
     OK = 0  #: everything done
     ERROR = 1  #: an error the user can fix (one line, no traceback), usage mistakes included
-    NO_INPUTS = 2  #: ``predict`` found no input images
+    NO_INPUTS = 2  #: ``predict`` or ``fit`` found no input images
     SOME_FAILED = 3  #: some images could not be read or scored (their rows / the list say why)
     INTERRUPTED = 130  #: Ctrl-C (128 + SIGINT)
