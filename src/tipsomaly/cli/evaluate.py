@@ -28,7 +28,9 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         description="Predict every test image of each dataset (resumable: predictions are "
         "stored as they are computed under OUT/<dataset>/predictions), then compute image "
         "metrics for both CLS tokens and pixel metrics per class. Changing only --aupro, "
-        "--sigma or --cls reuses the stored predictions without running the network.",
+        "--sigma or --cls reuses the stored predictions without running the network. "
+        "--shots K runs the few-shot protocol: K normal images per class from the dataset's "
+        "train split as references (results.json lists them).",
         epilog="exit status: 0 done, 3 some images could not be read (listed), 1 an option, "
         "model, dataset or output error. Every option is checked before the model loads.",
         formatter_class=HelpFormatter,
@@ -42,6 +44,9 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     add_config_option(p, EvalConfig, "classes", nargs="+")
     add_config_option(p, EvalConfig, "workers")
     add_config_option(p, EvalConfig, "aupro")
+    add_config_option(p, EvalConfig, "shots")
+    add_config_option(p, EvalConfig, "shot_seed", metavar="SEED")
+    add_config_option(p, EvalConfig, "mode")
     p.add_argument("--out", default="tipsomaly-eval", help="output directory")
     p.set_defaults(func=run)
 
@@ -71,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
         classes=args.classes,
         offline=args.offline or None,
         allow_outside_root=args.allow_outside_root,
+        shots=args.shots,
+        shot_seed=args.shot_seed,
+        mode=args.mode,
     )
     # one lock over the predictions and the result files: no other run writes between them
     with OutputLock(args.out):
@@ -82,9 +90,42 @@ def run(args: argparse.Namespace) -> int:
             "environment": environment(),
         }
         config["settings"]["data"] = list(args.data)
+        config["settings"]["mode"] = settings.scoring_mode  # the one used, not None
+        if settings.shots:
+            config["few_shot"] = few_shot_record(results)
         with writing(args.out):
             files = write_results(results, args.out, config, args.cls)
     print(render_text(results, args.cls))
+    if settings.shots:
+        print(few_shot_note(results))
     print("written: " + ", ".join(str(f) for f in files))
     failed = sum(len(r.errors) for r in results)
     return ExitCode.SOME_FAILED if failed else ExitCode.OK
+
+
+def few_shot_record(results) -> dict:
+    """``results.json``'s ``config.few_shot``: per dataset, each class's reference images
+    (relative to the dataset root, in draw order) and bank digest, and the classes skipped."""
+    return {
+        r.name: {"classes": r.few_shot["classes"], "skipped": r.few_shot["skipped"]}
+        for r in results
+        if getattr(r, "few_shot", None)
+    }
+
+
+def few_shot_note(results) -> str:
+    """One line per dataset: the protocol, and any class left out (with why)."""
+    lines = []
+    for r in results:
+        shot = getattr(r, "few_shot", None)
+        if not shot:
+            continue
+        line = (
+            f"{r.name}: {shot['mode']}, {shot['shots']} reference image(s) per class from the "
+            f"train split (seed {shot['shot_seed']}; listed in results.json)"
+        )
+        if shot["skipped"]:
+            skipped = "; ".join(f"{c}: {why}" for c, why in shot["skipped"].items())
+            line += f"; skipped: {skipped}"
+        lines.append(line)
+    return "\n".join(lines)

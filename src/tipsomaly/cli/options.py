@@ -48,6 +48,8 @@ OPTION_TYPES = {
     "betas": unit_interval_open,
     "n_prompt": positive_int,
     "seed": seed_int,
+    "shots": non_negative_int,
+    "shot_seed": seed_int,
 }
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidOptionError, TipsomalyError
-from ..method.config import PROMPTS_BACKBONE, DetectorConfig, option
+from ..method.config import DEFAULT_MODE, MODES, PROMPTS_BACKBONE, DetectorConfig, option
 from ..metrics.summary import AUPRO_KINDS
 from ..validation import choice, in_range, non_empty, non_negative_int, positive_int
 
@@ -27,6 +27,11 @@ __all__ = [
 ]
 
 CACHE_DTYPE_CHOICES = ("fp32", "fp16")
+_SHOTS_HELP = (
+    "few-shot protocol: K normal images per class, drawn (--shot-seed) from the dataset's own "
+    "train split, form a reference profile the test images are also scored against "
+    "(WinCLIP and AnomalyDINO report K = 1, 2, 4); 0: zero-shot"
+)
 _AUPRO_HELP = (
     "zsad: the convention of the paper's tables (200 thresholds, FPR<0.3 rescaled); "
     "mvtec: the official MVTec AD definition (exact curve to FPR 0.3, divided by 0.3)"
@@ -57,6 +62,8 @@ class EvalConfig(DetectorConfig):
     ``pixel_prompts="auto"`` follows the paper's protocol per dataset
     (:func:`~tipsomaly.method.config.default_pixel_prompts`). ``device``/``dtype`` are names;
     the CLI passes the resolved ones so that ``results.json`` records what was used.
+    ``shots`` > 0 runs the few-shot protocol (K train normal images per class, drawn with
+    ``shot_seed``, scored in :attr:`scoring_mode`); see :mod:`tipsomaly.runners.evaluate`.
     """
 
     pixel_prompts: str | os.PathLike | None = option(
@@ -72,11 +79,38 @@ class EvalConfig(DetectorConfig):
     offline: bool | None = None
     #: let meta.json paths leave the dataset root (refused by default)
     allow_outside_root: bool = option(False, _OUTSIDE_ROOT_HELP)
+    shots: int = option(0, _SHOTS_HELP, metavar="K")
+    shot_seed: int = option(
+        0, "seed of the draw of the --shots reference images (each class its own draw)"
+    )
+    mode: str | None = option(
+        None,
+        "how images are scored with --shots: zero-shot (the prompts only), few-shot (distance "
+        "to the references only) or fused (their mean); default: fused with --shots, zero-shot "
+        "without",
+        choices=MODES,
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         non_negative_int(self.workers, "workers")
         choice(self.aupro, "aupro", AUPRO_KINDS)
+        non_negative_int(self.shots, "shots")
+        if non_negative_int(self.shot_seed, "shot_seed") >= 2**64:
+            raise InvalidOptionError(f"shot_seed must be < 2**64, got {self.shot_seed}")
+        if self.mode is not None:
+            choice(self.mode, "mode", MODES)
+            if self.mode != "zero-shot" and not self.shots:
+                raise InvalidOptionError(
+                    f"mode {self.mode} needs reference images: give shots K >= 1 (--shots K)"
+                )
+
+    @property
+    def scoring_mode(self) -> str:
+        """``mode`` made concrete: as given, else ``fused`` with shots, ``zero-shot`` without."""
+        if self.mode is not None:
+            return self.mode
+        return DEFAULT_MODE if self.shots else "zero-shot"
 
     def prediction_config(self) -> dict:
         """The settings that change the network's outputs (not sigma, cls or aupro); see

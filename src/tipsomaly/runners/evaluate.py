@@ -3,14 +3,30 @@
 The network runs only for images the prediction store lacks, so an interrupted run resumes
 where it stopped and a rerun that changes only metric options (``aupro``, ``sigma``, ``cls``)
 never loads the model.
+
+Few-shot protocol (``shots`` K > 0, as WinCLIP and AnomalyDINO report it for K = 1, 2, 4): for
+each class, K normal images of the dataset's own ``train`` split (:func:`draw_shots`, a
+deterministic draw from ``shot_seed``) are fitted into a
+:class:`~tipsomaly.method.profile.Profile` (a bank, no thresholds), and the class's test images
+are scored against it in ``mode`` (default ``fused``); metrics and tables are the zero-shot
+ones. A class with fewer than K train normal images is skipped (warned, and named in
+:attr:`EvalResult.few_shot`); a dataset where no class can be evaluated so (no train split, as
+in the ``folder`` layout) is a :class:`FewShotError`. Few-shot predictions are stored apart:
+the store key adds shots, seed and mode, and each class's rows live under a key of its
+references' bytes, beside a record of the bank's digest (:func:`bank_digest`); a class whose
+bank comes out different when it is fitted again has its rows computed again.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 import math
 import os
 import platform
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,7 +36,9 @@ import torch
 
 from .. import __version__, fingerprint
 from ..data.dataset import AnomalyDataset, collate_samples
-from ..data.meta import read_meta
+from ..data.meta import MetaError, Sample, meta_path_for, parse_split, read_meta
+from ..data.names import display_path
+from ..errors import OutputError, TipsomalyError
 from ..method.config import AUTO, default_pixel_prompts
 from ..method.detector import Detector
 from ..method.maps import anomaly_maps
@@ -55,15 +73,51 @@ __all__ = [
     "TABLE_METRICS",
     "DatasetResult",
     "EvalConfig",
+    "EvalResult",
     "EvalSettings",
     "Evaluator",
+    "FewShotError",
+    "ShotDraw",
+    "bank_digest",
     "class_metrics",
     "domain_of",
+    "draw_shots",
     "environment",
     "evaluate_datasets",
     "prediction_config",
     "protocol_pixel_prompts",
 ]
+
+#: the file beside a few-shot class's stored rows that records its bank's digest
+BANK_RECORD = "bank.json"
+
+
+class FewShotError(TipsomalyError, ValueError):
+    """``shots`` cannot be honoured for a dataset (no train split, too few normal images)."""
+
+
+@dataclasses.dataclass
+class EvalResult(DatasetResult):
+    """A :class:`DatasetResult` plus, with ``shots``, what the few-shot protocol used.
+
+    ``few_shot``: ``{"shots", "shot_seed", "mode", "classes": {class: {"references": [paths
+    relative to the root, in draw order], "bank": digest}}, "skipped": {class: reason}}``;
+    None in zero-shot.
+    """
+
+    few_shot: dict | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ShotDraw:
+    """The reference images of a dataset's classes under the few-shot protocol.
+
+    ``references``: class → its K train normal samples, in draw order; ``skipped``: class →
+    why it cannot be evaluated with K references (fewer train normal images than K).
+    """
+
+    references: dict[str, list[Sample]]
+    skipped: dict[str, str]
 
 
 def class_metrics(
@@ -95,9 +149,11 @@ def prediction_config(settings: EvalConfig) -> dict:
     Files are identified by a digest of their bytes: the model's weights (for a model
     directory, every file in it and every file its ``model.json`` names, also outside it),
     the pixel prompts and the prompt file. ``dtype`` is the resolved one (``auto`` → the
-    dtype this machine would use).
+    dtype this machine would use). With ``shots`` > 0, ``few_shot`` adds shots, seed and the
+    scoring mode (each class's references are keyed below it, see :class:`Evaluator`);
+    zero-shot settings give the keys they always gave.
     """
-    return {
+    config = {
         "model": _model_identity(settings.model),
         "pixel_prompts": _identity(settings.pixel_prompts) if settings.pixel_prompts else None,
         "prompt_type": settings.prompt_type,
@@ -105,6 +161,13 @@ def prediction_config(settings: EvalConfig) -> dict:
         "image_size": settings.image_size,
         "dtype": _resolved_dtype(settings.dtype, settings.device),
     }
+    if settings.shots:  # zero-shot keys stay as they were: existing stores still resume
+        config["few_shot"] = {
+            "shots": settings.shots,
+            "shot_seed": settings.shot_seed,
+            "mode": settings.scoring_mode,
+        }
+    return config
 
 
 def _resolved_dtype(dtype: str, device: str) -> str:
@@ -220,10 +283,29 @@ class Evaluator:
         key = config_key(self.settings.prediction_config())
         return PredictionStore(self.out_dir / dataset_name / "predictions" / key)
 
-    def evaluate(self, root: str | os.PathLike, name: str | None = None) -> DatasetResult:
-        """Predict what is missing, then compute every class's metrics, one class at a time.
+    @staticmethod
+    def references_store(
+        store: PredictionStore, class_name: str, references: Sequence[Sample]
+    ) -> PredictionStore:
+        """Where one class's few-shot rows live: below ``store`` (keyed on shots, seed and
+        mode), under a key of the class name and its references' bytes, in draw order.
 
         Raises:
+            OSError: a reference image cannot be read.
+        """
+        digests = [fingerprint.file_digest(s.image_path) for s in references]
+        key = fingerprint.digest(["references", class_name, digests], 16)
+        return PredictionStore(store.root / f"references-{key}")
+
+    def evaluate(self, root: str | os.PathLike, name: str | None = None) -> EvalResult:
+        """Predict what is missing, then compute every class's metrics, one class at a time.
+
+        With ``shots``, each class is scored against its references (see the module doc);
+        :attr:`EvalResult.few_shot` records them and the classes skipped.
+
+        Raises:
+            FewShotError: with ``shots``, no class of the dataset has enough train normal
+                images.
             OutputLockedError: another run writes into the output folder.
             OutputError: the prediction store cannot be written.
         """
@@ -232,7 +314,7 @@ class Evaluator:
         with OutputLock(self.out_dir):
             return self._evaluate(root, name)
 
-    def _evaluate(self, root: str | os.PathLike, name: str | None) -> DatasetResult:
+    def _evaluate(self, root: str | os.PathLike, name: str | None) -> EvalResult:
         root = Path(root)
         name = name or root.resolve().name
         own = self.requested.for_dataset(name)
@@ -241,12 +323,43 @@ class Evaluator:
         meta = read_meta(
             root, "test", self.settings.classes, allow_outside_root=self.settings.allow_outside_root
         )
+        s = self.settings
+        draw = None
+        if s.shots:
+            draw = draw_shots(
+                root,
+                meta.classes,
+                s.shots,
+                s.shot_seed,
+                name=name,
+                allow_outside_root=s.allow_outside_root,
+            )
         store = self.store_for(name)
-        result = DatasetResult(
-            name=name, root=str(root), classes={}, counts={}, aupro=self.settings.aupro
-        )
+        result = EvalResult(name=name, root=str(root), classes={}, counts={}, aupro=s.aupro)
+        if draw is not None:
+            result.few_shot = {
+                "shots": s.shots,
+                "shot_seed": s.shot_seed,
+                "mode": s.scoring_mode,
+                "classes": {},
+                "skipped": {},
+            }
         for class_name, samples in meta.samples.items():
-            predictions = self._predict_class(store, class_name, samples)
+            if draw is None:
+                predictions = self._predict_class(store, class_name, samples)
+            else:
+                try:
+                    predictions, bank = self._predict_few_shot(store, class_name, samples, draw)
+                except _Skip as skip:
+                    logger.warning("%s: class %s skipped: %s", name, class_name, skip.reason)
+                    result.few_shot["skipped"][class_name] = skip.reason
+                    continue
+                result.few_shot["classes"][class_name] = {
+                    "references": [
+                        _relative(r.image_path, meta.root) for r in draw.references[class_name]
+                    ],
+                    "bank": bank,
+                }
             result.counts[class_name] = {
                 "images": len(samples),
                 "evaluated": len(predictions),
@@ -261,9 +374,93 @@ class Evaluator:
         result.device = self.device
         return result
 
+    # -- few-shot -------------------------------------------------------------------------
+    def _predict_few_shot(
+        self, store: PredictionStore, class_name: str, samples, draw: ShotDraw
+    ) -> tuple[ClassPredictions, str | None]:
+        """:meth:`_predict_class` against the class's references: its rows, its bank digest.
+
+        The rows are kept only beside a record of the bank they were scored against; the bank
+        is fitted only when some image must be computed, and when it differs from the record
+        (other references' numbers) every row of the class is computed again.
+
+        Raises:
+            _Skip: the class has no K usable references.
+        """
+        if class_name in draw.skipped:
+            raise _Skip(draw.skipped[class_name])
+        references = draw.references[class_name]
+        try:
+            class_store = self.references_store(store, class_name, references)
+        except OSError as exc:
+            raise _Skip(f"a reference image cannot be read ({exc.strerror or exc})") from None
+        recorded = _read_bank_record(class_store.root)
+        if recorded is None and class_store.root.exists():  # rows of an unknown bank
+            _drop(class_store.root)
+        state = {"bank": recorded}
+
+        def before_compute() -> bool:
+            """Fit the references and score against them; True: the stored rows are stale."""
+            bank = self._use_references(class_name, references)
+            stale = recorded is not None and recorded != bank
+            if stale:
+                logger.warning(
+                    "class %s: the references give another bank than the stored predictions "
+                    "were scored against (%s, now %s); computing the class again",
+                    class_name,
+                    recorded[:12],
+                    bank[:12],
+                )
+                _drop(class_store.root)
+            if stale or recorded is None:
+                _write_bank_record(class_store.root, class_name, references, bank)
+            state["bank"] = bank
+            return stale
+
+        predictions = self._predict_class(class_store, class_name, samples, before_compute)
+        return predictions, state["bank"]
+
+    def _use_references(self, class_name: str, references: Sequence[Sample]) -> str:
+        """Fit the class's profile (a bank, no thresholds), set it on the detector in the
+        settings' mode; return its :func:`bank_digest`."""
+        from ..method.profile import Profile, ProfileError
+
+        detector = self.detector
+        paths = [str(r.image_path) for r in references]
+        logger.info(
+            "class %s: %d reference image(s) (seed %d): %s",
+            class_name,
+            len(paths),
+            self.settings.shot_seed,
+            ", ".join(paths),
+        )
+        try:
+            profile = Profile.fit(detector, paths, class_name, calibrate=False, on_error="record")
+        except ProfileError as exc:
+            raise _Skip(str(exc)) from None
+        failed = profile.info.get("references", {}).get("errors", [])
+        if failed:
+            first = failed[0]
+            raise _Skip(
+                f"{len(failed)} of its {len(paths)} reference image(s) cannot be read "
+                f"({first['path']}: {first['error']})"
+            )
+        detector.set_profiles([profile], self.settings.scoring_mode)
+        return bank_digest(profile)
+
     # -- prediction -----------------------------------------------------------------------
-    def _predict_class(self, store: PredictionStore, class_name: str, samples) -> ClassPredictions:
-        """Every sample's stored row, computing those the store lacks (see runners.store)."""
+    def _predict_class(
+        self,
+        store: PredictionStore,
+        class_name: str,
+        samples,
+        before_compute: Callable[[], bool] | None = None,
+    ) -> ClassPredictions:
+        """Every sample's stored row, computing those the store lacks (see runners.store).
+
+        ``before_compute`` runs once before any image is computed; True means the stored rows
+        were dropped (all are computed).
+        """
         paths = [str(s.image_path) for s in samples]
         keys: list[tuple[str, str] | None] = []
         for s in samples:
@@ -272,13 +469,10 @@ class Evaluator:
             except OSError:  # unreadable: the loader says why; never stored
                 keys.append(None)
         stored = store.open_class(class_name)
-        todo, queued = [], set()
-        for i, k in enumerate(keys):
-            if k is None:
-                todo.append(i)
-            elif k[0] not in stored.rows and k[0] not in queued:
-                todo.append(i)
-                queued.add(k[0])
+        todo = _missing(keys, stored)
+        if todo and before_compute is not None and before_compute():
+            stored = store.open_class(class_name)
+            todo = _missing(keys, stored)
         errors: dict[int, str] = {}
         unkeyed: dict[int, dict[str, np.ndarray]] = {}
         if todo:
@@ -456,6 +650,184 @@ class Evaluator:
         return out
 
 
+def _missing(keys: list[tuple[str, str] | None], stored: StoredClass) -> list[int]:
+    """Positions of the samples to compute: unkeyed ones, and the first of each key not stored."""
+    todo, queued = [], set()
+    for i, k in enumerate(keys):
+        if k is None:
+            todo.append(i)
+        elif k[0] not in stored.rows and k[0] not in queued:
+            todo.append(i)
+            queued.add(k[0])
+    return todo
+
+
+class _Skip(Exception):
+    """A class that cannot be evaluated under the few-shot protocol (``reason``)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def bank_digest(profile) -> str:
+    """:func:`~tipsomaly.method.profile.profile_digest` of a profile without ``sigma`` and
+    ``cls`` in its identity: they shape maps and pick the printed token, not the stored
+    outputs, so changing them keeps reusing the stored predictions."""
+    from ..method.profile import profile_digest
+
+    identity = {k: v for k, v in profile.identity.items() if k not in ("sigma", "cls")}
+    return profile_digest(dataclasses.replace(profile, identity=identity))
+
+
+def _read_bank_record(folder: Path) -> str | None:
+    """The bank digest recorded in ``folder`` (None: no readable record)."""
+    try:
+        record = json.loads((folder / BANK_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    bank = record.get("bank") if isinstance(record, dict) else None
+    return bank if isinstance(bank, str) else None
+
+
+def _write_bank_record(
+    folder: Path, class_name: str, references: Sequence[Sample], bank: str
+) -> None:
+    record = {
+        "class": class_name,
+        "references": [str(r.image_path) for r in references],
+        "bank": bank,
+    }
+    path = folder / BANK_RECORD
+    tmp = folder / f".{BANK_RECORD}.tmp"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputError(path, exc) from None
+
+
+def _drop(folder: Path) -> None:
+    try:
+        shutil.rmtree(folder)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise OutputError(folder, exc) from None
+
+
+# -- the few-shot draw ---------------------------------------------------------------------------
+#: layouts whose builders put every image in the test split (named in the error)
+_TEST_ONLY_LAYOUTS = ("folder", "ksdd", "medical")
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _rank(seed: int, class_name: str, relative: str) -> str:
+    text = f"{seed}\n{class_name}\n{relative}".encode("utf-8", "surrogateescape")
+    return hashlib.sha256(text).hexdigest()
+
+
+def draw_shots(
+    root: str | os.PathLike,
+    classes: Sequence[str],
+    shots: int,
+    seed: int,
+    *,
+    name: str | None = None,
+    allow_outside_root: bool = False,
+) -> ShotDraw:
+    """Each class's ``shots`` reference images: normal images (``anomaly`` 0) of the dataset's
+    ``train`` split, drawn deterministically from ``seed``.
+
+    The draw ranks a class's train normal images by the SHA-256 of (seed, class, path relative
+    to the root) and takes the first ``shots``: it depends on nothing else (not on the file
+    order, the other classes or the machine), and the K = 1 references of a seed are among its
+    K = 2 ones, and so on. A class with fewer than ``shots`` train normal images is in
+    ``skipped``.
+
+    Raises:
+        FewShotError: no class can be drawn (no train split, as in the ``folder`` layout, or
+            too few normal images everywhere).
+        MetaError: ``meta.json``'s train entries of these classes are invalid.
+    """
+    from ..data.meta import _load_json  # the checked reader of read_meta
+
+    root = Path(root)
+    name = name or root.resolve().name
+    path = meta_path_for(root)
+    data = _load_json(path)
+    split = None
+    if isinstance(data, dict):
+        folded = [k for k in data if isinstance(k, str) and k.lower() == "train"]
+        split = "train" if "train" in data else folded[0] if len(folded) == 1 else None
+    by_class = data.get(split) if split is not None else None
+    if split is not None and not isinstance(by_class, dict):
+        raise MetaError(path, f"split {split!r} must map class names to lists")
+    present = [c for c in classes if by_class and c in by_class]
+    train: dict[str, list[Sample]] = {}
+    if present:  # the entries of these classes, checked as read_meta checks the test split
+        train = parse_split(
+            data,
+            path.parent,
+            split or "train",
+            present,
+            allow_empty=True,
+            source=path,
+            allow_outside_root=allow_outside_root,
+        ).samples
+    references: dict[str, list[Sample]] = {}
+    skipped: dict[str, str] = {}
+    found: dict[str, int] = {}
+    for cls in classes:
+        normal = {s.image_path: s for s in train.get(cls, []) if s.anomaly == 0}
+        found[cls] = len(normal)
+        if len(normal) < shots:
+            skipped[cls] = (
+                f"only {len(normal)} normal image(s) in the train split, {shots} needed"
+                if normal
+                else "no normal image in the train split"
+            )
+            continue
+        ranked = sorted(
+            normal.values(), key=lambda s: _rank(seed, cls, _relative(s.image_path, path.parent))
+        )
+        references[cls] = ranked[:shots]
+    if references:
+        return ShotDraw(references, skipped)
+    if not any(found.values()):
+        layout = _layout_note(path.parent)
+        raise FewShotError(
+            f"dataset {name}: --shots {shots} draws each class's reference images from the "
+            f"dataset's train split, but {display_path(path)} lists no normal train "
+            f'image{layout}; give it a train split (normal images under "train" in meta.json, '
+            "as the mvtec, visa and dagm layouts write) or evaluate without --shots"
+        )
+    most = max(found.values())
+    raise FewShotError(
+        f"dataset {name}: --shots {shots} needs {shots} normal train images per class, but no "
+        f"class has that many (at most {most}); use --shots {most} or fewer"
+    )
+
+
+def _layout_note(root: Path) -> str:
+    from ..data.layouts import detect_layout
+
+    try:
+        layout = detect_layout(root)
+    except Exception:  # noqa: BLE001 - only a hint in a message
+        return ""
+    if layout in _TEST_ONLY_LAYOUTS:
+        return f" (layout {layout}: it has no train split, every image is a test image)"
+    return f" (layout {layout})"
+
+
 #: the paper's cross-dataset choice of learned prompts, kept under its former name
 protocol_pixel_prompts = default_pixel_prompts
 
@@ -467,19 +839,37 @@ def evaluate_datasets(
     *,
     progress: bool = True,
     lock: bool = True,
-) -> list[DatasetResult]:
+) -> list[EvalResult]:
     """Evaluate several datasets with one model (loaded at most once).
 
     ``settings.pixel_prompts == "auto"`` applies :func:`default_pixel_prompts` per dataset.
     ``lock``: hold ``out_dir``'s :class:`~tipsomaly.runners.lock.OutputLock` meanwhile (False
     when the caller holds it, e.g. to write the result files under the same lock).
 
+    With ``settings.shots``, every dataset's reference images are drawn first, so that one
+    without a train split stops the run before any model is loaded.
+
     Raises:
         OutputLockedError: another run writes into ``out_dir``.
+        FewShotError: with ``shots``, a dataset none of whose classes has enough train normal
+            images (raised before anything is computed).
     """
     if lock:
         with OutputLock(out_dir):
             return evaluate_datasets(roots, settings, out_dir, progress=progress, lock=False)
+    if settings.shots:
+        for root in roots:
+            meta = read_meta(
+                root, "test", settings.classes, allow_outside_root=settings.allow_outside_root
+            )
+            draw_shots(
+                root,
+                meta.classes,
+                settings.shots,
+                settings.shot_seed,
+                name=Path(root).resolve().name,
+                allow_outside_root=settings.allow_outside_root,
+            )
     models: dict = {}
     results = []
     for root in roots:
