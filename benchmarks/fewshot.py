@@ -1,13 +1,14 @@
 """Few-shot profiles: accuracy against zero-shot, and the cost of the nearest-neighbour search.
 
-    python benchmarks/fewshot.py            # 8 texture classes at 224 px + B/14 timing (~2 min)
-    python benchmarks/fewshot.py --quick    # 2 classes at 112 px, 2 timing rounds (~25 s)
+    python benchmarks/fewshot.py            # 8 texture classes at 224 px + B/14 timing (~80 s)
+    python benchmarks/fewshot.py --quick    # 2 classes at 112 px, 2 timing rounds (~30 s)
 
-Runtime on 2 CPU cores (fp32, torch's default threads): about 110 s for the default run (part 1
-~65 s, part 2 ~40 s) and about 25 s with ``--quick``; ``--skip-accuracy`` / ``--skip-cost``
-run one part. Runs from a plain clone: the tiny model is the repository's golden fixture
-(``tests/fixtures/golden/tips-tiny``), the B/14 backbone is built from the preset's shape with
-random weights; nothing is downloaded and nothing outside the repository is read.
+Runtime on 2 CPU cores (fp32, torch's default threads): about 80 s for the default run (part 1
+~45 s, part 2 ~30 s; up to ~110 s when other work shares the cores) and about 25-35 s with
+``--quick``; ``--skip-accuracy`` / ``--skip-cost`` run one part. Runs from a plain clone: the
+tiny model is the repository's golden fixture (``tests/fixtures/golden/tips-tiny``), the B/14
+backbone is built from the preset's shape with random weights; nothing is downloaded and
+nothing outside the repository is read.
 
 Part 1, accuracy (tiny random model, so the numbers say whether the few-shot machinery finds
 defects that the features can see, not how good TIPS is). Classes are generated textures
