@@ -56,6 +56,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from tipsomaly.method.config import DEFAULT_MAX_BANK  # noqa: E402
 from tipsomaly.method.detector import Detector  # noqa: E402
 from tipsomaly.method.memory_bank import MemoryBank, ReferenceBank, greedy_coreset  # noqa: E402
 from tipsomaly.method.profile import Profile  # noqa: E402
@@ -216,7 +217,10 @@ def accuracy(args: argparse.Namespace) -> None:
     detector = Detector(model, image_size=args.size, text_cache=False, batch_size=64)
     classes = [TextureClass(kind, seed) for seed in range(args.seeds) for kind in args.kinds]
     shots = (1, 4, 16)
-    settings = [(1, False), (1, True), (4, False), (16, False)]
+    # (shots, augment, max_bank): the last keeps a quarter of the 16-shot bank (coreset)
+    grid = (args.size // 14) ** 2
+    settings = [(1, False, None), (1, True, None), (4, False, None), (16, False, None)]
+    settings.append((16, False, 4 * grid))
     rows: dict[tuple[str, str], Row] = {}
 
     def row(setting: str, mode: str) -> Row:
@@ -227,12 +231,13 @@ def accuracy(args: argparse.Namespace) -> None:
     for cls in classes:
         data = make_class(cls, args.size, max(shots), args.normal, args.per_defect)
         profiles = {}
-        for k, augment in settings:
+        for k, augment, max_bank in settings:
             setting = f"{k}-shot" + (" + augment" if augment else "")
+            setting += f" core {max_bank}" if max_bank else ""
             t0 = time.perf_counter()
             profiles[setting] = Profile.fit(
                 detector, data.references[:k], cls.name, false_alarm_rate=args.alpha,
-                augment=augment,
+                augment=augment, max_bank=max_bank or DEFAULT_MAX_BANK,
             )  # fmt: skip
             fit_time.setdefault(setting, []).append(time.perf_counter() - t0)
         # zero-shot: the 16-shot profile's zero-shot threshold, so FA / hit can be shown
@@ -253,7 +258,7 @@ def accuracy(args: argparse.Namespace) -> None:
         f"means over classes; thresholds calibrated at alpha = {args.alpha}"
     )
     header = (
-        f"{'references':<18}{'mode':<11}{'img AUROC':>10}{'vs zs':>8}{'px AUROC':>10}"
+        f"{'references':<22}{'mode':<11}{'img AUROC':>10}{'vs zs':>8}{'px AUROC':>10}"
         + "".join(f"{d:>13}" for d in DEFECTS)
         + f"{'FA':>7}{'hit':>7}{'bound':>7}"
     )
@@ -268,7 +273,7 @@ def accuracy(args: argparse.Namespace) -> None:
         img = float(np.mean(r.image))
         delta = "" if r.mode == "zero-shot" else f"{img - base:+.3f}"
         print(
-            f"{r.setting:<18}{r.mode:<11}{img:>10.3f}{delta:>8}{np.mean(r.pixel):>10.3f}"
+            f"{r.setting:<22}{r.mode:<11}{img:>10.3f}{delta:>8}{np.mean(r.pixel):>10.3f}"
             + "".join(f"{np.mean(r.per_defect[d]):>13.3f}" for d in DEFECTS)
             + f"{mean(r.flagged_normal):>7}{mean(r.flagged_anomalous):>7}{mean(r.bound):>7}"
         )
@@ -343,14 +348,32 @@ def cost(args: argparse.Namespace) -> None:
         keep = greedy_coreset(bank_features, core_size, seed=0)
         t_coreset = time.perf_counter() - t0
         small = MemoryBank(bank_features[keep], sources[keep])
-        times["small"] = interleaved_times({"small": lambda: small(queries)}, args.rounds)["small"]
+        # the bank `fit` keeps by default: a coreset of DEFAULT_MAX_BANK entries
+        default_size = min(m, DEFAULT_MAX_BANK)
+        t0 = time.perf_counter()
+        keep = greedy_coreset(bank_features, default_size, seed=0)
+        t_default_coreset = time.perf_counter() - t0
+        default = MemoryBank(bank_features[keep], sources[keep])
+        more = interleaved_times(
+            {
+                "backbone": lambda: vision(image),
+                "small": lambda: small(queries),
+                "default": lambda: default(queries),
+            },
+            args.rounds,
+        )
+        times["small"] = more["small"]
+        times["default"] = more["default"]
+        default_ratios = [s / b for s, b in zip(more["default"], more["backbone"], strict=True)]
 
     t = {name: statistics.median(v) for name, v in times.items()}
     t_backbone = t["backbone"]
     ratios = [s / b for s, b in zip(times["search"], times["backbone"], strict=True)]
     gf_backbone = backbone_gflop(vision, size)
     gf_search = 2 * n_patch * m * dim / 1e9
+    gf_default = 2 * n_patch * default_size * dim / 1e9
     pct = 100 * statistics.median(ratios)
+    pct_default = 100 * statistics.median(default_ratios)
     print(
         f"Part 2 - nearest-neighbour cost: {preset.name} architecture, random weights, "
         f"{size} px, fp32, {torch.get_num_threads()} threads; medians of {args.rounds} "
@@ -364,6 +387,8 @@ def cost(args: argparse.Namespace) -> None:
         ("floor: one matmul + max, no blocks", t["floor"], gf_search),
         (f"search in a 10 % coreset bank ({core_size})", t["small"], gf_search / 10),
         (f"greedy coreset {m} -> {core_size} (one-off)", t_coreset, float("nan")),
+        (f"search in the default bank ({default_size})", t["default"], gf_default),
+        (f"greedy coreset {m} -> {default_size} (fit)", t_default_coreset, float("nan")),
     ]
     header = f"{'':<46}{'seconds':>9}{'GFLOP':>8}{'% of backbone':>15}"
     print(header)
@@ -372,12 +397,17 @@ def cost(args: argparse.Namespace) -> None:
         gf = "-" if math.isnan(gflop) else f"{gflop:.1f}"
         print(f"{label:<46}{seconds:>9.3f}{gf:>8}{100 * seconds / t_backbone:>14.1f}%")
     largest = int(m * 0.10 / statistics.median(ratios))
-    verdict = "met" if pct < 10 else "NOT met"
     print(
-        f"target: search < 10 % of the backbone: {pct:.1f} % (median of the rounds' ratios, "
-        f"{100 * min(ratios):.1f}-{100 * max(ratios):.1f} %) -> {verdict} (matmul FLOP ratio "
+        f"full {shots}-shot bank: {pct:.1f} % of the backbone (median of the rounds' ratios, "
+        f"{100 * min(ratios):.1f}-{100 * max(ratios):.1f} %; matmul FLOP ratio "
         f"{100 * gf_search / gf_backbone:.1f} %); largest bank under 10 % at this speed: "
         f"~{largest} entries ({largest / n_patch:.1f} images of {n_patch} patches)"
+    )
+    verdict = "met" if pct_default < 10 else "NOT met"
+    print(
+        f"target: search < 10 % of the backbone with the bank fit keeps by default "
+        f"({default_size} of {m}): {pct_default:.1f} % ({100 * min(default_ratios):.1f}-"
+        f"{100 * max(default_ratios):.1f} %) -> {verdict}"
     )
     print(f"part 2 took {time.perf_counter() - start:.1f} s")
 

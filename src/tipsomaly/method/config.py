@@ -46,8 +46,10 @@ MODES = ("zero-shot", "few-shot", "fused")
 DEFAULT_MODE = "fused"
 DEFAULT_FALSE_ALARM_RATE = 0.01
 DEFAULT_PIXEL_FALSE_ALARM_RATE = 0.001
-#: patch-bank entries kept before the coreset starts (16 references at 518 px: 21,904)
-DEFAULT_MAX_BANK = 32768
+#: patch-bank entries kept before the coreset starts: 7 references at 518 px (1,369 patches
+#: each) fit; with more, the search of one 518-px image against the bank stays under 10 % of a
+#: B/14 forward (benchmarks/fewshot.py; the full 16-shot bank of 21,904 costs ~17 %)
+DEFAULT_MAX_BANK = 10240
 
 C = TypeVar("C", bound="DetectorConfig")
 
