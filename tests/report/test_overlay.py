@@ -165,3 +165,18 @@ def test_overlay_peak_memory_is_a_few_bytes_per_pixel(monkeypatch):
     assert out.shape == (h, w, 3)
     # output 3 B/px + one band's temporaries; the whole-array version needed over 40 B/px
     assert peak < 6 * h * w, f"peak {peak / 2**20:.1f} MB for {h * w / 1e6:.1f} MP"
+
+
+def test_an_explicit_span_maps_its_ends_to_the_ramp_ends_and_its_middle_to_green():
+    from tipsomaly.report.overlay import jet
+
+    t = 0.07
+    image = np.zeros((4, 6, 3), np.uint8)
+    amap = np.array([[0.0, t, 2 * t, 0.5, -1.0, t / 2]] * 4, np.float32)
+    out = overlay(image, amap, alpha=1.0, span=(0.0, 2 * t))
+    expected = jet(np.clip(amap / (2 * t), 0, 1))
+    np.testing.assert_array_equal(out, np.round(expected).astype(np.uint8))
+    # without the span the same map is nearly all "low" on the fixed [0, 1] scale
+    assert not np.array_equal(overlay(image, amap, alpha=1.0), out)
+    with pytest.raises(ValueError, match="span"):
+        overlay(image, amap, span=(0.1, 0.1))

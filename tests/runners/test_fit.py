@@ -331,3 +331,22 @@ def test_predict_refuses_damaged_or_missing_profiles(data, profile_dir, tmp_path
     _one_line_error(capsys, "--mode needs --profile")
     with pytest.raises(ProfileError, match="two profiles of class 'tile'"):
         Detector(data["model"], image_size=SIZE, text_cache=False, profile=[profile_dir] * 2)
+
+
+def test_overlays_with_a_profile_put_the_pixel_threshold_at_the_middle_colour(
+    data, profile_dir, tmp_path
+):
+    from tipsomaly.report.overlay import jet
+
+    bad = data["root"] / "test" / "bad" / "img_00.png"
+    out = tmp_path / "pred"
+    args = ["predict", str(bad), "--class-name", "tile", "--profile", str(profile_dir)]
+    assert main([*args, "--save-maps", "--out", str(out), "-q"]) == 0
+    settings = json.loads((out / "scores.json").read_text())["settings"]
+    assert settings["overlay_scale"] == "threshold"
+    t = Profile.load(profile_dir).pixel_threshold("fused")
+    amap = np.load(out / "maps" / "img_00.npy")
+    shown = np.asarray(Image.open(out / "overlays" / "img_00.png").convert("RGB"), np.float32)
+    image = np.asarray(Image.open(bad).convert("RGB"), np.float32)
+    heat = jet(np.clip(amap / (2 * t), 0, 1)).astype(np.float32)
+    np.testing.assert_allclose(shown, 0.5 * image + 0.5 * heat, atol=1.0)

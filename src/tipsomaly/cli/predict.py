@@ -88,7 +88,7 @@ Every option is checked before the model loads (one line per mistake, exit statu
 
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from ..report.overlay import SCALES
+    from ..report.overlay import OVERLAY_SCALES
 
     p = sub.add_parser(
         "predict",
@@ -157,10 +157,11 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--no-overlays", action="store_true", help="do not write overlays/NAME.png")
     p.add_argument(
         "--overlay-scale",
-        choices=SCALES,
-        default="fixed",
+        choices=OVERLAY_SCALES,
         help="map values -> colours: fixed = [0, 1] absolute, comparable across images "
-        "(default); per-image = each map's own min..max (shows where, not how much)",
+        "(default); per-image = each map's own min..max (shows where, not how much); "
+        "threshold = the pixel threshold (--threshold or the profile's) is the middle "
+        "colour (green), twice it red (default with --profile)",
     )
     p.add_argument("--out", default="tipsomaly-out", help="output folder (default: tipsomaly-out)")
     p.set_defaults(func=cmd_predict)
@@ -171,6 +172,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ..data.inputs import NoInputsError, expand_inputs
     from ..method.config import resolve_pixel_prompts
     from ..method.detector import Detector
+    from ..runners.distributed import init_if_needed
     from ..runners.predict import run_predict
 
     # options first, inputs next: no model download before we know the settings work and
@@ -178,6 +180,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.mode is not None and not args.profile:
         raise InvalidOptionError("--mode needs --profile (without one, predict is zero-shot)")
     apply_profile_settings(args)
+    if args.overlay_scale is None:
+        args.overlay_scale = "threshold" if args.profile else "fixed"
     if args.profile and args.class_name:
         from ..method.profile import ProfileError, read_record
 
@@ -189,6 +193,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 "leave out --profile"
             )
     device, dtype = check_model_options(args)
+    dist = init_if_needed(device)  # under torchrun: join the job (each rank scores a share)
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise OutputError(args.out, "exists and is not a folder")
     files = expand_inputs(args.paths, exclude=[args.out])
@@ -243,6 +248,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return ExitCode.INTERRUPTED
+    if not dist.is_main:  # rank 0 merged every rank's rows and reports them
+        return ExitCode.OK
     print(f"{summary.images} image(s): {summary.ok} ok, {summary.failed} failed")
     outputs = [summary.csv_path.name, summary.json_path.name]
     if not args.no_overlays and summary.ok:

@@ -13,6 +13,7 @@ bit-identical to computing the whole array at once.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -22,6 +23,10 @@ from PIL import Image
 #: How a map's values become colours: ``fixed`` maps [0, 1] (absolute, comparable across
 #: images; values outside are clipped) and ``per-image`` stretches each map's own min..max.
 SCALES = ("fixed", "per-image")
+#: what ``predict --overlay-scale`` offers: :data:`SCALES` and ``threshold``, the image's pixel
+#: threshold at the ramp's middle (green) and twice it red (``span=(0, 2 t)`` of
+#: :func:`overlay`); ``fixed`` when there is no threshold
+OVERLAY_SCALES = (*SCALES, "threshold")
 DEFAULT_ALPHA = 0.5
 #: Pixels per band of rows in :func:`colorize` and :func:`overlay` (bounds their temporaries:
 #: about 65 bytes per pixel of a band, i.e. 17 MB).
@@ -133,6 +138,7 @@ def overlay(
     *,
     alpha: float = DEFAULT_ALPHA,
     scale: str = "fixed",
+    span: tuple[float, float] | None = None,
 ) -> np.ndarray:
     """Blend the heat map of ``anomaly_map`` over ``image``: ``(1 - alpha) image + alpha heat``.
 
@@ -141,6 +147,8 @@ def overlay(
         anomaly_map: float (h, w); resized bilinearly to (H, W) when its size differs.
         alpha: weight of the heat map, in [0, 1].
         scale: ``"fixed"`` ([0, 1] absolute) or ``"per-image"`` (min-max); see :data:`SCALES`.
+        span: ``(low, high)`` map values shown as the ramp's ends, instead of ``scale``'s
+            (e.g. ``(0, 2 t)`` puts a threshold ``t`` at the middle colour).
 
     Returns:
         uint8 array (H, W, 3) at the image's size, computed band by band (module doc).
@@ -153,7 +161,10 @@ def overlay(
     height, width = rgb.shape[:2]
     m = resize_map(anomaly_map, (height, width))
     _check_map(m, scale)
-    span = _range(m, scale)
+    if span is None:
+        span = _range(m, scale)
+    elif not (math.isfinite(span[0]) and math.isfinite(span[1]) and span[1] > span[0]):
+        raise ValueError(f"span must be finite (low, high) with low < high, got {span}")
     out = np.empty((height, width, 3), dtype=np.uint8)
     keep, mix = np.float32(1.0 - alpha), np.float32(alpha)
     step = _bands(height, width).step
@@ -171,11 +182,13 @@ def save_overlay(
     *,
     alpha: float = DEFAULT_ALPHA,
     scale: str = "fixed",
+    span: tuple[float, float] | None = None,
 ) -> Path:
     """Write :func:`overlay` as an RGB PNG at ``path`` (parent folders created); returns it."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(overlay(image, anomaly_map, alpha=alpha, scale=scale), mode="RGB").save(p)
+    rgb = overlay(image, anomaly_map, alpha=alpha, scale=scale, span=span)
+    Image.fromarray(rgb, mode="RGB").save(p)
     return p
 
 

@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
+import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,10 +48,17 @@ from ..data.inputs import NoInputsError, expand_inputs, folder_class_name, outpu
 from ..errors import OutputError
 from ..method.detector import NON_FINITE, Detector, Prediction
 from ..method.profile import ProfileError
-from ..report.overlay import DEFAULT_ALPHA, SCALES, save_map, save_mask, save_overlay
+from ..report.overlay import (
+    DEFAULT_ALPHA,
+    OVERLAY_SCALES,
+    save_map,
+    save_mask,
+    save_overlay,
+)
 from ..report.results import printable
 from ..report.tables import ScoreTable
-from .lock import OutputLock
+from . import distributed
+from .distributed import DistInfo
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +120,8 @@ def run_predict(
             ``is_anomalous`` = image_score >= image_threshold.
         save_maps: write the raw maps, ``maps/<name>.npy`` float32 (H, W).
         overlays: write ``overlays/<name>.png`` (the image is read a second time for it).
-        overlay_scale: ``"fixed"`` (map [0, 1] → colours, comparable across images) or
+        overlay_scale: ``"threshold"`` (the pixel threshold at the middle colour), ``"fixed"``
+            (map [0, 1] → colours, comparable across images) or
             ``"per-image"`` (each map's min..max).
         overlay_alpha: weight of the heat map in the overlay, in [0, 1].
         batch_size: images per forward pass (default: the detector's).
@@ -132,8 +142,8 @@ def run_predict(
     """
     if (class_name is None) == (not class_from_folder):
         raise ValueError("give exactly one of class_name and class_from_folder=True")
-    if overlay_scale not in SCALES:
-        raise ValueError(f"overlay_scale must be one of {SCALES}, got {overlay_scale!r}")
+    if overlay_scale not in OVERLAY_SCALES:
+        raise ValueError(f"overlay_scale must be one of {OVERLAY_SCALES}, got {overlay_scale!r}")
     if not 0.0 <= overlay_alpha <= 1.0:
         raise ValueError(f"overlay_alpha must be in [0, 1], got {overlay_alpha}")
     paths = list(paths)
@@ -179,8 +189,10 @@ def run_predict(
         "overlay_alpha": overlay_alpha if overlays else None,
         **(settings or {}),
     }
-    with OutputLock(out):
-        table = _run(
+    info = distributed.current()  # under torchrun: each rank scores its share, rank 0 merges
+    run = functools.partial(_run_sharded, info) if info.active else _run
+    with distributed.output_lock(out, info):
+        table = run(
             detector,
             files,
             names,
@@ -223,10 +235,12 @@ def _run(
     overlay_alpha: float,
     batch_size: int | None,
     progress: bool,
+    table_dir: Path | None = None,
 ) -> ScoreTable:
-    """The run proper, with the output folder's lock held."""
+    """The run proper, with the output folder's lock held (rows in ``table_dir``, default
+    ``out``)."""
     table = ScoreTable(
-        out,
+        table_dir or out,
         with_is_anomalous=image_threshold is not None,
         with_profile=bool(detector.profiles),
     )
@@ -284,6 +298,72 @@ def _run(
             logger.error("%s", printable(exc))
         table.close()
     return table
+
+
+#: under torchrun, each rank's own table (``rank-<r>/scores.csv``) until rank 0 merges them
+RANKS_DIR = ".tipsomaly-ranks"
+
+
+def _run_sharded(
+    info: DistInfo,
+    detector: Detector,
+    files: list[Path],
+    names: list[str],
+    classes: list[str],
+    out: Path,
+    run_settings: dict[str, Any],
+    **options: Any,
+) -> ScoreTable:
+    """:func:`_run` under torchrun: this rank scores inputs ``rank::world_size`` (interleaved
+    in input order), writing their overlays, masks and maps where one process would (names
+    are unique per input) and their rows to its own table ``OUT/.tipsomaly-ranks/rank-<r>/``;
+    rank 0 gathers every rank's rows and writes ``scores.csv``/``scores.json`` in input order,
+    as one process does, then removes the rank tables (an interrupted job leaves them). Rank
+    0 returns the merged table, the others their own.
+    """
+    info.check_same([[str(f) for f in files], names, classes], "the list of input images")
+    merged = None
+    if info.is_main:  # replaces an older scores.csv at once, as one process does
+        merged = ScoreTable(
+            out,
+            with_is_anomalous=options["image_threshold"] is not None,
+            with_profile=bool(detector.profiles),
+        )
+    try:
+        if merged is not None:
+            merged.write_json(complete=False, settings=run_settings)
+        mine = info.shard(range(len(files)))
+        options["progress"] = options["progress"] and info.is_main
+        table = _run(
+            detector,
+            [files[i] for i in mine],
+            [names[i] for i in mine],
+            [classes[i] for i in mine],
+            out,
+            run_settings,
+            table_dir=out / RANKS_DIR / f"rank-{info.rank:05d}",
+            **options,
+        )
+        try:
+            gathered = info.gather(table.rows, "merging the rows of every process")
+        except distributed.DistributedError as exc:
+            raise distributed.DistributedError(
+                f"{exc}. Each process's rows so far are in {out / RANKS_DIR}/rank-*/scores.csv"
+            ) from None
+        if merged is None or gathered is None:
+            return table
+        rows: list[dict[str, Any]] = [{}] * len(files)
+        for rank, part in enumerate(gathered):
+            for i, row in zip(info.shard(range(len(files)), rank=rank), part, strict=True):
+                rows[i] = row
+        for row in rows:
+            merged.add(row)
+        merged.write_json(complete=True, settings=run_settings)
+        shutil.rmtree(out / RANKS_DIR, ignore_errors=True)
+        return merged
+    finally:
+        if merged is not None:
+            merged.close()
 
 
 def _warn_uncalibrated(
@@ -417,7 +497,12 @@ def _write_images(
             except ImageLoadError as exc:  # changed or removed since it was scored
                 logger.warning("no overlay for %s: %s", printable(pred.source), printable(exc))
             else:
-                save_overlay(_tmp_name(final), image, amap, alpha=alpha, scale=scale)
+                span = None
+                if scale == "threshold":
+                    scale = "fixed"
+                    if threshold is not None and threshold > 0:
+                        span = (0.0, 2.0 * float(threshold))
+                save_overlay(_tmp_name(final), image, amap, alpha=alpha, scale=scale, span=span)
                 written.append((_tmp_name(final), final))
     except BaseException as exc:
         _discard([*written, (_tmp_name(final), final)])
