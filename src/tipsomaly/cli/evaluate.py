@@ -54,10 +54,11 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 def run(args: argparse.Namespace) -> int:
     """Run ``eval``: check options, evaluate every dataset, write and print the results."""
     from ..report.results import render_text, write_results
+    from ..runners.distributed import init_if_needed, output_lock
     from ..runners.evaluate import EvalConfig, environment, evaluate_datasets
-    from ..runners.lock import OutputLock
 
     device, dtype = check_model_options(args)  # before any model loads
+    dist = init_if_needed(device)  # under torchrun: join the job; else nothing
     ensure_out_dir(args.out)
     apply_input_options(args)
     settings = EvalConfig(
@@ -81,10 +82,13 @@ def run(args: argparse.Namespace) -> int:
         mode=args.mode,
     )
     # one lock over the predictions and the result files: no other run writes between them
-    with OutputLock(args.out):
+    # (under torchrun rank 0 holds it; every rank predicts its share, rank 0 writes the results)
+    with output_lock(args.out, dist):
         results = evaluate_datasets(
             args.data, settings, args.out, progress=not args.quiet, lock=False
         )
+        if not dist.is_main:
+            return ExitCode.OK
         config = {
             "settings": vars(settings) | {"classes": args.classes, "max_pixels": args.max_pixels},
             "environment": environment(),

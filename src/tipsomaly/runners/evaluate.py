@@ -19,6 +19,7 @@ bank comes out different when it is fitted again has its rows computed again.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -30,6 +31,7 @@ import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,7 +54,9 @@ from ..report.results import (
 )
 from ..tips.presets import get_preset, is_preset
 from ..tips.runtime import resolve_device, resolve_dtype
+from . import distributed
 from .config import EvalConfig, EvalSettings
+from .distributed import DistInfo
 from .lock import OutputLock
 from .store import (
     FIELDS,
@@ -387,6 +391,20 @@ class Evaluator:
         Raises:
             _Skip: the class has no K usable references.
         """
+        class_store, before_compute, state = self._few_shot_setup(store, class_name, draw)
+        predictions = self._predict_class(class_store, class_name, samples, before_compute)
+        return predictions, state["bank"]
+
+    def _few_shot_setup(
+        self, store: PredictionStore, class_name: str, draw: ShotDraw
+    ) -> tuple[PredictionStore, Callable[[], bool], dict]:
+        """The class's references store (rows of an unrecorded bank dropped), the
+        ``before_compute`` hook that fits the references and drops rows of another bank, and
+        the state whose ``"bank"`` it updates.
+
+        Raises:
+            _Skip: the class has no K usable references.
+        """
         if class_name in draw.skipped:
             raise _Skip(draw.skipped[class_name])
         references = draw.references[class_name]
@@ -417,8 +435,7 @@ class Evaluator:
             state["bank"] = bank
             return stale
 
-        predictions = self._predict_class(class_store, class_name, samples, before_compute)
-        return predictions, state["bank"]
+        return class_store, before_compute, state
 
     def _use_references(self, class_name: str, references: Sequence[Sample]) -> str:
         """Fit the class's profile (a bank, no thresholds), set it on the detector in the
@@ -448,6 +465,94 @@ class Evaluator:
         detector.set_profiles([profile], self.settings.scoring_mode)
         return bank_digest(profile)
 
+    # -- several processes (torchrun) ------------------------------------------------------
+    def compute_shard(
+        self, root: str | os.PathLike, name: str | None, info: DistInfo, offset: int = 0
+    ) -> int:
+        """This rank's share of the predictions a dataset's stores lack (no metrics).
+
+        Class by class, rank 0 plans (:meth:`_plan_shard`: the store cleaned, the missing
+        samples and their keys; with ``shots``, the references fitted and their bank checked
+        against the record) and broadcasts the plan; then every rank computes the missing
+        samples ``j`` with ``(offset + j) % world_size == rank`` and stores them as part files
+        of unique names. The work list runs on over classes and datasets (``offset`` in, the
+        new offset out), so the ranks' shares differ by at most one image. Failed and
+        unreadable images are left to rank 0's evaluation afterwards, which reports them as
+        one process does.
+
+        Raises:
+            DistributedError: the ranks read different image lists, or lost each other.
+        """
+        root = Path(root)
+        name = name or root.resolve().name
+        own = self.requested.for_dataset(name)
+        if own != self.settings:
+            self.settings, self._detector = own, None
+        s = self.settings
+        meta = read_meta(root, "test", s.classes, allow_outside_root=s.allow_outside_root)
+        info.check_same(
+            [(c, [str(x.image_path) for x in xs]) for c, xs in meta.samples.items()],
+            f"the test images of {name}",
+        )
+        draw = None
+        if s.shots and info.is_main:
+            draw = draw_shots(
+                root,
+                meta.classes,
+                s.shots,
+                s.shot_seed,
+                name=name,
+                allow_outside_root=s.allow_outside_root,
+            )
+        store = self.store_for(name)
+        for class_name, samples in meta.samples.items():
+            plan = self._plan_shard(store, class_name, samples, draw) if info.is_main else None
+            plan = info.broadcast(plan, f"planning class {class_name} of {name}")
+            if plan is None:
+                continue
+            mine = [i for j, i in enumerate(plan.todo) if info.owns(j, offset)]
+            offset += len(plan.todo)
+            if not mine:
+                continue
+            keys: list[tuple[str, str] | None] = [None] * len(samples)
+            for i, key in zip(plan.todo, plan.keys, strict=True):
+                keys[i] = key
+            class_store = PredictionStore(plan.store)
+            if plan.profile is not None:
+                self.detector.set_profiles([plan.profile], s.scoring_mode)
+            stored = class_store.open_class(class_name, clean=False)  # others write it too
+            self._compute(class_store, stored, class_name, samples, keys, mine, {}, {})
+        return offset
+
+    def _plan_shard(
+        self, store: PredictionStore, class_name: str, samples, draw: ShotDraw | None
+    ) -> _ShardPlan | None:
+        """Rank 0's plan of one class for :meth:`compute_shard`; None: nothing to share out
+        (a class the few-shot protocol skips: rank 0's evaluation says why)."""
+        class_store, before_compute = store, None
+        try:
+            if draw is not None:
+                class_store, before_compute, _ = self._few_shot_setup(store, class_name, draw)
+            _, keys, _, todo = self._plan(class_store, class_name, samples, before_compute)
+        except _Skip:
+            return None
+        todo = [i for i in todo if keys[i] is not None]  # unreadable ones: rank 0 reports them
+        profile = None
+        if todo and draw is not None:  # fitted by before_compute: share it, not refit it
+            profile = self.detector.profiles[class_name]
+            if next(profile.bank.buffers()).device.type != "cpu":
+                profile = copy.deepcopy(profile)
+                profile.bank.to("cpu")
+        if todo:
+            logger.info(
+                "class %s: %d of %d images to compute (%d stored), shared out",
+                class_name,
+                len(todo),
+                len(samples),
+                len(samples) - len(todo),
+            )
+        return _ShardPlan(str(class_store.root), todo, [keys[i] for i in todo], profile)
+
     # -- prediction -----------------------------------------------------------------------
     def _predict_class(
         self,
@@ -461,18 +566,7 @@ class Evaluator:
         ``before_compute`` runs once before any image is computed; True means the stored rows
         were dropped (all are computed).
         """
-        paths = [str(s.image_path) for s in samples]
-        keys: list[tuple[str, str] | None] = []
-        for s in samples:
-            try:
-                keys.append(sample_keys(class_name, s.image_path, s.anomaly, s.mask_path))
-            except OSError:  # unreadable: the loader says why; never stored
-                keys.append(None)
-        stored = store.open_class(class_name)
-        todo = _missing(keys, stored)
-        if todo and before_compute is not None and before_compute():
-            stored = store.open_class(class_name)
-            todo = _missing(keys, stored)
+        paths, keys, stored, todo = self._plan(store, class_name, samples, before_compute)
         errors: dict[int, str] = {}
         unkeyed: dict[int, dict[str, np.ndarray]] = {}
         if todo:
@@ -507,6 +601,29 @@ class Evaluator:
                 else np.zeros((0,), dtype)
             )
         return ClassPredictions(arrays, errors, paths)
+
+    def _plan(
+        self,
+        store: PredictionStore,
+        class_name: str,
+        samples,
+        before_compute: Callable[[], bool] | None = None,
+    ) -> tuple[list[str], list[tuple[str, str] | None], StoredClass, list[int]]:
+        """A class's image paths, sample keys (None: unreadable), stored rows (the store
+        cleaned of leftovers and damaged files) and the positions to compute."""
+        paths = [str(s.image_path) for s in samples]
+        keys: list[tuple[str, str] | None] = []
+        for s in samples:
+            try:
+                keys.append(sample_keys(class_name, s.image_path, s.anomaly, s.mask_path))
+            except OSError:  # unreadable: the loader says why; never stored
+                keys.append(None)
+        stored = store.open_class(class_name)
+        todo = _missing(keys, stored)
+        if todo and before_compute is not None and before_compute():
+            stored = store.open_class(class_name)
+            todo = _missing(keys, stored)
+        return paths, keys, stored, todo
 
     def _compute(
         self,
@@ -660,6 +777,17 @@ def _missing(keys: list[tuple[str, str] | None], stored: StoredClass) -> list[in
             todo.append(i)
             queued.add(k[0])
     return todo
+
+
+@dataclasses.dataclass
+class _ShardPlan:
+    """One class's work for the ranks: its store folder, the positions of the samples to
+    compute, their ``(key, pred_key)``, and the fitted profile with ``shots`` (on the CPU)."""
+
+    store: str
+    todo: list[int]
+    keys: list[tuple[str, str]]
+    profile: Any = None
 
 
 class _Skip(Exception):
@@ -849,13 +977,21 @@ def evaluate_datasets(
     With ``settings.shots``, every dataset's reference images are drawn first, so that one
     without a train split stops the run before any model is loaded.
 
+    Under ``torchrun`` (:func:`~.distributed.init_if_needed` joined the job): every rank
+    computes its share of the missing predictions (:meth:`Evaluator.compute_shard`) and waits
+    for the others; then rank 0 alone evaluates as one process does, reading them from the
+    stores (so its results are those of one process), and the other ranks return ``[]``.
+    ``lock`` then means rank 0 holds the lock for the job (:func:`~.distributed.output_lock`).
+
     Raises:
         OutputLockedError: another run writes into ``out_dir``.
         FewShotError: with ``shots``, a dataset none of whose classes has enough train normal
             images (raised before anything is computed).
+        DistributedError: under torchrun, the processes lost each other (one died or hangs).
     """
+    info = distributed.current()
     if lock:
-        with OutputLock(out_dir):
+        with distributed.output_lock(out_dir, info):
             return evaluate_datasets(roots, settings, out_dir, progress=progress, lock=False)
     if settings.shots:
         for root in roots:
@@ -871,6 +1007,27 @@ def evaluate_datasets(
                 allow_outside_root=settings.allow_outside_root,
             )
     models: dict = {}
+    if info.active:
+        try:
+            offset = 0
+            for root in roots:
+                name = Path(root).resolve().name
+                evaluator = Evaluator(
+                    settings.for_dataset(name),
+                    out_dir,
+                    progress=progress and info.is_main,
+                    shared_models=models,
+                    locked=True,
+                )
+                offset = evaluator.compute_shard(root, name, info, offset)
+            info.barrier("waiting for the other processes' predictions")
+        except distributed.DistributedError as exc:
+            raise distributed.DistributedError(
+                f"{exc}. The predictions stored so far are kept: run the same command again, "
+                "with any number of processes, to resume"
+            ) from None
+        if not info.is_main:
+            return []
     results = []
     for root in roots:
         name = Path(root).resolve().name

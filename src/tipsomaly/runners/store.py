@@ -16,7 +16,10 @@ Rows are never addressed by path or position, so a changed image, mask or label 
 (only it), duplicates collapse, and a changed image list never mixes with an older one.
 
 Layout: ``<root>/<class>/`` holds ``part-<unique>.npz`` files, one per computed batch, and
-``store.npz``, the class's rows consolidated by :meth:`PredictionStore.finish_class`. Every
+``store.npz``, the class's rows consolidated by :meth:`PredictionStore.finish_class`. Part
+names are random (``uuid4``) and written under unique temporary names, so several processes
+(the ranks of a ``torchrun`` job, :mod:`.distributed`) may add parts to one class at once; only
+consolidating and cleaning need a single process (rank 0, once the others are done). Every
 file is written to a temporary name and renamed into place; a file that cannot be read (for
 any reason: truncated, not a zip, wrong fields, non-finite values) is deleted with a warning and
 its rows are computed again. Only network outputs (global and patch probabilities), the original
@@ -176,20 +179,30 @@ class PredictionStore:
     def _class_dir(self, class_name: str) -> Path:
         return self.root / _safe_name(class_name)
 
-    def open_class(self, class_name: str) -> StoredClass:
-        """Every readable row stored for ``class_name``; unreadable files are deleted (warned)."""
+    def open_class(self, class_name: str, *, clean: bool = True) -> StoredClass:
+        """Every readable row stored for ``class_name``; unreadable files are deleted (warned).
+
+        ``clean=False`` reads only: leftover temporary files and unreadable files are left
+        alone. That is how a process reads a class that other processes of its ``torchrun``
+        job may be writing (their temporary files are theirs; their parts appear whole, by
+        rename); the one that planned the class cleaned it before anyone wrote.
+        """
         directory = self._class_dir(class_name)
         stored = StoredClass()
         if not directory.is_dir():
             return stored
-        for leftover in directory.glob(".*.tmp"):  # a writer killed mid-write (we hold the lock)
-            leftover.unlink(missing_ok=True)
+        if clean:  # a writer killed mid-write (we hold the lock)
+            for leftover in directory.glob(".*.tmp"):
+                leftover.unlink(missing_ok=True)
         files = [directory / STORE_NAME] if (directory / STORE_NAME).exists() else []
         files += sorted(directory.glob("part-*.npz"))
         for path in files:
             try:
                 rows = _read_rows(path)
             except Exception as exc:  # noqa: BLE001 - any unreadable file is recomputed
+                if not clean:
+                    logger.debug("class %s: skipping %s (%s)", class_name, path, exc)
+                    continue
                 logger.warning(
                     "class %s: dropping unreadable stored predictions %s (%s: %s); they are "
                     "computed again",
