@@ -3,6 +3,15 @@
 # torch is pinned to the CPU build CI uses; pass extra pytest arguments after the script name.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The browser test of `tipsomaly serve`'s page drives Debian's chromium (tests/serve); install it
+# where we can (apt-get, as root, not there yet), quietly. Never fatal: without it that test
+# skips, saying why.
+if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
+    && ! { command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; }; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      chromium chromium-driver; } >/dev/null 2>&1 \
+    || echo "note: could not install chromium and chromium-driver; the browser test will skip" >&2
+fi
 python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install --quiet --upgrade pip

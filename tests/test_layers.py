@@ -4,7 +4,7 @@ The layer rule (lowest first; a module may import its own top-level package and 
 it, never a layer above it nor a different package of its own layer)::
 
     errors → validation, fingerprint, resources → tips → data, metrics → method → report
-    → runners → cli
+    → runners → serve → cli
 
 Every ``import``/``from … import`` statement counts, wherever it is: module level, under
 ``if TYPE_CHECKING:``, and inside functions (lazy imports still make the lower layer depend on
@@ -37,6 +37,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("method",),
     ("report",),
     ("runners",),
+    ("serve",),
     ("cli",),
 )
 RANK: dict[str, int] = {name: rank for rank, names in enumerate(LAYERS) for name in names}

@@ -1,0 +1,443 @@
+"""The service without HTTP: load the detector, decode uploads, queue them, shape the answers.
+
+:class:`Service` is what the routes call. The detector is built by the ``load`` function in a
+background thread (``status`` is ``"loading"`` until it and the allowed classes' text
+embeddings are ready, so ``/health`` can answer 503 meanwhile), then served by one
+:class:`~.batching.MicroBatcher` thread: the only thread that touches the model.
+
+Uploads are decoded by :func:`tipsomaly.data.images.load_image` itself, from a private
+temporary file per upload (removed at once): the same header-first pixel limit, decompression-
+bomb handling, EXIF orientation and colour rules as ``tipsomaly predict`` on that file, so the
+service's scores equal the CLI's bit for bit. The decoded RGB images then go to
+:meth:`Detector.predict <tipsomaly.method.detector.Detector.predict>` in micro-batches; images
+of different requests and classes share a forward pass (per-class text embeddings are cached in
+the detector).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from .. import __version__
+from ..data.images import ImageLoadError, load_image
+from ..errors import InvalidOptionError
+from ..report.overlay import overlay
+from ..validation import in_range
+from .batching import BatchInfo, MicroBatcher
+from .config import RETURN_MAPS, ServeConfig, check_class_name
+from .errors import BadRequestError, UnavailableError
+
+if TYPE_CHECKING:
+    from ..method.detector import Detector, Prediction
+
+logger = logging.getLogger(__name__)
+
+#: the states of :attr:`Service.status`
+STATES = ("loading", "ready", "failed", "stopping")
+#: seconds a client is told to wait while the model loads
+LOADING_RETRY_S = 5
+#: distinct class names served when any name is accepted (no --classes, no profile): each costs
+#: a text-tower pass and a cache entry, so a client cannot grow them without bound
+MAX_OPEN_CLASSES = 256
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def upload_label(name: str | None, index: int) -> str:
+    """A client's file name made safe to echo back: printable, at most 120 characters, or
+    ``file N`` (1-based) when it has none."""
+    text = "".join(c if c.isprintable() else "?" for c in (name or "").strip())
+    if not text:
+        return f"file {index + 1}"
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _png(array: np.ndarray, mode: str) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(array, mode=mode).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def map_png(anomaly_map: np.ndarray) -> str:
+    """(H, W) map in [0, 1] → base64 8-bit grey PNG, ``round(255 · clip(map, 0, 1))``."""
+    m = np.nan_to_num(np.asarray(anomaly_map, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+    return _png(np.round(np.clip(m, 0.0, 1.0) * 255.0).astype(np.uint8), "L")
+
+
+def map_npy(anomaly_map: np.ndarray) -> str:
+    """(H, W) map → base64 of its float32 ``.npy`` file (``np.load(io.BytesIO(bytes))``)."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(anomaly_map, dtype=np.float32), allow_pickle=False)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+class Service:
+    """The detector behind a bounded micro-batching queue (see the module doc).
+
+    Args:
+        config: limits, batching and access (:class:`~.config.ServeConfig`).
+        load: builds the detector (called once, in a background thread).
+        on_fatal: called with the exception when loading fails (the CLI stops the server).
+    """
+
+    def __init__(
+        self,
+        config: ServeConfig,
+        load: Callable[[], Detector],
+        *,
+        on_fatal: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self.config = config
+        self._load = load
+        self._on_fatal = on_fatal
+        self._lock = threading.Lock()
+        self.status = "loading"
+        self.error: str | None = None
+        self.detector: Detector | None = None
+        self.batcher: MicroBatcher | None = None
+        self.started_at = time.time()
+        self.load_s: float | None = None
+        self.requests = 0
+        self._seen: set[str] = set()  # class names served (when any name is accepted)
+        self._tmp = tempfile.mkdtemp(prefix="tipsomaly-serve-")  # 0700: ours alone
+        self._thread: threading.Thread | None = None
+
+    # -- life ------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Load the detector in a background thread (returns at once)."""
+        self._thread = threading.Thread(target=self._load_now, name="tipsomaly-load", daemon=True)
+        self._thread.start()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until loading ends (ready or failed); True when ready."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.status == "ready"
+
+    def _load_now(self) -> None:
+        start = time.monotonic()
+        try:
+            detector = self._load()
+            for name in self._allowed(detector) or ():
+                detector.class_text(name)  # text tower now, not in the first request's batch
+            _warm_up(detector)
+            batcher = MicroBatcher(
+                self._forward,
+                batch_size=self.config.batch_size,
+                max_wait_s=self.config.max_wait_ms / 1000,
+                max_queue=self.config.max_queue,
+            )
+        except Exception as exc:  # noqa: BLE001 - reported by /health and to on_fatal
+            with self._lock:
+                self.status = "failed"
+                self.error = _one_line(exc)
+            if self._on_fatal is not None:
+                self._on_fatal(exc)  # the caller reports it (tipsomaly serve: one line, exit 1)
+            else:
+                logger.error("the model could not be loaded: %s", self.error)
+            return
+        with self._lock:
+            if self.status == "stopping":  # closed while loading
+                return
+            self.detector, self.batcher = detector, batcher.start()
+            self.load_s = time.monotonic() - start
+            self.status = "ready"
+        logger.info("model ready in %.1f s: serving", self.load_s)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Refuse new requests, answer the queued images, stop the model thread, clean up.
+
+        Closed while loading, it first lets the loading finish (within ``timeout``): a process
+        must not exit while a thread is inside PyTorch's native code.
+        """
+        with self._lock:
+            loading = self.status == "loading"
+            self.status = "stopping"
+        if loading and self._thread is not None:
+            self._thread.join(timeout)
+        with self._lock:
+            batcher = self.batcher
+        if batcher is not None and not batcher.close(timeout):
+            logger.warning("the model thread did not finish within %s s", timeout)
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def check_ready(self) -> Detector:
+        """The detector, or :class:`UnavailableError` (503) saying why there is none."""
+        status = self.status
+        if status == "ready" and self.detector is not None:
+            return self.detector
+        if status == "loading":
+            raise UnavailableError(
+                "the model is loading; retry shortly", retry_after=LOADING_RETRY_S
+            )
+        if status == "failed":
+            raise UnavailableError(f"the model could not be loaded: {self.error}")
+        raise UnavailableError("the service is stopping", retry_after=LOADING_RETRY_S)
+
+    # -- classes -----------------------------------------------------------------------------
+    def _allowed(self, detector: Detector) -> list[str] | None:
+        names = dict.fromkeys([*self.config.classes, *sorted(detector.profiles)])
+        return list(names) or None
+
+    @property
+    def classes(self) -> list[str] | None:
+        """The class names requests may use (``None``: any)."""
+        if self.detector is None:
+            return list(self.config.classes) or None
+        return self._allowed(self.detector)
+
+    def resolve_class(self, class_name: str | None) -> str:
+        """The request's class: given, or the one profile's when there is exactly one.
+
+        Raises:
+            BadRequestError: none given and no single profile, a malformed name, or a name this
+                server does not serve (the message lists those it does).
+        """
+        detector = self.check_ready()
+        if class_name is None or not class_name.strip():
+            profiles = sorted(detector.profiles)
+            if len(profiles) == 1:
+                return profiles[0]
+            hint = f" (one of: {', '.join(map(repr, self.classes))})" if self.classes else ""
+            raise BadRequestError(f"class_name is required{hint}")
+        try:
+            check_class_name(class_name)
+        except InvalidOptionError as exc:
+            raise BadRequestError(str(exc)) from None
+        allowed = self.classes
+        if allowed is not None and class_name not in allowed:
+            raise BadRequestError(
+                f"unknown class_name {class_name!r}: this server serves "
+                f"{', '.join(map(repr, allowed))} (see --classes and --profile)"
+            )
+        if allowed is None:
+            with self._lock:
+                if class_name not in self._seen and len(self._seen) >= MAX_OPEN_CLASSES:
+                    raise BadRequestError(
+                        f"this server has served {MAX_OPEN_CLASSES} class names, its most "
+                        "without --classes; restart it with --classes NAME..."
+                    )
+                self._seen.add(class_name)
+        return class_name
+
+    @staticmethod
+    def check_options(threshold: float | None, return_map: str) -> None:
+        """Raises :class:`BadRequestError` for a threshold outside [0, 2] or an unknown
+        ``return_map``."""
+        if return_map not in RETURN_MAPS:
+            raise BadRequestError(
+                f"return_map must be one of {', '.join(RETURN_MAPS)}, got {return_map!r}"
+            )
+        if threshold is not None:
+            try:
+                in_range(threshold, "threshold", 0, 2, hint="image scores are in [0, 2]")
+            except InvalidOptionError as exc:
+                raise BadRequestError(str(exc)) from None
+
+    # -- images ----------------------------------------------------------------------------
+    def decode(self, uploads: Sequence[tuple[str, bytes]]) -> list[Image.Image]:
+        """Uploaded files (label, bytes) → upright 8-bit RGB images, as ``load_image`` reads
+        files (pixel limit from the header first, then decode).
+
+        Raises:
+            BadRequestError: naming each upload that cannot be read and why (all of them, so
+                one request shows every problem); none is scored then.
+        """
+        images: list[Image.Image] = []
+        problems: list[dict[str, Any]] = []
+        for label, data in uploads:
+            try:
+                images.append(self._decode_one(data))
+            except ImageLoadError as exc:
+                problems.append({"filename": label, "error": exc.reason})
+        if problems:
+            shown = "; ".join(f"{p['filename']}: {p['error']}" for p in problems[:5])
+            more = f" and {len(problems) - 5} more" if len(problems) > 5 else ""
+            raise BadRequestError(
+                f"cannot read {len(problems)} of {len(uploads)} upload(s): {shown}{more}",
+                errors=problems,
+            )
+        return images
+
+    def _decode_one(self, data: bytes) -> Image.Image:
+        fd, path = tempfile.mkstemp(dir=self._tmp, suffix=".upload")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            return load_image(path, max_pixels=self.config.max_pixels)
+        finally:
+            os.unlink(path)
+
+    def check_room(self, n: int) -> None:
+        """Refuse ``n`` images at once (503, ``Retry-After``) when the queue cannot take them
+        now, before any is decoded (:meth:`submit` checks again, atomically)."""
+        self.check_ready()
+        assert self.batcher is not None
+        self.batcher.check_room(n)
+
+    def submit(self, images: Sequence[Image.Image], class_name: str) -> list[Future]:
+        """Queue the images (all or none); futures of ``(Prediction, BatchInfo)``.
+
+        Raises:
+            UnavailableError: not ready; QueueFullError (503, ``retry_after``) when full.
+        """
+        self.check_ready()
+        assert self.batcher is not None
+        futures = self.batcher.submit([(image, class_name) for image in images])
+        with self._lock:
+            self.requests += 1
+        return futures
+
+    def _forward(self, images: list[Image.Image], classes: list[str]) -> list[Prediction]:
+        """One micro-batch on the model thread: one forward pass for all of them."""
+        assert self.detector is not None
+        return self.detector.predict(images, classes, batch_size=len(images), on_error="record")
+
+    # -- answers -----------------------------------------------------------------------------
+    def result(
+        self,
+        label: str,
+        image: Image.Image,
+        prediction: Prediction,
+        info: BatchInfo,
+        *,
+        threshold: float | None = None,
+        return_map: str = "none",
+    ) -> dict[str, Any]:
+        """One file's answer (the ``results`` entries of ``POST /v1/predict``)."""
+        p = prediction
+        ok = p.error is None
+        used = threshold if threshold is not None else p.threshold
+        source = (
+            "request" if threshold is not None else "profile" if p.threshold is not None else None
+        )
+        out: dict[str, Any] = {
+            "filename": label,
+            "class_name": p.class_name,
+            "image_score": p.image_score if ok else None,
+            "score_cls1": p.score_cls1 if ok else None,
+            "score_cls2": p.score_cls2 if ok else None,
+            "mode": p.mode,
+            "threshold": used,
+            "threshold_source": source,
+            "pixel_threshold": p.pixel_threshold,
+            "is_anomalous": None if used is None or not ok else bool(p.image_score >= used),
+            "size": [image.height, image.width],
+            "batch_images": info.size,
+            "queue_ms": round(info.queue_ms, 3),
+            "forward_ms": round(info.forward_ms, 3),
+            "overlay_png": None,
+            "map_png": None,
+            "map_npy": None,
+            "error": p.error,
+        }
+        if ok and p.anomaly_map_original is not None:
+            if return_map == "png":
+                # coloured as `predict` does: with a pixel threshold (a profile) it is the
+                # ramp's middle and twice it red, else the fixed [0, 1] scale
+                t = p.pixel_threshold
+                span = (0.0, 2.0 * t) if t is not None and t > 0 else None
+                out["overlay_png"] = _png(overlay(image, p.anomaly_map_original, span=span), "RGB")
+                out["map_png"] = map_png(p.anomaly_map_original)
+            elif return_map == "npy":
+                out["map_npy"] = map_npy(p.anomaly_map_original)
+        return out
+
+    def info(self) -> dict[str, Any]:
+        """``GET /v1/info``: what is served and how (settings as given while loading)."""
+        det = self.detector
+        given = self.config.info
+        pixel_prompts = given.get("pixel_prompts")
+        profiles: list[dict[str, Any]] = [
+            {"class_name": None, "path": path} for path in given.get("profiles") or ()
+        ]
+        if det is not None:
+            pixel_prompts = (
+                "none"
+                if det.pixel_prompts is None
+                else str(det.pixel_prompts.metadata.get("source", "given"))
+            )
+            profiles = [
+                {
+                    "class_name": name,
+                    "path": None if p.path is None else str(p.path),
+                    "mode": det.mode,
+                    "threshold": _threshold(p, det.mode, "image"),
+                    "pixel_threshold": _threshold(p, det.mode, "pixel"),
+                }
+                for name, p in sorted(det.profiles.items())
+            ]
+        c = self.config
+        stats: dict[str, Any] = {
+            "requests": self.requests,
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "load_s": None if self.load_s is None else round(self.load_s, 3),
+        }
+        if self.batcher is not None:
+            stats.update(self.batcher.stats())
+        return {
+            "version": __version__,
+            "status": self.status,
+            "error": self.error,
+            "model": det.model.name if det is not None else given.get("model"),
+            "model_spec": given.get("model"),
+            "image_size": det.image_size if det is not None else given.get("image_size"),
+            "dtype": _DTYPE_NAMES.get(str(det.model.compute_dtype), str(det.model.compute_dtype))
+            if det is not None
+            else given.get("dtype"),
+            "device": str(det.device) if det is not None else given.get("device"),
+            "prompt_type": det.prompts.name if det is not None else given.get("prompt_type"),
+            "pixel_prompts": pixel_prompts,
+            "sigma": det.sigma if det is not None else given.get("sigma"),
+            "cls": det.cls if det is not None else given.get("cls"),
+            "mode": det.mode if det is not None else given.get("mode"),
+            "profiles": profiles,
+            "classes": self.classes,
+            "limits": {
+                "batch_size": c.batch_size,
+                "max_wait_ms": c.max_wait_ms,
+                "max_queue": c.max_queue,
+                "max_files": c.max_files,
+                "max_upload_bytes": c.max_upload_bytes,
+                "max_pixels": c.max_pixels,
+            },
+            "auth": c.token is not None,
+            "stats": stats,
+        }
+
+
+_DTYPE_NAMES = {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16"}
+
+
+def _warm_up(detector: Detector) -> None:
+    """One forward of the vision tower on a blank image: the first request then does not pay
+    for the backend's one-time setup (kernels, memory pools)."""
+    import torch
+
+    size = detector.image_size
+    with torch.no_grad():
+        detector.model.encode_image(torch.zeros(1, 3, size, size, device=detector.device))
+
+
+def _threshold(profile: Any, mode: str, kind: str) -> float | None:
+    calib = profile.thresholds.get(mode, {}).get(kind)
+    return None if calib is None else calib.threshold
+
+
+__all__ = ["STATES", "Service", "map_npy", "map_png", "upload_label"]

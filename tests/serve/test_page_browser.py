@@ -1,0 +1,112 @@
+"""The page in a real browser: headless Chromium driven by Selenium against a real server.
+
+Enter the token, upload two images of the profile's class, wait for the heat maps, and check
+that the scores and decisions shown are the API's (and so the CLI's); move the display
+slider. A screenshot is saved as a test artefact: in ``$TIPSOMALY_TEST_ARTIFACTS`` when set,
+else in the test's temporary folder (kept when the test fails).
+
+Needs Debian's ``chromium`` and ``chromium-driver`` (scripts/test.sh installs them where
+apt-get is available) and the ``selenium`` package; skipped with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+selenium = pytest.importorskip("selenium", reason="selenium is not installed (the test extra)")
+httpx = pytest.importorskip("httpx")
+
+from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import WebDriverException  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from serve_helpers import TOKEN  # noqa: E402
+
+CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser"))), None)
+DRIVER = shutil.which("chromedriver")
+
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None or DRIVER is None,
+    reason="no chromium/chromedriver on PATH: apt-get install chromium chromium-driver "
+    "(scripts/test.sh does where apt-get is available)",
+)
+
+
+@pytest.fixture
+def browser():
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--window-size=1280,1200", "--force-device-scale-factor=1"):  # fmt: skip
+        options.add_argument(flag)
+    try:
+        driver = webdriver.Chrome(service=webdriver.ChromeService(DRIVER), options=options)
+    except WebDriverException as exc:
+        pytest.skip(f"chromium could not start: {exc.msg}")
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def test_upload_shows_the_apis_scores_decision_and_heat_map(browser, server, serve_data, tmp_path):
+    normal, dented = serve_data.images["tile"][0], serve_data.images["tile"][4]
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    files = [("file", (p.name, p.read_bytes(), "image/png")) for p in (normal, dented)]
+    api = httpx.post(server.url + "/v1/predict", files=files, headers=auth, timeout=60).json()
+    expected = {r["filename"]: r for r in api["results"]}
+
+    wait = WebDriverWait(browser, 30)
+    browser.get(server.url + "/")
+    token = wait.until(lambda d: d.find_element(By.ID, "token-field").is_displayed()
+                       and d.find_element(By.ID, "token"))  # fmt: skip
+    token.send_keys(TOKEN)
+    token.send_keys("\t")  # change: the page reads /v1/info with it
+    wait.until(lambda d: d.find_element(By.ID, "class-name").get_attribute("value") == "tile")
+    assert "profiles: tile" in browser.find_element(By.ID, "server").text
+    upload = browser.find_element(By.ID, "files")
+    upload.send_keys(f"{normal}\n{dented}")
+    browser.find_element(By.ID, "score").click()
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, '.card[data-state="done"]')) == 2)
+
+    cards = browser.find_elements(By.CSS_SELECTOR, ".card")
+    for card in cards:
+        name = card.find_element(By.CSS_SELECTOR, ".name").text
+        want = expected[name]
+        score = card.find_element(By.CSS_SELECTOR, ".score")
+        assert score.text == f"{want['image_score']:.6f}"
+        assert float(score.get_attribute("data-score")) == want["image_score"]
+        assert want["image_score"] == pytest.approx(serve_data.cli[name]["image_score"], abs=1e-6)
+        decision = card.find_element(By.CSS_SELECTOR, ".decision").text
+        assert decision.startswith("ANOMALOUS" if want["is_anomalous"] else "normal")
+        canvas = card.find_element(By.CSS_SELECTOR, "canvas.overlay")
+        assert canvas.get_attribute("width") == str(want["size"][1])  # drawn at the image size
+    assert [c.find_element(By.CSS_SELECTOR, ".name").text for c in cards] == [
+        normal.name,
+        dented.name,
+    ]  # in upload order
+    message = browser.find_element(By.ID, "message")
+    assert message.text.startswith("scored in") and message.get_attribute("class") != "error"
+
+    # the display threshold changes what the heat map covers
+    area = cards[0].find_element(By.CSS_SELECTOR, ".area")
+    before = area.text
+    browser.execute_script(
+        "const s = document.getElementById('display'); s.value = 0.99;"
+        "s.dispatchEvent(new Event('input'));"
+    )
+    wait.until(lambda d: area.text != before)
+    assert browser.find_element(By.ID, "display-value").text == "0.99"
+    browser.execute_script(
+        "const s = document.getElementById('display'); s.value = 0.3;"
+        "s.dispatchEvent(new Event('input'));"
+    )
+
+    folder = Path(os.environ.get("TIPSOMALY_TEST_ARTIFACTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    shot = folder / "serve-page.png"
+    assert browser.save_screenshot(str(shot))
+    assert shot.stat().st_size > 10_000
