@@ -4,7 +4,7 @@ The layer rule (lowest first; a module may import its own top-level package and 
 it, never a layer above it nor a different package of its own layer)::
 
     errors → validation, fingerprint, resources → tips → data, metrics → method → report
-    → runners → serve → cli
+    → deploy → runners → serve → cli
 
 Every ``import``/``from … import`` statement counts, wherever it is: module level, under
 ``if TYPE_CHECKING:``, and inside functions (lazy imports still make the lower layer depend on
@@ -36,6 +36,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("data", "metrics"),
     ("method",),
     ("report",),
+    ("deploy",),
     ("runners",),
     ("serve",),
     ("cli",),

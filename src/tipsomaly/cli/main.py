@@ -11,6 +11,7 @@ from .. import __version__
 from ..errors import TipsomalyError
 from . import data as data_cli
 from . import evaluate as eval_cli
+from . import export as export_cli
 from . import fit as fit_cli
 from . import predict as predict_cli
 from . import serve as serve_cli
@@ -23,7 +24,7 @@ from .options import HelpFormatter, Parser
 PACKAGE_LOGGER = "tipsomaly"
 
 # Every verb module exposes add_parser(subparsers, common) and sets args.func.
-VERBS = [predict_cli, fit_cli, serve_cli, eval_cli, train_cli, data_cli, weights_cli]
+VERBS = [predict_cli, fit_cli, export_cli, serve_cli, eval_cli, train_cli, data_cli, weights_cli]
 
 
 # Third-party loggers quiet unless -vv; PIL's plugin chatter (a line per PNG chunk) never shown.

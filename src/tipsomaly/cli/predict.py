@@ -174,7 +174,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ..method.detector import Detector
     from ..runners.distributed import init_if_needed
     from ..runners.predict import run_predict
+    from .export import exported_model
 
+    exported = exported_model(args)  # --model EXPORT_DIR: the exported graph, settings its own
     # options first, inputs next: no model download before we know the settings work and
     # there is something to score
     if args.mode is not None and not args.profile:
@@ -192,7 +194,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 f"{', '.join(map(repr, sorted(fitted)))}); fit one with `tipsomaly fit` or "
                 "leave out --profile"
             )
-    device, dtype = check_model_options(args)
+    device, dtype = (exported.device, exported.dtype) if exported else check_model_options(args)
     dist = init_if_needed(device)  # under torchrun: join the job (each rank scores a share)
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise OutputError(args.out, "exists and is not a folder")
@@ -204,7 +206,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     apply_input_options(args)
     pixel_prompts = resolve_pixel_prompts(args.pixel_prompts, args.model)
     # prompt, pixel-prompt and model-file problems are TipsomalyErrors: main() shows them
-    detector = Detector(
+    detector = exported or Detector(
         args.model,
         prompt_type=args.prompt_type,
         prompt_file=args.prompt_file,
@@ -254,7 +256,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     outputs = [summary.csv_path.name, summary.json_path.name]
     if not args.no_overlays and summary.ok:
         outputs.append("overlays/")
-    if summary.ok and (args.threshold is not None or args.profile):
+    if summary.ok and (args.threshold is not None or detector.profiles):
         outputs.append("masks/")
     if args.save_maps and summary.ok:
         outputs.append("maps/")
