@@ -115,12 +115,13 @@ class Service:
         self.load_s: float | None = None
         self.requests = 0
         self._seen: set[str] = set()  # class names served (when any name is accepted)
-        self._tmp = tempfile.mkdtemp(prefix="tipsomaly-serve-")  # 0700: ours alone
+        self._tmp: str | None = None  # uploads' folder, made by start(), removed by close()
         self._thread: threading.Thread | None = None
 
     # -- life ------------------------------------------------------------------------------
     def start(self) -> None:
         """Load the detector in a background thread (returns at once)."""
+        self._tmp = tempfile.mkdtemp(prefix="tipsomaly-serve-")  # 0700: ours alone
         self._thread = threading.Thread(target=self._load_now, name="tipsomaly-load", daemon=True)
         self._thread.start()
 
@@ -175,7 +176,8 @@ class Service:
             batcher = self.batcher
         if batcher is not None and not batcher.close(timeout):
             logger.warning("the model thread did not finish within %s s", timeout)
-        shutil.rmtree(self._tmp, ignore_errors=True)
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
 
     def check_ready(self) -> Detector:
         """The detector, or :class:`UnavailableError` (503) saying why there is none."""
@@ -276,6 +278,8 @@ class Service:
         return images
 
     def _decode_one(self, data: bytes) -> Image.Image:
+        if self._tmp is None:
+            raise UnavailableError("the service is not started", retry_after=LOADING_RETRY_S)
         fd, path = tempfile.mkstemp(dir=self._tmp, suffix=".upload")
         try:
             with os.fdopen(fd, "wb") as fh:
