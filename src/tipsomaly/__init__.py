@@ -10,6 +10,8 @@ the CLI's ``--help`` do not import PyTorch)::
   ``nn.Module``) and its :class:`DetectorOutput`.
 - Few good images: :class:`Profile` (``Profile.fit`` / ``Profile.load``; use with
   ``Detector(..., profile=...)``), :func:`run_fit`, :class:`Calibration`.
+- Deploy: :func:`export` (ONNX / OpenVINO graphs), :func:`load_inferencer` (run one, same
+  :class:`Prediction` outputs); the service is ``tipsomaly.serve.create_app``.
 - Evaluate: :func:`evaluate_datasets`, :class:`EvalConfig` (alias :class:`EvalSettings`),
   :class:`Evaluator`.
 - Train: :func:`train`, :class:`TrainConfig`, :class:`TrainResult`.
@@ -48,6 +50,9 @@ _EXPORTS: dict[str, str] = {
     "DetectorConfig": "method.config",
     "TipsomalyHead": "method.head",
     "DetectorOutput": "method.head",
+    # deploy
+    "export": "deploy.export",
+    "load_inferencer": "deploy.inferencers",
     # few good images
     "Profile": "method.profile",
     "run_fit": "runners.fit",
@@ -97,6 +102,9 @@ _EXPORTS: dict[str, str] = {
     "ProfileError": "method.profile",
     "ProfileMismatchError": "method.profile",
     "NotCalibratedError": "method.profile",
+    "ExportError": "deploy.metadata",
+    "MissingExtraError": "deploy._extras",
+    "DistributedError": "runners.distributed",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
