@@ -1,7 +1,8 @@
 """Detector throughput on this machine: fp32 vs bf16, the backbone against the matmul peak.
 
-    python benchmarks/throughput.py                 # B/14 and L/14 shapes, 518 px
-    python benchmarks/throughput.py --quick         # B/14, fewer images (smoke run)
+    python benchmarks/throughput.py                 # B/14 shape, 518 px (--large: and L/14)
+    python benchmarks/throughput.py --quick         # B/14, fewer images, engines at 224 px
+    python benchmarks/throughput.py --only engines --engine-batches 1 4 --rounds 3
 
 For each model shape (randomly initialised towers of the real B/14 and L/14 presets) and each
 dtype (fp32, bf16), the detector scores generated 518-px images through the public API
@@ -22,6 +23,20 @@ Then the text side for one class: first run (cache miss: the text tower encodes 
 sentence) and second run (a new detector reading the on-disk text cache), and the peak memory
 of ``eval``'s metric stage for one class of ``--class-images`` maps (fp32 vs fp16 maps, and
 whether fp16 changes the metrics), measured in a subprocess (VmHWM, Linux).
+
+Engines table (between the two): the method for one class exported as in ``tipsomaly export``
+(:class:`~tipsomaly.deploy.graph.ExportModule`, images (B, 3, S, S) to scores and maps at S)
+run by torch eager fp32, ``torch.compile`` fp32 (inductor, on the vision tower; the head stays
+eager; compile time printed apart), ONNX Runtime fp32 and OpenVINO fp32, at batch 1
+(``--engine-batches``), in rounds that interleave the engines (the median over ``--rounds``; the
+ratio to eager is taken round by round). Per engine: seconds per image of the whole graph and,
+for the torch engines, of the vision forward alone; GFLOP/s of the vision matmuls over the
+vision time (over the graph time for ORT / OpenVINO, whose graph is one piece) and its share of
+the fp32 ``F.linear`` peak measured in each round; max |map| and |score| difference to torch
+eager fp32 on the same images. The bf16 engines (torch eager / compile bf16, OpenVINO bf16)
+need bf16 matrix instructions; without them they are skipped with the reason printed, and a
+``bf16*`` row gives bf16 numerics by simulated rounding. The CPU flags the table relies on are
+printed from ``/proc/cpuinfo``, and the load average with the total time.
 """
 
 from __future__ import annotations
@@ -29,10 +44,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -243,26 +260,263 @@ def eval_memory(n: int, size: int, grid: int, dtype: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+# ----------------------------------------------------------------------------------- engines
+#: /proc/cpuinfo flags the engines table depends on (printed present / absent)
+CPU_FLAGS = ("fma", "avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+ENGINE_CLASS = "screw"
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (empty where unreadable)."""
+    flags: set[str] = set()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith(("flags", "Features")):
+                flags.update(line.split(":", 1)[1].split())
+    return flags
+
+
+def load_average() -> str:
+    with contextlib.suppress(OSError), open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+    return "?"
+
+
+class TimedVision:
+    """Replaces a vision tower's ``forward`` by ``impl`` (eager or compiled) and adds up the
+    seconds spent in it; the head around it runs eager."""
+
+    def __init__(self, vision: nn.Module) -> None:
+        self.eager = vision.forward
+        self.impl = self.eager
+        self.seconds = 0.0
+        vision.forward = self
+
+    def __call__(self, x: torch.Tensor):
+        start = time.perf_counter()
+        out = self.impl(x)
+        self.seconds += time.perf_counter() - start
+        return out
+
+
+def engines_table(args: argparse.Namespace, preset: str, size: int) -> None:
+    """Torch eager / torch.compile / ONNX Runtime / OpenVINO on the same exported method."""
+    import onnxruntime
+    import openvino as ov
+
+    from tipsomaly.data.images import preprocess
+    from tipsomaly.deploy.export import export
+    from tipsomaly.deploy.graph import ExportModule
+    from tipsomaly.deploy.inferencers import OnnxRunner, OpenVinoRunner
+
+    batches = sorted(set(args.engine_batches))
+    model = random_model(preset)
+    gflop = backbone_gflop(model, size)
+    detector = Detector(model, image_size=size, text_cache=False, batch_size=max(batches))
+    module = ExportModule.from_detector(detector, ENGINE_CLASS).eval()
+    n_check = -(-max(max(batches), args.check_images) // max(batches)) * max(batches)
+    inputs = torch.stack([preprocess(im, size) for im in make_images(n_check, size, seed=1)])
+    print(
+        f"\nengines: {preset} architecture, random weights, {size} px, class {ENGINE_CLASS!r}; "
+        f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "
+        f"openvino {ov.__version__}; {gflop:.0f} GFLOP of vision matmuls per image"
+    )
+    vision = TimedVision(module.head.vision)
+
+    def torch_engine(impl) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+        def run(x: np.ndarray) -> dict[str, np.ndarray]:
+            vision.impl = impl
+            with torch.no_grad():
+                out = module(torch.from_numpy(x))
+            return {n: t.numpy() for n, t in zip(module.output_names, out, strict=True)}
+
+        return run
+
+    engines: dict[str, Callable[[np.ndarray], dict[str, np.ndarray]]] = {}
+    engines["torch eager fp32"] = torch_engine(vision.eager)
+    setup: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "export"
+        start = time.perf_counter()
+        export(detector, ENGINE_CLASS, folder, "onnx", check=False)
+        setup["export to ONNX"] = time.perf_counter() - start
+        start = time.perf_counter()
+        ir = Path(tmp) / "ir" / "model.xml"
+        ov.save_model(ov.convert_model(str(folder / "model.onnx")), str(ir), compress_to_fp16=False)
+        setup["convert to OpenVINO IR"] = time.perf_counter() - start
+        start = time.perf_counter()
+        engines["onnxruntime fp32"] = OnnxRunner(folder / "model.onnx", threads=args.threads)
+        setup["ORT session"] = time.perf_counter() - start
+        start = time.perf_counter()
+        engines["openvino fp32"] = OpenVinoRunner(ir, threads=args.threads)
+        setup["OpenVINO compile_model"] = time.perf_counter() - start
+    if not args.no_compile:
+        compiled = torch.compile(vision.eager, dynamic=False)
+        engines["torch.compile fp32"] = torch_engine(compiled)
+    else:
+        print("torch.compile fp32: skipped (--no-compile)")
+    if cpu_has_native_bf16():
+        print(
+            "bf16 engines (torch eager bf16, torch.compile bf16, OpenVINO bf16): not in this "
+            "table yet; run them where measured"
+        )
+    else:
+        print(
+            "skipped: torch eager bf16, torch.compile bf16, OpenVINO bf16 — this CPU has no bf16 "
+            "matrix instructions (no avx512_bf16 / amx_bf16): PyTorch would emulate bf16 far "
+            "slower than fp32 and OpenVINO would run f32; bf16 numerics are checked below "
+            "(bf16*, simulated rounding), bf16 speed is measured on a CPU that has them"
+        )
+
+    # first calls: warm-up and compile times; their outputs on the check images give the errors
+    outputs: dict[str, dict[str, np.ndarray]] = {}
+    for name, run in engines.items():
+        chunks = []
+        for b in batches:
+            start = time.perf_counter()
+            out = run(inputs[:b].numpy())
+            if name == "torch.compile fp32":
+                setup[f"torch.compile, batch {b} (first call)"] = time.perf_counter() - start
+            if b == max(batches):
+                chunks.append(out)
+        for s in range(max(batches), n_check, max(batches)):
+            chunks.append(run(inputs[s : s + max(batches)].numpy()))
+        outputs[name] = {
+            k: np.concatenate([o[k] for o in chunks]) for k in ("image_score", "anomaly_map")
+        }
+    print("setup: " + ", ".join(f"{k} {v:.1f} s" for k, v in setup.items()))
+
+    # timed rounds: every engine once per batch size per round, the matmul peak in each round
+    d, hidden = model.embed_dim, model.vision.config.mlp_hidden_dim
+    times: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    peaks: list[float] = []
+    for r in range(args.rounds):
+        for b in batches:
+            x = inputs[:b].numpy()
+            for name, run in engines.items():
+                vision.seconds = 0.0
+                start = time.perf_counter()
+                run(x)
+                graph = time.perf_counter() - start
+                times.setdefault((name, b), []).append((graph / b, vision.seconds / b))
+        tokens = max(batches) * ((size // 14) ** 2 + 2)
+        shapes = [(tokens, d, hidden), (tokens, hidden, d), (tokens, d, 3 * d)]
+        peaks.append(matmul_peak(torch.float32, shapes, seconds=1.5))
+        print(f"  round {r + 1}/{args.rounds} done, load average {load_average()}")
+    peak = statistics.median(peaks)
+
+    # bf16 numerics on this machine: bf16 rounding simulated on the eager graph
+    with simulated_bf16(model):
+        run = torch_engine(vision.eager)
+        sim = [run(inputs[s : s + max(batches)].numpy()) for s in range(0, n_check, max(batches))]
+    outputs["torch eager bf16*"] = {
+        k: np.concatenate([o[k] for o in sim]) for k in ("image_score", "anomaly_map")
+    }
+
+    ref = outputs["torch eager fp32"]
+    print(
+        f"\n{preset}, {size} px, median of {args.rounds} interleaved round(s); fp32 F.linear "
+        f"peak {peak:.0f} GFLOP/s (rounds: {', '.join(f'{p:.0f}' for p in peaks)}); "
+        f"errors vs torch eager fp32 over {n_check} image(s)"
+    )
+    print(
+        f"{'engine':19s} {'batch':>5s} {'graph s/img':>11s} {'vision s/img':>12s} "
+        f"{'GFLOP/s':>8s} {'%peak':>6s} {'vs eager':>13s} {'max|Δmap|':>10s} {'max|Δscore|':>11s} "
+        f"{'rank ρ':>7s}"
+    )
+    for b in batches:
+        base = times["torch eager fp32", b]
+        for name in [*engines, "torch eager bf16*"]:
+            out = outputs[name]
+            dmap = float(np.abs(out["anomaly_map"] - ref["anomaly_map"]).max())
+            dscore = float(np.abs(out["image_score"] - ref["image_score"]).max())
+            rho = spearman(out["image_score"], ref["image_score"]) if n_check > 2 else None
+            errors = f"{dmap:10.2e} {dscore:11.2e} " + (
+                f"{rho:7.4f}" if rho is not None else f"{'–':>7s}"
+            )
+            if name not in engines:
+                print(
+                    f"{name:19s} {b:5d} {'–':>11s} {'–':>12s} {'–':>8s} {'–':>6s} {'–':>13s} "
+                    f"{errors}"
+                )
+                continue
+            rows = times[name, b]
+            graph = statistics.median(g for g, _ in rows)
+            vis = statistics.median(v for _, v in rows) if name.startswith("torch") else None
+            achieved = gflop / (vis or graph)
+            ratios = [bg / g for (bg, _), (g, _) in zip(base, rows, strict=True)]
+            ratio = f"{statistics.median(ratios):.2f}x"
+            if len(ratios) > 1:
+                ratio += f" [{min(ratios):.2f}-{max(ratios):.2f}]"
+            mark = "" if vis else "†"
+            vis_text = f"{vis:12.3f}" if vis else f"{'–':>12s}"
+            print(
+                f"{name:19s} {b:5d} {graph:11.3f} {vis_text} "
+                f"{achieved:7.0f}{mark or ' '} {achieved / peak:6.0%} {ratio:>13s} {errors}"
+            )
+    print(
+        "graph s/img: images (B,3,S,S) -> scores and anomaly maps at S (the exported graph; "
+        "torch runs the same ExportModule). vision s/img: the vision forward alone (torch "
+        "engines; the head around it runs eager). GFLOP/s: vision matmul FLOPs / vision time, "
+        "† / whole-graph time (ORT, OpenVINO: a lower bound). vs eager: eager graph time / "
+        "engine graph time, median [min-max] of per-round ratios. bf16*: fp32 kernels with "
+        "every vision linear's weights, inputs and outputs rounded to bf16 (attention inner "
+        "products in fp32)."
+    )
+
+
 # -------------------------------------------------------------------------------------- main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=["b14h", "l14h"])
+    parser.add_argument(
+        "--models", nargs="+", default=["b14h"], help="presets (default b14h; --large adds l14h)"
+    )
+    parser.add_argument("--large", action="store_true", help="add L/14 (l14h) to every part")
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--size", type=int, default=518)
     parser.add_argument("--class-images", type=int, default=1000)
     parser.add_argument(
-        "--only", choices=["throughput", "memory"], help="run one part of the benchmark"
+        "--only",
+        choices=["throughput", "memory", "engines"],
+        help="run one part of the benchmark",
     )
-    parser.add_argument("--quick", action="store_true", help="B/14 only, 4 images, 200-map class")
+    parser.add_argument(
+        "--engine-batches", type=int, nargs="+", default=[1], help="engines table batch sizes"
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="engines table timed rounds")
+    parser.add_argument(
+        "--check-images",
+        type=int,
+        default=0,
+        help="images the engines' errors are taken on (default: the largest batch)",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="ORT / OpenVINO threads")
+    parser.add_argument("--no-compile", action="store_true", help="leave torch.compile out")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="B/14 only, 4 images, 200-map class; engines at 224 px, errors on 4 images",
+    )
     args = parser.parse_args()
+    began = time.perf_counter()
+    engine_size = args.size
     if args.quick:
         args.models, args.images, args.batch_size, args.class_images = ["b14h"], 4, 2, 200
+        engine_size, args.check_images = 224, 4
+    if args.large and "l14h" not in args.models:
+        args.models.append("l14h")
     threads = torch.get_num_threads()
     native = cpu_has_native_bf16()
     print(
         f"torch {torch.__version__}, {threads} threads, {args.images} images of {args.size} px, "
-        f"batch {args.batch_size}; CPU bf16 instructions: {native}"
+        f"batch {args.batch_size}; CPU bf16 instructions: {native}; load average "
+        f"{load_average()}"
+    )
+    flags = cpu_flags()
+    print(
+        "CPU flags relied on: "
+        + ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in CPU_FLAGS)
     )
     if native is False:
         print(
@@ -270,13 +524,13 @@ def main() -> None:
             "fp32, and tipsomaly refuses --dtype bf16 here); its row gives bf16 numerics only, "
             "simulated by rounding every vision matmul's weights, inputs and outputs to bf16"
         )
-    if args.only != "memory":
+    if args.only in (None, "throughput"):
         print(
             f"{'model':6} {'dtype':5} {'s/img':>7} {'backbone':>9} {'GFLOP/s':>8} {'peak':>7} "
             f"{'%peak':>6} {'max|Δmap|':>10} {'rank ρ':>7}"
         )
-    images = make_images(args.images, args.size)
-    for name in args.models if args.only != "memory" else []:
+    images = make_images(args.images, args.size) if args.only in (None, "throughput") else []
+    for name in args.models if args.only in (None, "throughput") else []:
         model = random_model(name)
         gflop = backbone_gflop(model, args.size)
         d = model.embed_dim
@@ -313,8 +567,14 @@ def main() -> None:
         first, cached = text_times(model, args.size)
         print(f"{name:6} text for one class: first run {first:.3f} s, cached {cached:.4f} s")
         del model
-    if args.only == "throughput":
-        return
+    for name in args.models if args.only in (None, "engines") else []:
+        engines_table(args, name, engine_size)
+    if args.only in (None, "memory"):
+        memory_part(args)
+    print(f"\ntotal {time.perf_counter() - began:.0f} s, load average {load_average()}")
+
+
+def memory_part(args: argparse.Namespace) -> None:
     grid = args.size // 14
     rows = {dt: eval_memory(args.class_images, args.size, grid, dt) for dt in ("fp32", "fp16")}
     delta = max(
