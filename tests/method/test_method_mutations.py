@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter, gaussian_filter1d
 
+from tipsomaly.method.config import MODES
 from tipsomaly.method.maps import (
     anomaly_maps,
     gaussian_blur,
@@ -31,7 +32,12 @@ from tipsomaly.method.prompts import (
     ensemble_embedding,
     load_prompts,
 )
-from tipsomaly.method.scoring import image_scores, state_probabilities
+from tipsomaly.method.scoring import (
+    few_shot_anomaly,
+    fuse_evidence,
+    image_scores,
+    state_probabilities,
+)
 
 # 4σ is not a whole number for these: scipy's radius int(4σ + 0.5) differs from int(4σ).
 ODD_SIGMAS = [0.9, 1.2, 0.6, 2.7]
@@ -315,3 +321,90 @@ def test_underscore_keys_of_a_prompt_file_are_comments(tmp_path):
     with pytest.raises(PromptError) as info:
         load_prompts("nope", path)
     assert str(info.value).endswith("available: a, b")
+
+
+# -- PromptSet.from_dict: what it keeps and what it says ---------------------------------------
+def test_from_dict_keeps_every_list_as_a_tuple_in_order():
+    data = {
+        "normal_states": ["good {}", "fine {}"],
+        "abnormal_states": ["bad {}"],
+        "templates": ["a {}.", "the {}!", "{}"],
+        "_comment": "ignored",
+    }
+    prompts = PromptSet.from_dict("mine", data)
+    assert prompts == PromptSet(
+        name="mine",
+        normal_states=("good {}", "fine {}"),
+        abnormal_states=("bad {}",),
+        templates=("a {}.", "the {}!", "{}"),
+    )
+
+
+@pytest.mark.parametrize("key", ["normal_states", "abnormal_states", "templates"])
+@pytest.mark.parametrize("value", [None, [], "good {}", ["good {}", None]])
+def test_from_dict_names_the_source_the_ensemble_and_the_bad_list(key, value):
+    data = _ensemble()
+    if value is None:
+        del data[key]
+    else:
+        data[key] = value
+    expected = f"mine.json: ensemble 'e': '{key}' must be a non-empty list of strings"
+    with pytest.raises(PromptError, match=f"^{re.escape(expected)}$"):
+        PromptSet.from_dict("e", data, "mine.json")
+
+
+@pytest.mark.parametrize("key", ["normal_states", "abnormal_states", "templates"])
+@pytest.mark.parametrize("entry", ["none", "{} {}", "{x} {}", "{{}", "{}{"])
+def test_from_dict_quotes_the_entry_without_exactly_one_placeholder(key, entry):
+    data = _ensemble()
+    data[key] = [data[key][0], entry]
+    expected = f"prompts: ensemble 'e': {key} entry {entry!r} must contain exactly one '{{}}'"
+    with pytest.raises(PromptError, match=f"^{re.escape(expected)}$"):
+        PromptSet.from_dict("e", data)
+
+
+def test_from_dict_refuses_what_is_not_an_object_with_the_default_source():
+    with pytest.raises(PromptError, match=r"^prompts: ensemble 'e' must be an object$"):
+        PromptSet.from_dict("e", ["normal_states"])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: from_dict checks '{' but not a stray '}', so 'a {} }' is accepted and "
+    "sentences() then raises ValueError (Single '}' encountered in format string)",
+)
+def test_from_dict_refuses_a_stray_closing_brace():
+    data = _ensemble(templates=["a {} }"])
+    with pytest.raises(PromptError):
+        PromptSet.from_dict("e", data)
+
+
+# -- few-shot scoring --------------------------------------------------------------------------
+def test_few_shot_anomaly_halves_the_cosine_distance_in_fp32():
+    distance = torch.tensor([0.0, 0.5, 1.0, 2.0], dtype=torch.float64)
+    got = few_shot_anomaly(distance)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, torch.tensor([0.0, 0.25, 0.5, 1.0]))
+    assert few_shot_anomaly(torch.tensor([1.5], dtype=torch.float16)).dtype == torch.float32
+
+
+def test_fuse_evidence_per_mode():
+    zero = torch.tensor([0.2, 0.9], dtype=torch.float64)
+    few = torch.tensor([0.6, 0.1], dtype=torch.float16)
+    cases = {
+        "zero-shot": [0.2, 0.9],
+        "few-shot": [0.6, 0.1],
+        "fused": [0.4, 0.5],
+    }
+    assert set(cases) == set(MODES)
+    for mode, expected in cases.items():
+        got = fuse_evidence(zero, few, mode)
+        assert got.dtype == torch.float32, mode
+        torch.testing.assert_close(got, torch.tensor(expected), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["Fused", "zero_shot", "", None])
+def test_fuse_evidence_refuses_an_unknown_mode(mode):
+    expected = f"mode must be one of {MODES}, got {mode!r}"
+    with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
+        fuse_evidence(torch.zeros(1), torch.zeros(1), mode)
