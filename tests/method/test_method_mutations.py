@@ -368,11 +368,6 @@ def test_from_dict_refuses_what_is_not_an_object_with_the_default_source():
         PromptSet.from_dict("e", ["normal_states"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: from_dict checks '{' but not a stray '}', so 'a {} }' is accepted and "
-    "sentences() then raises ValueError (Single '}' encountered in format string)",
-)
 def test_from_dict_refuses_a_stray_closing_brace():
     data = _ensemble(templates=["a {} }"])
     with pytest.raises(PromptError):

@@ -51,12 +51,6 @@ def test_aupro_never_reads_unwritten_memory(monkeypatch, seed):
     assert (aupro_mvtec(maps, masks), aupro_zsad(maps, masks)) == clean
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: aupro_mvtec does not check max_fpr: 1.5 raises IndexError in _trapezoid_to, "
-    "0.0 ZeroDivisionError, -0.1 returns -0.0 (found analysing mutant "
-    "pro.aupro_mvtec_from_split 106)",
-)
 @pytest.mark.parametrize("max_fpr", [1.5, 0.0, -0.1])
 def test_aupro_mvtec_refuses_an_fpr_limit_outside_zero_one(max_fpr):
     maps, masks = _case()
@@ -182,8 +176,6 @@ def test_map_input_errors_name_maps_and_masks(metric):
         (np.zeros((0, 3, 3)), np.zeros((0, 3, 3)), ValueError,
          "maps and masks are empty (shape (0, 3, 3))"),
     ]  # fmt: skip
-    if metric is aupro_mvtec:  # its mask checks say "labels" (xfail below)
-        cases = [case for case in cases if not case[3].startswith("masks must b")]
     for maps, masks, error, message in cases:
         with pytest.raises(error) as info:
             metric(maps, masks)
@@ -207,11 +199,6 @@ def test_foreground_components_takes_only_boolean_stacks(mask):
         foreground_components(mask)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: aupro_mvtec checks the masks through split_scores(..., regions=True), whose "
-    "messages name them 'labels' ('labels must be binary ...') although the argument is masks",
-)
 @pytest.mark.parametrize("masks", [np.array([[[0, 2], [0, 1]]]), np.zeros((1, 2, 2), complex)])
 def test_aupro_mvtec_names_bad_masks_masks(masks):
     with pytest.raises((ValueError, TypeError), match=r"^masks must be"):

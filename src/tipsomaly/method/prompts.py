@@ -62,7 +62,8 @@ class PromptSet:
             ):
                 raise PromptError(f"{where}: '{key}' must be a non-empty list of strings")
             for item in items:
-                if item.count(placeholder) != 1 or item.replace(placeholder, "").count("{"):
+                rest = item.replace(placeholder, "")
+                if item.count(placeholder) != 1 or "{" in rest or "}" in rest:
                     raise PromptError(
                         f"{where}: {key} entry {item!r} must contain exactly one '{{}}'"
                     )

@@ -61,13 +61,16 @@ class SplitScores:
         return min(lows), max(highs)
 
 
-def split_scores(scores: np.ndarray, labels: np.ndarray, *, regions: bool) -> SplitScores:
+def split_scores(
+    scores: np.ndarray, labels: np.ndarray, *, regions: bool, what: str = "labels"
+) -> SplitScores:
     """Split scores by binary labels, chunk by chunk along the first axis.
 
     Args:
         scores: real array of any shape (``(N, H, W)`` when ``regions``).
         labels: array of the same shape, binary (bool or 0/1); validated here.
         regions: also label the 8-connected regions of each ``labels[i]`` (2-D images).
+        what: the name of ``labels`` in error messages (``"masks"`` for pixel metrics).
 
     Returns:
         The :class:`SplitScores`; raises ``ValueError`` on non-binary labels or non-finite scores.
@@ -76,7 +79,7 @@ def split_scores(scores: np.ndarray, labels: np.ndarray, *, regions: bool) -> Sp
     row_size = int(np.prod(scores.shape[1:], dtype=np.int64))
     n_pos = 0
     for rows in row_chunks(n_rows, row_size):
-        n_pos += int(np.count_nonzero(binary_chunk(labels[rows], "labels")))
+        n_pos += int(np.count_nonzero(binary_chunk(labels[rows], what)))
 
     neg = np.empty(scores.size - n_pos, dtype=scores.dtype)
     pos = np.empty(n_pos, dtype=scores.dtype)
@@ -84,7 +87,7 @@ def split_scores(scores: np.ndarray, labels: np.ndarray, *, regions: bool) -> Sp
     areas: list[np.ndarray] = []
     i_neg = i_pos = n_regions = 0
     for rows in row_chunks(n_rows, row_size):
-        mask = binary_chunk(labels[rows], "labels")
+        mask = binary_chunk(labels[rows], what)
         values = scores[rows]
         chunk_pos = values[mask]
         chunk_neg = values[~mask]

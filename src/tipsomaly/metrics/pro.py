@@ -206,7 +206,13 @@ def _trapezoid_to(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
 
 
 def aupro_mvtec_from_split(split: SplitScores, max_fpr: float = 0.3) -> float:
-    """Official MVTec AD AUPRO of split pixel scores (see :func:`aupro_mvtec`)."""
+    """Official MVTec AD AUPRO of split pixel scores (see :func:`aupro_mvtec`).
+
+    Raises:
+        ValueError: ``max_fpr`` outside (0, 1].
+    """
+    if not 0.0 < max_fpr <= 1.0:  # also refuses NaN
+        raise ValueError(f"max_fpr must be in (0, 1], got {max_fpr}")
     if split.n_regions == 0:
         return undefined("AUPRO", "the masks have no anomalous region")
     if split.n_neg == 0:
@@ -253,12 +259,14 @@ def aupro_mvtec(maps: object, masks: object, *, max_fpr: float = 0.3) -> float:
     Args:
         maps: ``(N, H, W)`` (or ``(H, W)``, ``(N, 1, H, W)``) real anomaly maps.
         masks: same shape, binary ground truth (bool or 0/1).
-        max_fpr: integration limit.
+        max_fpr: integration limit, in (0, 1].
 
     Returns:
         The normalised AUPRO in [0, 1]; NaN with a warning when the masks have no region or no
         normal pixel.
     """
     maps_a, masks_a = as_maps(maps, masks)
-    split = split_scores(maps_a, masks_a, regions=True)
+    if not 0.0 < max_fpr <= 1.0:  # before the split: the work would be lost
+        raise ValueError(f"max_fpr must be in (0, 1], got {max_fpr}")
+    split = split_scores(maps_a, masks_a, regions=True, what="masks")
     return aupro_mvtec_from_split(split, max_fpr=max_fpr)
