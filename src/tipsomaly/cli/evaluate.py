@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from .exit_codes import ExitCode
 from .options import (
@@ -47,6 +48,13 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     add_config_option(p, EvalConfig, "shots")
     add_config_option(p, EvalConfig, "shot_seed", metavar="SEED")
     add_config_option(p, EvalConfig, "mode")
+    from .predict import tile_option, tile_overlap_option
+
+    add_config_option(p, EvalConfig, "tile", type=tile_option)
+    add_config_option(p, EvalConfig, "tile_overlap", type=tile_overlap_option)
+    where = p.add_mutually_exclusive_group()
+    add_config_option(where, EvalConfig, "roi")
+    add_config_option(where, EvalConfig, "roi_dir")
     p.add_argument("--out", default="tipsomaly-eval", help="output directory")
     p.set_defaults(func=run)
 
@@ -58,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from ..runners.evaluate import EvalConfig, environment, evaluate_datasets
 
     device, dtype = check_model_options(args)  # before any model loads
+    check_roi_options(args)
     dist = init_if_needed(device)  # under torchrun: join the job; else nothing
     ensure_out_dir(args.out)
     apply_input_options(args)
@@ -80,6 +89,10 @@ def run(args: argparse.Namespace) -> int:
         shots=args.shots,
         shot_seed=args.shot_seed,
         mode=args.mode,
+        tile=args.tile,
+        tile_overlap=args.tile_overlap,
+        roi=args.roi,
+        roi_dir=args.roi_dir,
     )
     # one lock over the predictions and the result files: no other run writes between them
     # (under torchrun rank 0 holds it; every rank predicts its share, rank 0 writes the results)
@@ -97,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         config["settings"]["mode"] = settings.scoring_mode  # the one used, not None
         if settings.shots:
             config["few_shot"] = few_shot_record(results)
+        config.update(inspection_record(settings))
         with writing(args.out):
             files = write_results(results, args.out, config, args.cls)
     print(render_text(results, args.cls))
@@ -105,6 +119,47 @@ def run(args: argparse.Namespace) -> int:
     print("written: " + ", ".join(str(f) for f in files))
     failed = sum(len(r.errors) for r in results)
     return ExitCode.SOME_FAILED if failed else ExitCode.OK
+
+
+def check_roi_options(args: argparse.Namespace) -> None:
+    """``--roi`` readable and not empty, ``--roi-dir`` a folder: one line before the model."""
+    from ..errors import InvalidOptionError
+
+    if args.roi is not None:
+        from ..data.roi import check_roi_file
+
+        check_roi_file(args.roi)
+    if args.roi_dir is not None and not os.path.isdir(args.roi_dir):
+        raise InvalidOptionError(f"--roi-dir {args.roi_dir}: not a folder")
+
+
+def inspection_record(settings) -> dict:
+    """``results.json``'s ``config.tiling`` and ``config.roi``: what they changed (absent when
+    not used)."""
+    out: dict = {}
+    if settings.tile is not None:
+        out["tiling"] = {
+            "tile": settings.tile,
+            "overlap": settings.tile_overlap,
+            "image_score": "max over the tiles of the CLS token's abnormal evidence + max of "
+            "the blended map at full resolution",
+            "maps": "blended at the original size (Hann window), resized to --image-size for "
+            "the pixel metrics",
+        }
+    if settings.roi is not None or settings.roi_dir is not None:
+        out["roi"] = {
+            "roi": None if settings.roi is None else str(settings.roi),
+            "roi_dir": None if settings.roi_dir is None else str(settings.roi_dir),
+            "pixel_metrics": "pixels outside the ROI are left out of the pixel metrics (AUROC, "
+            "AP, F1-max over the ROI's pixels; AUPRO over the parts of defect regions inside "
+            "it and the normal pixels inside it)",
+            "maps": "0 outside the ROI",
+            "image_score": "tiled: tiles holding ROI pixels only, max of the map inside the ROI"
+            if settings.tile is not None
+            else "global (CLS) evidence of the whole image + max patch evidence over the patch "
+            "cells at least half inside the ROI",
+        }
+    return out
 
 
 def few_shot_record(results) -> dict:

@@ -27,7 +27,7 @@ from .options import (
     positive_int,
     seed_int,
 )
-from .predict import PREDICT_DTYPE
+from .predict import PREDICT_DTYPE, add_tile_options
 
 rate = float_type(0, 1, low_open=True, high_open=True, hint="a fraction, e.g. 0.01 = 1 in 100")
 
@@ -43,6 +43,8 @@ what it does:
   the smallest rate that can be guaranteed is 1/(n+1): A = 0.01 needs 99 references; with
   fewer, the threshold is their highest score and the output says which rate it guarantees.
   One reference gives a bank but only the zero-shot mode is calibrated.
+  With --tile, every tile of every reference goes into the bank and each reference is
+  scored as a tiled prediction; predict --profile then uses the same tiles.
 outputs (in --out):
   profile.json       class, counts, settings, thresholds per mode, versions
   bank.safetensors   the references' features
@@ -107,6 +109,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         "10 %% of a B/14 forward)",
     )
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the coreset")
+    add_tile_options(p, profile_note=False)
     p.set_defaults(func=cmd_fit)
 
 
@@ -115,6 +118,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from ..data.inputs import NoInputsError, expand_inputs
     from ..method.config import resolve_pixel_prompts
     from ..method.detector import Detector
+    from ..method.tiling import DEFAULT_OVERLAP
     from ..runners.fit import run_fit
 
     device, dtype = check_model_options(args)
@@ -139,6 +143,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         dtype=dtype,
         batch_size=args.batch_size,
         offline=args.offline or None,
+        tile=args.tile,
+        tile_overlap=DEFAULT_OVERLAP if args.tile_overlap is None else args.tile_overlap,
     )
     settings = {"dtype": dtype_name(dtype), "device": str(device)}
     try:

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..errors import InvalidOptionError, OutputError
 from ..method.config import MODES, DetectorConfig
+from ..validation import float_type
 from .exit_codes import ExitCode
 from .options import (
     HelpFormatter,
@@ -21,6 +22,8 @@ from .options import (
     image_threshold,
     non_empty,
     pixel_threshold,
+    positive_float,
+    positive_int,
 )
 
 #: predict's one departure from DetectorConfig: the fastest dtype this machine runs accurately
@@ -63,6 +66,52 @@ def apply_profile_settings(args: argparse.Namespace) -> None:
         if getattr(args, name) is None:
             value = recorded.get(name, getattr(defaults, name))
             setattr(args, name, value)
+    if hasattr(args, "tile"):  # predict's tiling: the profile's unless given
+        apply_tile_settings(args, recorded)
+
+
+def tile_option(text: str) -> int | str:
+    """``--tile``: a side in pixels (>= 1) or ``auto``."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    return positive_int(text)
+
+
+#: ``--tile-overlap``: the fraction of a tile neighbours share
+tile_overlap_option = float_type(0, 0.9, hint="a fraction of a tile, e.g. 0.25")
+
+
+def apply_tile_settings(args: argparse.Namespace, recorded: dict[str, Any]) -> None:
+    """``--tile`` / ``--tile-overlap`` not given: the profile's (a profile fitted with tiles
+    is used with the same tiles), else untiled / 0.25."""
+    from ..method.tiling import DEFAULT_OVERLAP
+
+    if args.tile is None:
+        args.tile = recorded.get("tile")
+    if args.tile_overlap is None:
+        overlap = recorded.get("tile_overlap")
+        args.tile_overlap = DEFAULT_OVERLAP if overlap is None else overlap
+
+
+def add_tile_options(p: argparse.ArgumentParser, profile_note: bool = True) -> None:
+    """``--tile`` and ``--tile-overlap`` (predict, fit)."""
+    from_profile = "; with --profile, the profile's" if profile_note else ""
+    p.add_argument(
+        "--tile",
+        type=tile_option,
+        metavar="SIZE|auto",
+        help="tiled inference at native resolution for large images with small defects: "
+        "overlapping tiles of SIZE original pixels, each resized to --image-size, maps "
+        "blended back into one map at the original size; auto: tiles of --image-size pixels, "
+        f"larger when that takes more than 64 tiles (default: untiled{from_profile})",
+    )
+    p.add_argument(
+        "--tile-overlap",
+        type=tile_overlap_option,
+        metavar="F",
+        help=f"least fraction of a tile that neighbouring tiles share (default: 0.25"
+        f"{from_profile})",
+    )
 
 
 _EPILOG = """\
@@ -77,11 +126,19 @@ outputs (in --out):
   masks/NAME.png       0/255 mask of map >= --threshold        (with --threshold, or
                        a profile's calibrated pixel threshold)
   maps/NAME.npy        raw map, float32 HxW, original size      (with --save-maps)
+  defects.csv          one row per defect: connected region of map >= the pixel threshold
+                       (with one): box x0,y0,x1,y1 (original pixels, ends excluded), area
+                       (px, mm2 with --pixel-size-mm), peak, mean, centroid; also the
+                       "defects" list of each scores.json row (and, with --boxes, boxes on
+                       the overlays)
+  defects_coco.json    the defects as COCO results with RLE masks (--defects-format coco)
 NAME is the image's path relative to the deepest folder holding all inputs, without its
 extension (a/x.png -> a/x), so same-named files in different folders do not collide; two
 inputs differing only by extension keep it (x.png, x.jpg).
 scores: image_score in [0, 2] and the maps (abnormal probability per pixel, in [0, 1]);
-higher = more anomalous.
+higher = more anomalous. With --tile: max over the tiles of the CLS evidence + max of the
+blended map. With --roi/--roi-dir: maps are 0 outside the ROI and the score takes only ROI
+evidence (scores.json's settings.image_score says exactly how).
 exit status: 0 all images scored, 3 some could not be read (their rows say why),
 2 no input images found, 1 model/prompt/option/output errors, 130 interrupted.
 Every option is checked before the model loads (one line per mistake, exit status 1)."""
@@ -154,6 +211,45 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument(
         "--save-maps", action="store_true", help="also write maps/NAME.npy (float32, original size)"
     )
+    add_tile_options(p)
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--roi",
+        metavar="PATH",
+        help="region-of-interest mask for every image (white = inspect, black = ignore, e.g. "
+        "fixtures, labels, background); resized to each image when sizes differ (noted)",
+    )
+    where.add_argument(
+        "--roi-dir",
+        metavar="DIR",
+        help="a folder of per-image ROI masks: DIR/NAME.<ext> (NAME as the outputs'), else "
+        "DIR/<file stem>.<ext>; an image without one is an error row",
+    )
+    p.add_argument(
+        "--min-defect-area",
+        type=positive_int,
+        default=1,
+        metavar="PX",
+        help="drop defect regions smaller than PX pixels (specks)",
+    )
+    p.add_argument(
+        "--pixel-size-mm",
+        type=positive_float,
+        metavar="MM",
+        help="side of one pixel in mm: defect areas also in mm2",
+    )
+    p.add_argument(
+        "--defects-format",
+        choices=("records", "coco"),
+        default="records",
+        help="records: defects in scores.json and defects.csv; coco: also each defect's mask "
+        "as COCO RLE (in scores.json and defects_coco.json)",
+    )
+    p.add_argument(
+        "--boxes",
+        action="store_true",
+        help="draw each defect's box on its overlay, labelled '#<number> <peak>'",
+    )
     p.add_argument("--no-overlays", action="store_true", help="do not write overlays/NAME.png")
     p.add_argument(
         "--overlay-scale",
@@ -177,11 +273,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .export import exported_model
 
     exported = exported_model(args)  # --model EXPORT_DIR: the exported graph, settings its own
+    if exported is not None:
+        given = [o for o, v in (("--tile", args.tile), ("--roi", args.roi)) if v is not None]
+        given += ["--roi-dir"] if args.roi_dir is not None else []
+        if given:
+            raise InvalidOptionError(
+                f"{', '.join(given)}: an exported graph scores whole images; use the model "
+                "itself (a preset or model directory) for tiles and regions of interest"
+            )
     # options first, inputs next: no model download before we know the settings work and
     # there is something to score
     if args.mode is not None and not args.profile:
         raise InvalidOptionError("--mode needs --profile (without one, predict is zero-shot)")
     apply_profile_settings(args)
+    if args.roi is not None:  # read before the model loads: one line if it cannot be used
+        from ..data.roi import check_roi_file
+
+        check_roi_file(args.roi)
+    if args.roi_dir is not None and not Path(args.roi_dir).is_dir():
+        raise InvalidOptionError(f"--roi-dir {args.roi_dir}: not a folder")
     if args.overlay_scale is None:
         args.overlay_scale = "threshold" if args.profile else "fixed"
     if args.profile and args.class_name:
@@ -220,6 +330,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         offline=args.offline or None,
         profile=args.profile,
         mode=args.mode,
+        tile=args.tile,
+        tile_overlap=args.tile_overlap,
     )
     try:
         summary = run_predict(
@@ -239,6 +351,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 "dtype": str(dtype).removeprefix("torch."),
                 "max_pixels": args.max_pixels,
             },
+            roi=args.roi,
+            roi_dir=args.roi_dir,
+            min_defect_area=args.min_defect_area,
+            pixel_size_mm=args.pixel_size_mm,
+            defects_format=args.defects_format,
+            boxes=args.boxes,
         )
     except NoInputsError as exc:
         print(f"tipsomaly: error: {exc}", file=sys.stderr)
@@ -260,6 +378,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         outputs.append("masks/")
     if args.save_maps and summary.ok:
         outputs.append("maps/")
+    if summary.ok and (args.threshold is not None or detector.profiles):
+        outputs.append("defects.csv")
+        if args.defects_format == "coco":
+            outputs.append("defects_coco.json")
     print(f"outputs in {summary.out_dir}/: {', '.join(outputs)}")
     if summary.failed:
         failed = summary.failed_paths

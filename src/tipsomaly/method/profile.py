@@ -15,7 +15,14 @@
 On disk a profile is a folder: ``profile.json`` (class, counts, settings, thresholds,
 versions, the bank file's SHA-256) and ``bank.safetensors`` (the tensors). A profile records
 the identity of the detector that fitted it (model fingerprint, image size, prompts, pixel
-prompts, sigma, CLS token); :meth:`Profile.check_compatible` refuses another.
+prompts, sigma, CLS token, and the tiling when it tiles); :meth:`Profile.check_compatible`
+refuses another.
+
+Tiles: a tiling detector (``Detector(tile=...)``) fits its references tile by tile: the bank
+holds every tile's patch and CLS tokens (each tagged with its reference, so leave-one-out
+leaves all of a reference's tiles out), and calibration scores each reference as a tiled
+prediction scores an image (blended map, ``max tile CLS evidence + max map``), over a second
+pass of the references. Such a profile records the tiling and is used with the same tiling.
 """
 
 from __future__ import annotations
@@ -70,7 +77,7 @@ __all__ = [
 PROFILE_FORMAT = "tipsomaly-profile-1"
 PROFILE_JSON, BANK_FILE = "profile.json", "bank.safetensors"
 #: the identity entries a profile must share with the detector that uses it
-IDENTITY_KEYS = ("model", "image_size", "prompts", "pixel_prompts", "sigma", "cls")
+IDENTITY_KEYS = ("model", "image_size", "prompts", "pixel_prompts", "sigma", "cls", "tiling")
 
 
 class ProfileError(TipsomalyError, ValueError):
@@ -90,7 +97,7 @@ def detector_identity(detector: Detector) -> dict[str, Any]:
     model = detector.model
     fingerprint = model.fingerprint or tensors_digest(model.state_dict())
     pixel = detector.pixel_prompts
-    return {
+    identity: dict[str, Any] = {
         "model": {"name": model.name, "fingerprint": fingerprint},
         "image_size": detector.image_size,
         "prompts": {"name": detector.prompts.name, "digest": prompts_digest(detector.prompts)},
@@ -103,9 +110,15 @@ def detector_identity(detector: Detector) -> dict[str, Any]:
         "sigma": detector.sigma,
         "cls": detector.cls,
     }
+    tiling = getattr(detector, "tiling", None)
+    if tiling is not None:  # untiled identities stay as they were (and their digests)
+        identity["tiling"] = dict(tiling)
+    return identity
 
 
 def _describe(key: str, value: Any) -> str:
+    if key == "tiling":
+        return "none" if value is None else f"tile {value['tile']}, overlap {value['overlap']}"
     if isinstance(value, dict) and "name" in value:
         return f"{value['name']} ({str(value.get('fingerprint') or value.get('digest'))[:12]})"
     if isinstance(value, dict) and "source" in value:
@@ -227,6 +240,7 @@ class Profile:
         if on_error not in ("raise", "record"):
             raise ValueError(f"on_error must be 'raise' or 'record', got {on_error!r}")
         batch = batch_size or detector.batch_size
+        images = list(images)  # tiled calibration reads them a second time
         refs = _encode_references(detector, images, class_name, batch, augment, on_error, progress)
         if not refs.sources:
             failed = "; ".join(f"{s}: {e}" for s, e in refs.failed[:3])
@@ -273,8 +287,11 @@ class Profile:
             thresholds={mode: {"image": None, "pixel": None} for mode in MODES},
             info=info,
         )
+        if getattr(detector, "tiling", None) is not None:
+            info["bank"]["tiles"] = refs.tiles
         if calibrate:
-            profile.thresholds = _calibrate(
+            calibrate_fn = _calibrate if detector.tile is None else _calibrate_tiled
+            profile.thresholds = calibrate_fn(
                 detector, profile, refs, false_alarm_rate, pixel_false_alarm_rate, batch
             )
             info["calibration"] = {
@@ -490,6 +507,9 @@ class _References:
     cls_sources: list[torch.Tensor] = field(default_factory=list)
     originals: list[VisionFeatures] = field(default_factory=list)  # un-augmented views
     calibration_scores: dict[str, list[float]] = field(default_factory=dict)
+    inputs: list[Any] = field(default_factory=list)  # tiled: the images used, read again
+    tiles: int = 0  # tiled: tiles encoded (un-augmented)
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # tiled: (H, W) of each
 
 
 def dihedral_views(images: torch.Tensor) -> list[torch.Tensor]:
@@ -510,21 +530,22 @@ def _encode_references(
     progress: Callable[[int], None] | None,
 ) -> _References:
     from ..data.images import ImageLoadError
+    from .tiling import crop_tiles
 
     refs = _References()
     pending: list[torch.Tensor] = []
 
-    def flush() -> None:
-        x = torch.stack(pending).to(detector.device)
-        first = len(refs.sources) - len(pending)
-        index = torch.arange(first, first + len(pending))
+    def encode(x: torch.Tensor, index: torch.Tensor, keep_originals: bool) -> None:
+        """(b, 3, S, S) images of the references ``index`` (b,) into the bank lists."""
+        b = x.shape[0]
+        x = x.to(detector.device)
         views = dihedral_views(x) if augment else [x]
-        per_forward = max(1, batch // len(pending)) if augment else 1
+        per_forward = max(1, batch // b) if augment else 1
         for v in range(0, len(views), per_forward):
             chunk = torch.cat(views[v : v + per_forward])
             with torch.no_grad():
                 f = detector.model.encode_image(chunk)
-            reps = chunk.shape[0] // len(pending)
+            reps = chunk.shape[0] // b
             src = index.repeat(reps)
             n_patch = f.patches.shape[1]
             refs.patches.append(f.patches.reshape(-1, f.patches.shape[-1]).float().cpu())
@@ -532,30 +553,50 @@ def _encode_references(
             refs.cls1.append(f.cls1[:, 0].float().cpu())
             refs.cls2.append(f.cls2[:, 0].float().cpu())
             refs.cls_sources.append(src)
-            if v == 0:  # the un-augmented images come first
-                k = len(pending)
+            if v == 0 and keep_originals:  # the un-augmented images come first
                 refs.originals.append(
                     VisionFeatures(
-                        f.cls1[:k].float().cpu(),
-                        f.cls2[:k].float().cpu(),
-                        f.patches[:k].float().cpu(),
+                        f.cls1[:b].float().cpu(),
+                        f.cls2[:b].float().cpu(),
+                        f.patches[:b].float().cpu(),
                     )
                 )
+
+    def flush() -> None:
+        first = len(refs.sources) - len(pending)
+        encode(torch.stack(pending), torch.arange(first, first + len(pending)), True)
         pending.clear()
         if progress is not None:
             progress(len(refs.sources))
 
-    for item in detector.load_images(images, class_name, lookahead=2 * batch):
-        if item.tensor is None:
+    tiled = detector.tile is not None
+    lookahead = 1 if tiled else 2 * batch
+    for position, item in enumerate(detector.load_images(images, class_name, lookahead)):
+        if item.error is not None:
             if on_error == "raise":
                 raise ImageLoadError(item.source, item.error or "unreadable")
             logger.warning("reference %s left out: %s", item.source, item.error)
             refs.failed.append((item.source, item.error or "unreadable"))
             continue
         refs.sources.append(item.source)
-        pending.append(item.tensor)
-        if len(pending) >= batch:
-            flush()
+        if not tiled:
+            pending.append(item.tensor)
+            if len(pending) >= batch:
+                flush()
+            continue
+        # tiled: every tile of the reference, tagged with the reference's index
+        refs.inputs.append(images[position])
+        assert item.original_size is not None
+        refs.sizes.append(item.original_size)
+        grid = detector.tile_grid(item.original_size)
+        index = len(refs.sources) - 1
+        for start in range(0, len(grid.boxes), batch):
+            boxes = grid.boxes[start : start + batch]
+            x = crop_tiles(item.image, boxes, detector.image_size)
+            encode(x, torch.full((len(boxes),), index, dtype=torch.long), False)
+            refs.tiles += len(boxes)
+        if progress is not None:
+            progress(len(refs.sources))
     if pending:
         flush()
     return refs
@@ -607,6 +648,76 @@ def _calibrate(
             continue
         image = conformal_threshold(np.asarray(scores[mode]), alpha)
         if not image.attainable and mode == modes[0]:  # n is the same in every mode
+            logger.warning("%s: %s", profile.class_name, image.note)
+        pixel = pixel_threshold(tops[mode].numpy(), n_pixels, pixel_alpha)
+        out[mode] = {"image": image, "pixel": pixel}
+    return out
+
+
+def _calibrate_tiled(
+    detector: Detector,
+    profile: Profile,
+    refs: _References,
+    alpha: float,
+    pixel_alpha: float,
+    batch: int,
+) -> dict[str, dict[str, Calibration | None]]:
+    """:func:`_calibrate` for a tiling detector: each reference read again and scored as a
+    tiled prediction (:meth:`Detector.tiled_evidence`) against the bank without its own
+    tiles, in every mode from one forward pass per batch of tiles."""
+    n = len(refs.sources)
+    size = (detector.image_size, detector.image_size)
+    modes = MODES if n >= 2 else ("zero-shot",)
+    if n < 2:
+        logger.warning(
+            "1 reference image: the few-shot and fused thresholds need at least 2 (each is "
+            "scored against a bank without it); only zero-shot is calibrated"
+        )
+    head, _ = detector.head_for([profile.class_name])
+    class_text = head.class_text[:1]
+    n_pixels = sum(h * w for h, w in refs.sizes)
+    keep = pixels_to_keep(n_pixels, pixel_alpha)
+    scores: dict[str, list[float]] = {m: [] for m in modes}
+    tops: dict[str, torch.Tensor] = {m: torch.empty(0) for m in modes}
+    items = detector.load_images(refs.inputs, profile.class_name, lookahead=1)
+    for index, item in enumerate(items):
+        if item.error is not None or item.source != refs.sources[index]:
+            raise ProfileError(
+                f"reference {refs.sources[index]} could not be read again for calibration "
+                f"({item.error or 'another image came back'})"
+            )
+
+        def score(x: torch.Tensor, exclude: int = index) -> dict[str, Any]:
+            b = x.shape[0]
+            with torch.no_grad():
+                f = detector.model.encode_image(x.to(detector.device))
+                zs = head.score_features(f, class_text.expand(b, -1, -1), size)
+                if n < 2:
+                    return {"zero-shot": zs}
+                ex = torch.full((b,), exclude, dtype=torch.long, device=detector.device)
+                d = profile.bank(f, ex)
+                return {m: zs if m == "zero-shot" else head.fuse(zs, d, size, m) for m in modes}
+
+        assert item.original_size is not None
+        grid = detector.tile_grid(item.original_size)
+        evidence = detector.tiled_evidence(
+            item.image, grid.boxes, item.original_size, score, batch_size=batch
+        )
+        for mode in modes:
+            ev = evidence[mode]
+            scores[mode].append(ev.score(detector.cls))
+            m = ev.anomaly_map.reshape(-1)
+            flat = torch.cat([tops[mode], torch.topk(m, min(keep, m.numel())).values])
+            tops[mode] = torch.topk(flat, min(keep, flat.numel())).values
+        del evidence
+    refs.calibration_scores = scores
+    out: dict[str, dict[str, Calibration | None]] = {}
+    for mode in MODES:
+        if mode not in scores:
+            out[mode] = {"image": None, "pixel": None}
+            continue
+        image = conformal_threshold(np.asarray(scores[mode]), alpha)
+        if not image.attainable and mode == modes[0]:
             logger.warning("%s: %s", profile.class_name, image.note)
         pixel = pixel_threshold(tops[mode].numpy(), n_pixels, pixel_alpha)
         out[mode] = {"image": image, "pixel": pixel}

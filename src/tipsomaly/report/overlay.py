@@ -9,16 +9,21 @@ Memory: overlays are made at the image's original size, so :func:`colorize` and
 output; besides the inputs and that output, they hold only one band's float32 temporaries
 (never a full-size float copy of the image or a float (H, W, 3) heat map). The results are
 bit-identical to computing the whole array at once.
+
+Defect boxes (:func:`draw_boxes`) are drawn over an overlay as white rectangles with a black
+outline (visible on every colour of the ramp), each labelled with its text (``#1 0.83``: the
+record's number and peak), line width and text size scaled to the image.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 #: How a map's values become colours: ``fixed`` maps [0, 1] (absolute, comparable across
 #: images; values outside are clipped) and ``per-image`` stretches each map's own min..max.
@@ -175,6 +180,39 @@ def overlay(
     return out
 
 
+Box = tuple[int, int, int, int]
+
+
+def draw_boxes(
+    image: Image.Image, boxes: Sequence[Box], labels: Sequence[str] | None = None
+) -> Image.Image:
+    """Draw ``boxes`` ``(x0, y0, x1, y1)`` (ends excluded, original pixels) on an RGB PIL
+    image, in place, with optional ``labels``; returns the image."""
+    if not boxes:
+        return image
+    draw = ImageDraw.Draw(image)
+    side = min(image.size)
+    width = max(1, round(side / 500))
+    try:
+        font = ImageFont.load_default(size=max(10, round(side / 50)))
+    except (TypeError, ImportError):  # Pillow < 10.1 or without FreeType: the bitmap font
+        font = ImageFont.load_default()
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        pad = width  # the rectangle around the pixels, not on them
+        outer = [x0 - pad - width, y0 - pad - width, x1 - 1 + pad + width, y1 - 1 + pad + width]
+        draw.rectangle(outer, outline=(0, 0, 0), width=width)
+        draw.rectangle(
+            [x0 - pad, y0 - pad, x1 - 1 + pad, y1 - 1 + pad], outline="white", width=width
+        )
+        if labels is not None and labels[i]:
+            size = getattr(font, "size", 10)
+            at = (x0 - pad - width, max(0, y0 - pad - width - size - 2 * width))
+            draw.text(
+                at, labels[i], fill="white", font=font, stroke_width=width, stroke_fill="black"
+            )
+    return image
+
+
 def save_overlay(
     path: str | os.PathLike,
     image: Image.Image | np.ndarray,
@@ -183,20 +221,35 @@ def save_overlay(
     alpha: float = DEFAULT_ALPHA,
     scale: str = "fixed",
     span: tuple[float, float] | None = None,
+    boxes: Sequence[Box] | None = None,
+    labels: Sequence[str] | None = None,
 ) -> Path:
-    """Write :func:`overlay` as an RGB PNG at ``path`` (parent folders created); returns it."""
+    """Write :func:`overlay` as an RGB PNG at ``path`` (parent folders created), with defect
+    ``boxes`` and their ``labels`` drawn (:func:`draw_boxes`); returns the path."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     rgb = overlay(image, anomaly_map, alpha=alpha, scale=scale, span=span)
-    Image.fromarray(rgb, mode="RGB").save(p)
+    picture = Image.fromarray(rgb, mode="RGB")
+    if boxes:
+        draw_boxes(picture, boxes, labels)
+    picture.save(p)
     return p
 
 
-def save_mask(path: str | os.PathLike, anomaly_map: np.ndarray, threshold: float) -> Path:
-    """Write ``anomaly_map >= threshold`` as a 0/255 8-bit grey PNG at ``path``; returns it."""
+def save_mask(
+    path: str | os.PathLike,
+    anomaly_map: np.ndarray,
+    threshold: float,
+    roi: np.ndarray | None = None,
+) -> Path:
+    """Write ``anomaly_map >= threshold`` (and inside ``roi``, (H, W) bool, when given) as a
+    0/255 8-bit grey PNG at ``path``; returns it."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    mask = (np.asarray(anomaly_map) >= threshold).view(np.uint8)  # bool → 0/1, no copy
+    above = np.asarray(anomaly_map) >= threshold
+    if roi is not None:
+        above &= np.asarray(roi, dtype=bool)
+    mask = above.view(np.uint8)  # bool → 0/1, no copy
     mask *= 255
     Image.fromarray(mask, mode="L").save(p)
     return p

@@ -5,7 +5,10 @@ chosen CLS token's score, in [0, 2], higher = more anomalous), ``score_cls1``, `
 ``is_anomalous`` (only with an image threshold), ``threshold`` and ``mode`` (only with a
 few-shot profile: the image threshold applied and how the image was scored), ``status``
 (``ok`` | ``error``), ``error`` (the problem, naming the file; empty when ok) and ``name``
-(the output name: the overlay is ``overlays/<name>.png``). In the CSV, scores have 6
+(the output name: the overlay is ``overlays/<name>.png``); then, with a pixel threshold,
+``defects`` (the image's defect records, :mod:`tipsomaly.method.defects`: their number in the
+CSV, the records in the JSON; empty when the image has no pixel threshold), and with an ROI
+``note`` (remarks, e.g. a resized ROI mask). In the CSV, scores have 6
 decimals and are empty for failed images, ``is_anomalous`` is ``true``/``false``; in the
 JSON they are numbers / booleans / ``null``.
 CSV lines end with ``\\n``; text that is not valid UTF-8 (file names with undecodable bytes,
@@ -28,18 +31,99 @@ from .results import printable
 
 CSV_NAME = "scores.csv"
 JSON_NAME = "scores.json"
+#: one row per defect record (with a pixel threshold): the image's name, path and class, then
+#: the record's columns (:data:`DEFECT_CSV_COLUMNS`)
+DEFECTS_CSV_NAME = "defects.csv"
+#: ``--defects-format coco``: every defect as a COCO results entry (RLE segmentation)
+COCO_JSON_NAME = "defects_coco.json"
+DEFECT_CSV_COLUMNS = (
+    "name",
+    "path",
+    "class_name",
+    "defect",
+    "x0",
+    "y0",
+    "x1",
+    "y1",
+    "area_px",
+    "area_mm2",
+    "peak",
+    "mean",
+    "centroid_x",
+    "centroid_y",
+)
 
 SCORE_COLUMNS = ("image_score", "score_cls1", "score_cls2")
 
 
-def columns(with_is_anomalous: bool = False, with_profile: bool = False) -> list[str]:
+def columns(
+    with_is_anomalous: bool = False,
+    with_profile: bool = False,
+    with_defects: bool = False,
+    with_note: bool = False,
+) -> list[str]:
     """The table's column names, in order (``with_profile`` implies ``is_anomalous``)."""
     cols = ["path", "class_name", *SCORE_COLUMNS]
     if with_is_anomalous or with_profile:
         cols.append("is_anomalous")
     if with_profile:
         cols += ["threshold", "mode"]
-    return [*cols, "status", "error", "name"]
+    cols += ["status", "error", "name"]
+    if with_defects:
+        cols.append("defects")
+    if with_note:
+        cols.append("note")
+    return cols
+
+
+def defect_rows(row: Mapping[str, Any]) -> list[list[str]]:
+    """The ``defects.csv`` lines of one table row (its ``defects`` records)."""
+    out = []
+    for d in row.get("defects") or []:
+        x0, y0, x1, y1 = d["bbox"]
+        cx, cy = d["centroid"]
+        values = (
+            row.get("name"),
+            row.get("path"),
+            row.get("class_name"),
+            d["id"],
+            x0,
+            y0,
+            x1,
+            y1,
+            d["area_px"],
+            d.get("area_mm2"),
+            d["peak"],
+            d["mean"],
+            cx,
+            cy,
+        )
+        out.append([_csv_cell(_clean(v)) for v in values])
+    return out
+
+
+def coco_results(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """COCO results entries (``image_id`` = the row's output name, one category ``1``
+    = defect, ``bbox`` [x, y, width, height], ``score`` = the defect's peak) of every
+    defect record that carries an RLE."""
+    out = []
+    for row in rows:
+        for d in row.get("defects") or []:
+            if "rle" not in d:
+                continue
+            x0, y0, x1, y1 = d["bbox"]
+            out.append(
+                {
+                    "image_id": row.get("name"),
+                    "file_name": row.get("path"),
+                    "category_id": 1,
+                    "segmentation": d["rle"],
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": d["area_px"],
+                    "score": d["peak"],
+                }
+            )
+    return out
 
 
 def _csv_cell(value: Any) -> str:
@@ -49,6 +133,8 @@ def _csv_cell(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, float):
         return "" if not math.isfinite(value) else f"{value:.6f}"
+    if isinstance(value, list):  # defect records: their number
+        return str(len(value))
     return str(value)
 
 
@@ -68,6 +154,8 @@ class ScoreTable:
 
     The CSV is created (replacing an older one) when the table is opened; every :meth:`add`
     writes one line and flushes it, so an interrupted run keeps every row computed so far.
+    ``with_defects`` adds the ``defects`` column and ``defects.csv`` (one line per record,
+    written with its image's row); ``coco`` also writes ``defects_coco.json`` with the JSON.
     Use it as a context manager, or call :meth:`close`.
     """
 
@@ -77,12 +165,18 @@ class ScoreTable:
         *,
         with_is_anomalous: bool = False,
         with_profile: bool = False,
+        with_defects: bool = False,
+        with_note: bool = False,
+        coco: bool = False,
     ) -> None:
         self.out_dir = Path(out_dir)
-        self.columns = columns(with_is_anomalous, with_profile)
+        self.columns = columns(with_is_anomalous, with_profile, with_defects, with_note)
         self.rows: list[dict[str, Any]] = []
         self.csv_path = self.out_dir / CSV_NAME
         self.json_path = self.out_dir / JSON_NAME
+        self.defects_path = self.out_dir / DEFECTS_CSV_NAME if with_defects else None
+        self.coco_path = self.out_dir / COCO_JSON_NAME if with_defects and coco else None
+        self._defects_fh = None
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self._fh = open(self.csv_path, "w", newline="", encoding="utf-8")  # noqa: SIM115
@@ -91,6 +185,17 @@ class ScoreTable:
             self._fh.flush()
         except OSError as exc:
             raise OutputError(self.csv_path, exc) from None
+        if self.defects_path is not None:
+            try:
+                self._defects_fh = open(  # noqa: SIM115
+                    self.defects_path, "w", newline="", encoding="utf-8"
+                )
+                self._defects_writer = csv.writer(self._defects_fh, lineterminator="\n")
+                self._defects_writer.writerow(DEFECT_CSV_COLUMNS)
+                self._defects_fh.flush()
+            except OSError as exc:
+                self._fh.close()
+                raise OutputError(self.defects_path, exc) from None
 
     def add(self, row: Mapping[str, Any]) -> None:
         """Append one row (a mapping with every column; extra keys are an error) and flush.
@@ -107,6 +212,12 @@ class ScoreTable:
             self._fh.flush()
         except OSError as exc:
             raise OutputError(self.csv_path, exc) from None
+        if self._defects_fh is not None:
+            try:
+                self._defects_writer.writerows(defect_rows(ordered))
+                self._defects_fh.flush()
+            except OSError as exc:
+                raise OutputError(self.defects_path, exc) from None
         self.rows.append(ordered)
 
     @property
@@ -133,24 +244,33 @@ class ScoreTable:
             "columns": self.columns,
             "results": [{k: _json_value(v) for k, v in r.items()} for r in self.rows],
         }
-        tmp = self.json_path.with_name(self.json_path.name + ".tmp")
-        try:
-            tmp.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-            os.replace(tmp, self.json_path)
-        except OSError as exc:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
-            raise OutputError(self.json_path, exc) from None
+        _write_json_atomic(self.json_path, doc)
+        if self.coco_path is not None:
+            _write_json_atomic(self.coco_path, coco_results(self.rows))
         return self.json_path
 
     def close(self) -> None:
         if not self._fh.closed:
             self._fh.close()
+        if self._defects_fh is not None and not self._defects_fh.closed:
+            self._defects_fh.close()
 
     def __enter__(self) -> ScoreTable:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _write_json_atomic(path: Path, doc: Any) -> None:
+    """``doc`` as indented JSON at ``path``: a temp file, then renamed (OutputError)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise OutputError(path, exc) from None

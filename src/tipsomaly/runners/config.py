@@ -90,9 +90,37 @@ class EvalConfig(DetectorConfig):
         "without",
         choices=MODES,
     )
+    tile: int | str | None = option(
+        None,
+        "tiled inference at native resolution: overlapping tiles of SIZE original pixels (auto: "
+        "--image-size, larger above 64 tiles), maps blended back; the metrics are computed at "
+        "--image-size as without tiles (default: untiled)",
+        metavar="SIZE|auto",
+    )
+    tile_overlap: float = option(
+        0.25, "least fraction of a tile that neighbouring tiles share", metavar="F"
+    )
+    roi: str | os.PathLike | None = option(
+        None,
+        "region-of-interest mask for every image (white = inspect): maps 0 and pixels left out "
+        "of the pixel metrics outside it, image scores from ROI evidence only",
+        metavar="PATH",
+    )
+    roi_dir: str | os.PathLike | None = option(
+        None,
+        "a folder of per-image ROI masks: DIR/<image path relative to the dataset root, "
+        "without extension>.<ext>, else DIR/<file stem>.<ext> (every test image needs one)",
+        metavar="DIR",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        from ..method.tiling import check_tile
+
+        object.__setattr__(self, "tile", check_tile(self.tile, self.tile_overlap))
+        object.__setattr__(self, "tile_overlap", float(self.tile_overlap))
+        if self.roi is not None and self.roi_dir is not None:
+            raise InvalidOptionError("give one of roi (one mask) and roi_dir (one per image)")
         non_negative_int(self.workers, "workers")
         choice(self.aupro, "aupro", AUPRO_KINDS)
         non_negative_int(self.shots, "shots")

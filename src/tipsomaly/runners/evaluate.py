@@ -15,6 +15,21 @@ in the ``folder`` layout) is a :class:`FewShotError`. Few-shot predictions are s
 the store key adds shots, seed and mode, and each class's rows live under a key of its
 references' bytes, beside a record of the bank's digest (:func:`bank_digest`); a class whose
 bank comes out different when it is fitted again has its rows computed again.
+
+Tiles (``tile``): each test image is predicted tile by tile as ``predict --tile`` does
+(:class:`~tipsomaly.method.detector.Detector`), and its row stores what the metrics need at
+model resolution S: ``patch_probs`` (S², 1) holds the blended map resized to S × S, and
+``global_probs_cls1`` / ``global_probs_cls2`` hold the pair (the tiles' highest CLS evidence,
+the map's maximum at full resolution), whose sum is the image score. Such rows are smoothed
+already, so the store key adds the tiling and ``sigma`` (and the ROI, which decides the tiles
+scored); masks and metrics stay at S, as without tiles. A row takes 4·S² bytes (1 MiB at 518).
+
+Regions of interest (``roi`` / ``roi_dir``): maps are 0 outside the ROI, image scores take
+only ROI evidence (the detector's rule: untiled, the patch cells at least half inside the ROI;
+tiled, applied while predicting), and pixels outside the ROI are left out of the pixel metrics
+(:func:`roi_pixel_metrics`: exact, as if the images held only their ROI's pixels). Untiled, the
+ROI is applied to the stored network outputs when the metrics are computed, so it is not in
+the store key and changing it runs no network.
 """
 
 from __future__ import annotations
@@ -40,11 +55,13 @@ from .. import __version__, fingerprint
 from ..data.dataset import AnomalyDataset, collate_samples
 from ..data.meta import MetaError, Sample, meta_path_for, parse_split, read_meta
 from ..data.names import display_path
+from ..data.roi import RoiError, describe_missing, find_roi, fit_roi, load_roi, roi_cells
 from ..errors import OutputError, TipsomalyError
 from ..method.config import AUTO, default_pixel_prompts
-from ..method.detector import Detector
+from ..method.detector import NON_FINITE, Detector
 from ..method.maps import anomaly_maps
-from ..metrics import image_metrics, pixel_metrics
+from ..metrics import aupro_mvtec, aupro_zsad, image_metrics, pixel_metrics, ranking_metrics
+from ..metrics.regions import foreground_components
 from ..report.results import (
     INDUSTRIAL,
     MEDICAL,
@@ -90,6 +107,7 @@ __all__ = [
     "evaluate_datasets",
     "prediction_config",
     "protocol_pixel_prompts",
+    "roi_pixel_metrics",
 ]
 
 #: the file beside a few-shot class's stored rows that records its bank's digest
@@ -131,10 +149,12 @@ def class_metrics(
     maps: np.ndarray | None = None,
     masks: np.ndarray | None = None,
     aupro: str = "zsad",
+    valid: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Metrics of one class: image metrics for both CLS tokens, pixel metrics when masks exist.
 
-    scores_cls*: (n,) image scores; labels: (n,) 0/1; maps, masks: (n, S, S) or None.
+    scores_cls*: (n,) image scores; labels: (n,) 0/1; maps, masks: (n, S, S) or None;
+    valid: (n, S, S) bool, the pixels the pixel metrics count (an ROI), or None for all.
     Keys as in golden.json: ``image_auroc_cls1`` … ``image_f1-max_cls2``, ``pixel_auroc``,
     ``pixel_ap``, ``pixel_aupro``, ``pixel_f1-max``.
     """
@@ -143,7 +163,74 @@ def class_metrics(
         for name, value in image_metrics(scores, labels).items():
             out[f"{name}_{tag}"] = value
     if maps is not None and masks is not None:
-        out.update(pixel_metrics(maps, masks, aupro=aupro))
+        if valid is None:
+            out.update(pixel_metrics(maps, masks, aupro=aupro))
+        else:
+            out.update(roi_pixel_metrics(maps, masks, valid, aupro=aupro))
+    return out
+
+
+def roi_pixel_metrics(
+    maps: np.ndarray, masks: np.ndarray, valid: np.ndarray, aupro: str = "zsad"
+) -> dict[str, float]:
+    """:func:`~tipsomaly.metrics.pixel_metrics` over the ``valid`` pixels only, exactly.
+
+    AUROC, AP and F1-max rank the valid pixels' scores. AUPRO needs each defect region's
+    pixels (the 8-connected regions of ``masks & valid``: the parts of defects inside the
+    ROI) and the normal pixels' scores, not where the normal pixels are; so the valid pixels
+    are laid out in one row, each region a run of its own pixels with a normal pixel between
+    two regions, which the metrics label as the same regions, and that row is evaluated. It
+    needs as many normal pixels as regions less one (else AUPRO is NaN, warned).
+
+    maps, masks, valid: (n, H, W); returns the :func:`pixel_metrics` keys.
+    """
+    maps = np.asarray(maps)
+    masks = np.asarray(masks).astype(bool)
+    valid = np.asarray(valid).astype(bool)
+    if not maps.shape == masks.shape == valid.shape:
+        raise ValueError(f"maps {maps.shape}, masks {masks.shape}, valid {valid.shape} differ")
+    scores = maps[valid]
+    labels = masks[valid]
+    ranked = ranking_metrics(scores, labels)
+    out = {
+        "pixel_auroc": ranked["auroc"],
+        "pixel_ap": ranked["ap"],
+        "pixel_aupro": float("nan"),
+        "pixel_f1-max": ranked["f1-max"],
+    }
+    inside = masks & valid
+    component, count = foreground_components(inside)
+    normal = scores[~labels]
+    if count and normal.size >= count - 1:
+        values = maps[inside]  # scan order, as ``component``
+        order = np.argsort(component, kind="stable")
+        sizes = np.bincount(component, minlength=count)
+        # row: region 0, normal 0, region 1, normal 1, ..., region R-1, remaining normals
+        row = np.empty(scores.size, dtype=scores.dtype)
+        truth = np.zeros(scores.size, dtype=bool)
+        at = 0
+        starts = np.concatenate(([0], np.cumsum(sizes)))
+        for r in range(count):
+            k = int(sizes[r])
+            row[at : at + k] = values[order[starts[r] : starts[r] + k]]
+            truth[at : at + k] = True
+            at += k
+            if r < count - 1:
+                row[at] = normal[r]
+                at += 1
+        row[at:] = normal[count - 1 :] if count else normal
+        metric = aupro_zsad if aupro == "zsad" else aupro_mvtec
+        out["pixel_aupro"] = metric(row[None, None], truth[None, None])
+    elif count:
+        logger.warning(
+            "AUPRO over the ROI is undefined: %d defect regions but %d normal pixels",
+            count,
+            normal.size,
+        )
+    else:  # no region: the metrics' own NaN and warning
+        out["pixel_aupro"] = pixel_metrics(scores[None, None], labels[None, None], aupro=aupro)[
+            "pixel_aupro"
+        ]
     return out
 
 
@@ -171,7 +258,29 @@ def prediction_config(settings: EvalConfig) -> dict:
             "shot_seed": settings.shot_seed,
             "mode": settings.scoring_mode,
         }
+    if settings.tile is not None:  # untiled keys stay as they were
+        # tiled rows hold smoothed maps, and the ROI decides which tiles are scored
+        config["tiling"] = {
+            "tile": settings.tile,
+            "overlap": settings.tile_overlap,
+            "sigma": settings.sigma,
+            "roi": roi_identity(settings),
+        }
     return config
+
+
+def roi_identity(settings: EvalConfig) -> str | None:
+    """The ROI masks as an id: a file's path and digest, or a folder's and the digest of
+    every image file below it; None without an ROI."""
+    from ..data.images import is_image_file
+
+    if settings.roi is not None:
+        return _identity(str(settings.roi))
+    if settings.roi_dir is not None:
+        root = Path(settings.roi_dir).resolve()
+        files = [p for p in root.rglob("*") if p.is_file() and is_image_file(p)]
+        return f"{root}#{fingerprint.files_digest(files)}"
+    return None
 
 
 def _resolved_dtype(dtype: str, device: str) -> str:
@@ -239,6 +348,57 @@ class Evaluator:
         self.shared_models = shared_models  # model spec → loaded TipsModel, across evaluators
         self.locked = locked
         self.network_images = 0  # images that went through the network in this object
+        self._roi: np.ndarray | None = None  # settings.roi, read once
+        self._roi_listings: dict = {}  # settings.roi_dir's folders, each listed once
+        self._root = Path(".")  # the dataset being evaluated (roi_dir names are relative to it)
+        self._resized: set = set()  # (ROI shape, image shape) pairs already noted
+
+    def roi_source(self, image_path: str | os.PathLike) -> np.ndarray | Path | None:
+        """Where a test image's ROI is: ``roi`` (read once, (h, w) bool), its mask file in
+        ``roi_dir``, or None without either.
+
+        ``roi_dir`` masks are ``<roi_dir>/<path relative to the dataset root, no
+        extension>.<ext>``, else ``<roi_dir>/<file stem>.<ext>``.
+
+        Raises:
+            RoiError: no mask for the image (or several), or an ``roi`` that cannot be read.
+        """
+        s = self.settings
+        if s.roi is not None:
+            if self._roi is None:
+                self._roi = _read_roi(s.roi)
+            return self._roi
+        if s.roi_dir is None:
+            return None
+        path = Path(image_path)
+        names = [str(Path(_relative(path, self._root)).with_suffix("")), path.stem]
+        found = find_roi(s.roi_dir, names, self._roi_listings)
+        if found is None:
+            raise RoiError(f"{display_path(path)}: {describe_missing(s.roi_dir, names)}")
+        return found
+
+    def roi_of(self, image_path: str | os.PathLike, image_hw: tuple[int, int]) -> np.ndarray:
+        """A test image's ROI at its size ((H, W) bool; resized with a note when the mask's
+        size differs), for images with an ROI source (:meth:`roi_source`).
+
+        Raises:
+            RoiError: see :meth:`roi_source`; a mask that cannot be read or is empty.
+        """
+        source = self.roi_source(image_path)
+        assert source is not None
+        roi = source if isinstance(source, np.ndarray) else _read_roi(source)
+        fitted, resized = fit_roi(roi, image_hw)
+        if resized and (roi.shape, tuple(image_hw)) not in self._resized:
+            self._resized.add((roi.shape, tuple(image_hw)))
+            logger.warning(
+                "ROI mask of %dx%d px resized to the %dx%d image %s (w x h)",
+                roi.shape[1],
+                roi.shape[0],
+                image_hw[1],
+                image_hw[0],
+                display_path(Path(image_path)),
+            )
+        return fitted
 
     def _build_detector(self) -> Detector:
         s = self.settings
@@ -256,6 +416,8 @@ class Evaluator:
             dtype=resolve_dtype(s.dtype, device),
             batch_size=s.batch_size,
             offline=s.offline,
+            tile=s.tile,
+            tile_overlap=s.tile_overlap,
         )
         if self.shared_models is not None:
             self.shared_models[s.model] = detector.model
@@ -321,6 +483,7 @@ class Evaluator:
     def _evaluate(self, root: str | os.PathLike, name: str | None) -> EvalResult:
         root = Path(root)
         name = name or root.resolve().name
+        self._root = root
         own = self.requested.for_dataset(name)
         if own != self.settings:  # "auto" picks other prompts for this dataset
             self.settings, self._detector = own, None
@@ -485,6 +648,7 @@ class Evaluator:
         """
         root = Path(root)
         name = name or root.resolve().name
+        self._root = root
         own = self.requested.for_dataset(name)
         if own != self.settings:
             self.settings, self._detector = own, None
@@ -638,6 +802,9 @@ class Evaluator:
     ) -> None:
         """Load the ``todo`` samples; run the network on those whose image is not stored (the
         others changed only their label or mask); store every finite row."""
+        if self.settings.tile is not None:
+            self._compute_tiled(store, stored, class_name, samples, keys, todo, errors, unkeyed)
+            return
         from torch.utils.data import DataLoader
         from tqdm.auto import tqdm
 
@@ -732,6 +899,121 @@ class Evaluator:
                 }
             )
 
+    def _compute_tiled(
+        self,
+        store: PredictionStore,
+        stored: StoredClass,
+        class_name: str,
+        samples,
+        keys: list[tuple[str, str] | None],
+        todo: list[int],
+        errors: dict[int, str],
+        unkeyed: dict[int, dict[str, np.ndarray]],
+    ) -> None:
+        """:meth:`_compute` with tiles: each image predicted by the tiling detector (its ROI
+        given), its row holding the map at S and (global, local) evidence pairs (module doc)."""
+        from tqdm.auto import tqdm
+
+        from ..data.images import ImageLoadError, load_mask
+
+        size = self.settings.image_size
+        known = {i: stored.by_pred.get(keys[i][1]) if keys[i] is not None else None for i in todo}
+        need = [i for i in todo if known[i] is None]
+        rois = {i: self.roi_source(samples[i].image_path) for i in need}  # RoiError: stop
+        extra = (
+            {"roi": [rois[i] for i in need]} if self.settings.roi or self.settings.roi_dir else {}
+        )
+        predictions = (
+            self.detector.iter_predict(
+                [str(samples[i].image_path) for i in need],
+                class_name,
+                on_error="record",
+                **extra,
+            )
+            if need
+            else iter(())
+        )
+        good_keys: list[tuple[str, str]] = []
+        good_rows: list[dict[str, np.ndarray]] = []
+
+        def flush() -> None:
+            if not good_rows:
+                return
+            arrays = {k: np.stack([r[k] for r in good_rows]) for k in FIELDS}
+            store.add(class_name, good_keys, arrays)
+            stored.add_rows(
+                {
+                    **arrays,
+                    "key": np.array([k for k, _ in good_keys]),
+                    "pred_key": np.array([p for _, p in good_keys]),
+                }
+            )
+            good_keys.clear()
+            good_rows.clear()
+
+        total = len(samples)
+        bar = tqdm(
+            total=total,
+            initial=total - len(todo),
+            desc=class_name,
+            unit="img",
+            disable=not self.progress,
+            leave=False,
+        )
+        with bar:
+            for i in todo:
+                sample = samples[i]
+                row = known[i]
+                if row is None:
+                    pred = next(predictions)
+                    self.network_images += 1
+                    if not pred.ok or pred.evidence is None or pred.anomaly_map is None:
+                        reason = pred.error or "no prediction"
+                        errors[i] = (
+                            f"{sample.image_path}: the network's output is not finite (NaN or "
+                            "inf); left out"
+                            if reason == NON_FINITE
+                            else str(ImageLoadError(sample.image_path, reason))
+                        )
+                        logger.warning("%s", errors[i])
+                        bar.update(1)
+                        continue
+                    ev = pred.evidence
+                    outputs = {
+                        "global_probs_cls1": np.array([ev["global_cls1"], ev["local"]]),
+                        "global_probs_cls2": np.array([ev["global_cls2"], ev["local"]]),
+                        "patch_probs": np.asarray(pred.anomaly_map).reshape(size * size, 1),
+                    }
+                    hw = np.asarray(pred.original_size)
+                else:  # same image, new label or mask: no network
+                    outputs = {k: row[k] for k in NETWORK_OUTPUTS}
+                    hw = row["original_hw"]
+                has_mask = sample.anomaly == 1 and sample.mask_path is not None
+                try:
+                    mask = load_mask(sample.mask_path if has_mask else None, size)
+                except ImageLoadError as exc:
+                    errors[i] = str(exc)
+                    logger.warning("%s", errors[i])
+                    bar.update(1)
+                    continue
+                packed = np.packbits(mask.numpy().reshape(1, -1) > 0.5, axis=1)[0]
+                new = {k: np.asarray(outputs[k], dtype=FIELDS[k]) for k in NETWORK_OUTPUTS}
+                new.update(
+                    label=np.asarray(sample.anomaly, FIELDS["label"]),
+                    has_mask=np.asarray(has_mask, FIELDS["has_mask"]),
+                    original_hw=np.asarray(hw, FIELDS["original_hw"]),
+                    masks_packed=packed,
+                )
+                if keys[i] is None:
+                    unkeyed[i] = new
+                else:
+                    good_keys.append(keys[i])
+                    good_rows.append(new)
+                    if len(good_rows) >= self.settings.batch_size:
+                        flush()
+                bar.update(1)
+            flush()
+
     # -- metrics --------------------------------------------------------------------------
     def _metrics(self, class_name: str, predictions: ClassPredictions) -> dict[str, float]:
         a = predictions.arrays
@@ -740,9 +1022,30 @@ class Evaluator:
             return {}
         from ..method.scoring import image_scores
 
+        s = self.settings
+        size = s.image_size
+        n = len(predictions)
+        tiled = s.tile is not None
+        with_roi = s.roi is not None or s.roi_dir is not None
         patch = torch.from_numpy(a["patch_probs"])
-        score1 = image_scores(torch.from_numpy(a["global_probs_cls1"]), patch).numpy()
-        score2 = image_scores(torch.from_numpy(a["global_probs_cls2"]), patch).numpy()
+        g1, g2 = a["global_probs_cls1"], a["global_probs_cls2"]
+        if tiled:  # (global, local) pairs and maps at S (module doc)
+            score1, score2 = g1.sum(axis=1), g2.sum(axis=1)
+        else:
+            score1 = image_scores(torch.from_numpy(g1), patch).numpy()
+            score2 = image_scores(torch.from_numpy(g2), patch).numpy()
+        valid = None
+        if with_roi:
+            grid = int(round(math.sqrt(patch.shape[1])))
+            valid = np.empty((n, size, size), dtype=bool)
+            for j, position in enumerate(a["index"]):
+                roi = self.roi_of(predictions.paths[position], tuple(a["original_hw"][j]))
+                valid[j], _ = fit_roi(roi, (size, size))
+                if not tiled:  # the detector's rule: cells at least half inside the ROI
+                    cells = torch.from_numpy(roi_cells(roi, (grid, grid)))
+                    local = patch[j, cells, 1].max()
+                    score1[j] = float(torch.from_numpy(g1[j, 1:2])[0] + local)
+                    score2[j] = float(torch.from_numpy(g2[j, 1:2])[0] + local)
         maps = masks = None
         if a["has_mask"].any():
             if not a["has_mask"][a["label"] == 1].all():
@@ -750,9 +1053,14 @@ class Evaluator:
                     "class %s: some anomalous images have no mask; their pixels count as normal",
                     class_name,
                 )
-            maps = self.class_maps(patch)
-            masks = predictions.masks(self.settings.image_size)
-        return class_metrics(score1, score2, a["label"], maps, masks, aupro=self.settings.aupro)
+            if tiled:
+                maps = np.ascontiguousarray(a["patch_probs"][..., 0].reshape(n, size, size))
+            else:
+                maps = self.class_maps(patch)
+            if valid is not None:
+                maps[~valid] = 0.0
+            masks = predictions.masks(size)
+        return class_metrics(score1, score2, a["label"], maps, masks, aupro=s.aupro, valid=valid)
 
     def class_maps(self, patch_probs: torch.Tensor, chunk: int = 32) -> np.ndarray:
         """(n, S, S) float32 anomaly maps rebuilt from stored (n, N, 2) patch probabilities."""
@@ -796,6 +1104,19 @@ class _Skip(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def _read_roi(path: str | os.PathLike) -> np.ndarray:
+    """An ROI mask file, read; :class:`RoiError` when unreadable or without a white pixel."""
+    from ..data.images import ImageLoadError
+
+    try:
+        roi = load_roi(path)
+    except ImageLoadError as exc:
+        raise RoiError(f"ROI mask: {exc}") from None
+    if not roi.any():
+        raise RoiError(f"ROI mask {display_path(Path(path))} has no white pixel")
+    return roi
 
 
 def bank_digest(profile) -> str:

@@ -10,6 +10,21 @@ Output layout under ``out_dir``::
     masks/<name>.png      0/255 mask of map >= threshold           (only with a pixel threshold:
                           given, or a profile's calibrated one)
     maps/<name>.npy       raw map, float32 (H, W), original size   (only with save_maps)
+    defects.csv           one row per defect record (with a pixel threshold; see below)
+    defects_coco.json     the defects as COCO results with RLE masks (defects_format="coco")
+
+Defects: with a pixel threshold (given, or a profile's calibrated one) every image's
+connected regions of ``map >= threshold`` (inside its ROI) become records
+(:func:`~tipsomaly.method.defects.extract_defects`: box, area, peak, mean, centroid; regions
+under ``min_defect_area`` pixels dropped): the ``defects`` entry of its ``scores.json`` row,
+its lines of ``defects.csv``, and with ``boxes`` numbered boxes on its overlay.
+
+ROI (``roi``: one mask for every image; ``roi_dir``: each image's own,
+``<roi_dir>/<name>.<ext>``, else ``<roi_dir>/<stem>.<ext>``): maps are 0 outside it and scores
+take only its evidence (see :class:`~tipsomaly.method.detector.Detector`); an image whose
+folder mask is missing is an error row; a mask of another size is resized (the row's ``note``
+says so). Tiling is the detector's setting (``Detector(tile=...)``), recorded in
+``scores.json``'s settings.
 
 Naming rule: ``<name>`` is the image's path relative to the deepest folder holding every
 input, without its extension, so the outputs mirror the input folders (``a/x.png`` and
@@ -45,7 +60,9 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from .. import __version__
 from ..data.images import ImageLoadError, load_image
 from ..data.inputs import NoInputsError, expand_inputs, folder_class_name, output_names
+from ..data.roi import RoiError, check_roi_file, describe_missing, find_roi
 from ..errors import OutputError
+from ..method.defects import extract_defects
 from ..method.detector import NON_FINITE, Detector, Prediction
 from ..method.profile import ProfileError
 from ..report.overlay import (
@@ -68,6 +85,18 @@ OUTPUT_KINDS = ((OVERLAY_DIR, ".png"), (MASK_DIR, ".png"), (MAP_DIR, ".npy"))
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 ClassNames = str | Callable[[Path], str]
+#: ``defects_format``: records in scores.json and defects.csv; ``coco`` adds RLE masks
+DEFECT_FORMATS = ("records", "coco")
+#: how the image score is made, for scores.json's settings
+SCORE_RULES = {
+    "untiled": "global (CLS) abnormal evidence + max patch evidence",
+    "untiled+roi": "global (CLS) abnormal evidence of the whole image + max patch evidence over "
+    "the patch cells at least half inside the ROI; map 0 outside the ROI",
+    "tiled": "max over the tiles of the global (CLS) abnormal evidence + max of the blended map",
+    "tiled+roi": "max over the tiles holding ROI pixels of the global (CLS) abnormal evidence "
+    "+ max of the blended map inside the ROI; map 0 outside the ROI (tiles without ROI "
+    "pixels are not scored)",
+}
 
 
 @dataclass
@@ -87,6 +116,52 @@ class PredictSummary:
         return [r["path"] for r in self.rows if r["status"] != "ok"]
 
 
+@dataclass(frozen=True)
+class _Inspection:
+    """A run's ROI and defect settings (see the module doc)."""
+
+    roi: Any  # (H, W) bool array: one mask for every image
+    roi_dir: Path | None
+    min_area: int
+    pixel_size_mm: float | None
+    coco: bool
+    with_defects: bool
+    boxes: bool = False
+    listings: dict = field(default_factory=dict)  # roi_dir's folders, each listed once
+
+    @property
+    def with_roi(self) -> bool:
+        return self.roi is not None or self.roi_dir is not None
+
+    def roi_for(self, file: Path, name: str) -> Any:
+        """The ROI of one input for the detector (an array or a mask file), None without
+        one, or a ``str``: why its image has none (it becomes an error row)."""
+        if self.roi is not None:
+            return self.roi
+        if self.roi_dir is None:
+            return None
+        names = [name, file.stem]
+        try:
+            found = find_roi(self.roi_dir, names, self.listings)
+        except RoiError as exc:
+            return str(exc)
+        return found if found is not None else describe_missing(self.roi_dir, names)
+
+    def defects(self, pred: Prediction, threshold: float | None) -> list[dict] | None:
+        """The defect records of a scored image (None: no pixel threshold for it)."""
+        if threshold is None or pred.anomaly_map_original is None:
+            return None
+        records = extract_defects(
+            pred.anomaly_map_original,
+            threshold,
+            roi=pred.roi,
+            min_area=self.min_area,
+            pixel_size_mm=self.pixel_size_mm,
+            rle=self.coco,
+        )
+        return [r.to_dict() for r in records]
+
+
 # -- the run --------------------------------------------------------------------------------
 def run_predict(
     detector: Detector,
@@ -104,6 +179,12 @@ def run_predict(
     batch_size: int | None = None,
     progress: bool = False,
     settings: dict[str, Any] | None = None,
+    roi: str | os.PathLike | None = None,
+    roi_dir: str | os.PathLike | None = None,
+    min_defect_area: int = 1,
+    pixel_size_mm: float | None = None,
+    defects_format: str = "records",
+    boxes: bool = False,
 ) -> PredictSummary:
     """Score every image named by ``paths`` and write the outputs (layout in the module doc).
 
@@ -127,6 +208,12 @@ def run_predict(
         batch_size: images per forward pass (default: the detector's).
         progress: show a progress bar over the images (stderr).
         settings: extra entries for the ``settings`` object of ``scores.json``.
+        roi: one ROI mask file for every image (white = inspected), or ``roi_dir``: a folder
+            of per-image masks (matched by name, see the module doc). Not both.
+        min_defect_area: defect regions of fewer pixels are dropped.
+        pixel_size_mm: the side of a pixel in mm (defect areas also in mm²).
+        defects_format: ``"records"`` or ``"coco"`` (RLE masks, ``defects_coco.json``).
+        boxes: draw each defect's box on its overlay, labelled ``#<id> <peak>``.
 
     Returns:
         a :class:`PredictSummary`; a failed image is a row with status ``error``, not an
@@ -134,6 +221,7 @@ def run_predict(
 
     Raises:
         NoInputsError: ``paths`` name no image file.
+        RoiError: ``roi`` cannot be read or is empty, ``roi_dir`` is no folder.
         OutputLockedError: another run is writing into ``out_dir``.
         OutputError: ``out_dir`` cannot be written (read-only or full disk); the rows written
             before stay.
@@ -146,6 +234,24 @@ def run_predict(
         raise ValueError(f"overlay_scale must be one of {OVERLAY_SCALES}, got {overlay_scale!r}")
     if not 0.0 <= overlay_alpha <= 1.0:
         raise ValueError(f"overlay_alpha must be in [0, 1], got {overlay_alpha}")
+    if defects_format not in DEFECT_FORMATS:
+        raise ValueError(f"defects_format must be one of {DEFECT_FORMATS}, got {defects_format!r}")
+    if isinstance(min_defect_area, bool) or int(min_defect_area) != min_defect_area:
+        raise ValueError(f"min_defect_area must be an integer >= 1, got {min_defect_area!r}")
+    if min_defect_area < 1:
+        raise ValueError(f"min_defect_area must be an integer >= 1, got {min_defect_area!r}")
+    if pixel_size_mm is not None and not pixel_size_mm > 0:
+        raise ValueError(f"pixel_size_mm must be > 0, got {pixel_size_mm!r}")
+    if roi is not None and roi_dir is not None:
+        raise RoiError("give one of roi (one mask for every image) and roi_dir (one per image)")
+    if roi_dir is not None and not Path(roi_dir).is_dir():
+        raise RoiError(f"ROI folder {roi_dir} is not a folder")
+    if (roi is not None or roi_dir is not None) and not isinstance(detector, Detector):
+        raise RoiError(
+            f"regions of interest need the model itself, not {type(detector).__name__}: an "
+            "exported graph scores whole images"
+        )
+    roi_mask = check_roi_file(roi) if roi is not None else None
     paths = list(paths)
     out = Path(out_dir)
     files = expand_inputs(paths, exclude=[out])
@@ -171,6 +277,17 @@ def run_predict(
         _warn_uncalibrated(detector, image_threshold, threshold)
     logger.info("%d input image(s); writing to %s", len(files), out)
 
+    tiling = getattr(detector, "tiling", None)  # an exported graph does not tile
+    rule = ("tiled" if tiling else "untiled") + ("+roi" if roi or roi_dir else "")
+    inspect = _Inspection(
+        roi_mask,
+        Path(roi_dir) if roi_dir is not None else None,
+        int(min_defect_area),
+        pixel_size_mm,
+        defects_format == "coco",
+        with_defects=threshold is not None or bool(detector.profiles),
+        boxes=bool(boxes),
+    )
     run_settings = {
         "tipsomaly": __version__,
         "model": detector.model.name,
@@ -187,6 +304,21 @@ def run_predict(
         "profiles": {c: p.name for c, p in detector.profiles.items()} or None,
         "overlay_scale": overlay_scale if overlays else None,
         "overlay_alpha": overlay_alpha if overlays else None,
+        "tile": tiling["tile"] if tiling else None,
+        "tile_overlap": tiling["overlap"] if tiling else None,
+        "roi": str(roi) if roi is not None else None,
+        "roi_dir": str(roi_dir) if roi_dir is not None else None,
+        "image_score": SCORE_RULES[rule],
+        "defects": {
+            "threshold": "the pixel threshold: map >= threshold, 8-connected regions",
+            "min_area_px": int(min_defect_area),
+            "pixel_size_mm": pixel_size_mm,
+            "format": defects_format,
+            "bbox": "[x0, y0, x1, y1], original pixels, ends excluded",
+            "boxes_on_overlays": bool(boxes and overlays),
+        }
+        if inspect.with_defects
+        else None,
         **(settings or {}),
     }
     info = distributed.current()  # under torchrun: each rank scores its share, rank 0 merges
@@ -207,6 +339,7 @@ def run_predict(
             overlay_alpha=overlay_alpha,
             batch_size=batch_size,
             progress=progress,
+            inspect=inspect,
         )
     return PredictSummary(
         images=len(table.rows),
@@ -235,15 +368,12 @@ def _run(
     overlay_alpha: float,
     batch_size: int | None,
     progress: bool,
+    inspect: _Inspection,
     table_dir: Path | None = None,
 ) -> ScoreTable:
     """The run proper, with the output folder's lock held (rows in ``table_dir``, default
     ``out``)."""
-    table = ScoreTable(
-        table_dir or out,
-        with_is_anomalous=image_threshold is not None,
-        with_profile=bool(detector.profiles),
-    )
+    table = _table(table_dir or out, detector, image_threshold, inspect)
     with_profile = bool(detector.profiles)
     complete = False
     bar = tqdm(total=len(files), unit="img", desc="predict", disable=not progress)
@@ -253,24 +383,48 @@ def _run(
         for name in names:  # this run's rows are not written yet: nor are its files
             _remove_outputs(out, name)
         with redirect:
+            rois = [inspect.roi_for(f, n) for f, n in zip(files, names, strict=True)]
+            sent = [i for i, r in enumerate(rois) if not isinstance(r, str)]
+            extra = {"roi": [rois[i] for i in sent]} if inspect.with_roi else {}
             predictions = detector.iter_predict(
-                [str(f) for f in files], classes, batch_size=batch_size, on_error="record"
+                [str(files[i]) for i in sent],
+                [classes[i] for i in sent],
+                batch_size=batch_size,
+                on_error="record",
+                **extra,
             )
-            for pred, name in zip(predictions, names, strict=True):
+            for i, name in enumerate(names):
+                if isinstance(rois[i], str):  # no ROI mask for it: not scored
+                    pred = Prediction(str(files[i]), classes[i], error=rois[i])
+                else:
+                    pred = next(predictions)
                 row = _row(pred, name, image_threshold, with_profile)
+                if inspect.with_roi:
+                    row["note"] = "; ".join(pred.notes) or None
+                    for note in pred.notes:
+                        logger.warning("%s: %s", printable(pred.source), note)
+                if inspect.with_defects:
+                    row["defects"] = None
                 written: list[tuple[Path, Path]] = []
                 if row["status"] == "ok":
+                    pixel = threshold if threshold is not None else pred.pixel_threshold
                     try:
+                        defects = inspect.defects(pred, pixel) if inspect.with_defects else None
+                        if inspect.with_defects:
+                            row["defects"] = defects
                         written = _write_images(
                             pred,
                             out,
                             name,
-                            threshold if threshold is not None else pred.pixel_threshold,
+                            pixel,
                             save_maps,
                             overlays,
                             overlay_scale,
                             overlay_alpha,
+                            defects if inspect.boxes else None,
                         )
+                    except MemoryError:
+                        row = _error_row(row, f"cannot find the defects of {name}: out of memory")
                     except _ImageOutputError as exc:
                         row = _error_row(row, str(exc))
                 if row["status"] != "ok":
@@ -324,11 +478,7 @@ def _run_sharded(
     info.check_same([[str(f) for f in files], names, classes], "the list of input images")
     merged = None
     if info.is_main:  # replaces an older scores.csv at once, as one process does
-        merged = ScoreTable(
-            out,
-            with_is_anomalous=options["image_threshold"] is not None,
-            with_profile=bool(detector.profiles),
-        )
+        merged = _table(out, detector, options["image_threshold"], options["inspect"])
     try:
         if merged is not None:
             merged.write_json(complete=False, settings=run_settings)
@@ -364,6 +514,19 @@ def _run_sharded(
     finally:
         if merged is not None:
             merged.close()
+
+
+def _table(
+    folder: Path, detector: Detector, image_threshold: float | None, inspect: _Inspection
+) -> ScoreTable:
+    return ScoreTable(
+        folder,
+        with_is_anomalous=image_threshold is not None,
+        with_profile=bool(detector.profiles),
+        with_defects=inspect.with_defects,
+        with_note=inspect.with_roi,
+        coco=inspect.coco,
+    )
 
 
 def _warn_uncalibrated(
@@ -426,8 +589,9 @@ def _error_row(row: dict[str, Any], error: str) -> dict[str, Any]:
     row = {**row, "status": "error", "error": error}
     for key in ("image_score", "score_cls1", "score_cls2"):
         row[key] = float("nan")
-    if "is_anomalous" in row:
-        row["is_anomalous"] = None
+    for key in ("is_anomalous", "defects"):
+        if key in row:
+            row[key] = None
     return row
 
 
@@ -467,9 +631,11 @@ def _write_images(
     overlays: bool,
     scale: str,
     alpha: float,
+    defects: list[dict] | None = None,
 ) -> list[tuple[Path, Path]]:
-    """The per-image files of one scored image (overlay, mask, raw map, at original size),
-    written under temporary names: returns ``(temporary, final)`` pairs.
+    """The per-image files of one scored image (overlay with its ``defects``' boxes, mask
+    inside its ROI, raw map, at original size), written under temporary names: returns
+    ``(temporary, final)`` pairs.
 
     Raises:
         _ImageOutputError: this image's files cannot be written (out of memory, a name the
@@ -488,7 +654,7 @@ def _write_images(
             written.append((_tmp_name(final), final))
         if threshold is not None:
             final = out / MASK_DIR / f"{name}.png"
-            save_mask(_tmp_name(final), amap, threshold)
+            save_mask(_tmp_name(final), amap, threshold, roi=pred.roi)
             written.append((_tmp_name(final), final))
         if overlays:
             final = out / OVERLAY_DIR / f"{name}.png"
@@ -502,7 +668,16 @@ def _write_images(
                     scale = "fixed"
                     if threshold is not None and threshold > 0:
                         span = (0.0, 2.0 * float(threshold))
-                save_overlay(_tmp_name(final), image, amap, alpha=alpha, scale=scale, span=span)
+                save_overlay(
+                    _tmp_name(final),
+                    image,
+                    amap,
+                    alpha=alpha,
+                    scale=scale,
+                    span=span,
+                    boxes=[tuple(d["bbox"]) for d in defects or []],
+                    labels=[f"#{d['id']} {d['peak']:.2f}" for d in defects or []],
+                )
                 written.append((_tmp_name(final), final))
     except BaseException as exc:
         _discard([*written, (_tmp_name(final), final)])

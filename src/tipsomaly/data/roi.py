@@ -1,0 +1,173 @@
+"""Regions of interest: which pixels of an image are inspected (white) and which are ignored.
+
+An ROI mask is an image file (any mode :func:`~tipsomaly.data.images.load_image` reads):
+pixels of luma >= 128 are inspected, darker ones ignored (serial numbers, fixtures, background
+that is *supposed* to vary). One mask may serve every image (``predict --roi``), or each image
+has its own in a folder (``--roi-dir``), found by name (:func:`find_roi`).
+
+A mask of another size than its image is resized to it (:func:`fit_roi`: bilinear on 0/255,
+then >= 128, the rule of the ground-truth masks) and the caller notes it. What the detector does
+with the ROI (maps zeroed outside it, image score from ROI evidence only) is documented in
+:class:`~tipsomaly.method.detector.Detector`. Numpy and Pillow only (no torch).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..errors import TipsomalyError
+from .images import IMAGE_EXTENSIONS, ImageLoadError, load_image
+from .names import display_path
+
+__all__ = [
+    "RoiError",
+    "RoiInput",
+    "as_roi",
+    "boxes_touching",
+    "check_roi_file",
+    "describe_missing",
+    "find_roi",
+    "fit_roi",
+    "load_roi",
+    "roi_cells",
+]
+
+#: what an ROI can be given as: a mask file, a bool / 0-255 array (H, W), a PIL image
+RoiInput = str | os.PathLike | np.ndarray | Image.Image
+
+
+class RoiError(TipsomalyError, ValueError):
+    """An ROI mask that cannot be used (unreadable, empty, ambiguous, not found)."""
+
+
+def load_roi(path: str | os.PathLike) -> np.ndarray:
+    """An ROI mask file → (H, W) bool, True = inspect (luma >= 128).
+
+    Raises:
+        ImageLoadError: the file cannot be read (named).
+    """
+    return as_roi(load_image(path))
+
+
+def as_roi(roi: RoiInput) -> np.ndarray:
+    """Any :data:`RoiInput` → (H, W) bool, True = inspect.
+
+    Arrays: bool as they are; numbers inspect where >= 128 (0/255 masks), or where > 0.5 when
+    all values are in [0, 1] (0/1 and float masks). PIL images: luma >= 128.
+
+    Raises:
+        ImageLoadError: a file that cannot be read.
+        RoiError: an array that is not (H, W).
+    """
+    if isinstance(roi, (str, os.PathLike)):
+        return load_roi(roi)
+    if isinstance(roi, Image.Image):
+        from .images import to_rgb
+
+        return np.asarray(to_rgb(roi).convert("L")) >= 128
+    arr = np.asarray(roi)
+    if arr.ndim == 3 and arr.shape[2] in (1, 3, 4):
+        arr = arr[..., :3].mean(axis=2) if arr.shape[2] > 1 else arr[..., 0]
+    if arr.ndim != 2:
+        raise RoiError(f"an ROI mask must be (H, W), got shape {arr.shape}")
+    if arr.dtype == bool:
+        return arr
+    if arr.size and float(np.nanmax(arr)) <= 1.0:
+        return arr > 0.5
+    return arr >= 128
+
+
+def fit_roi(roi: np.ndarray, image_hw: tuple[int, int]) -> tuple[np.ndarray, bool]:
+    """(h, w) bool ROI → (H, W) bool at the image's size, and whether it was resized.
+
+    Resizing is bilinear on the 0/255 mask, then >= 128 (half-covered pixels are inspected).
+    """
+    h, w = (int(v) for v in image_hw)
+    if roi.shape == (h, w):
+        return roi, False
+    im = Image.fromarray(roi.astype(np.uint8) * 255, mode="L")
+    return np.asarray(im.resize((w, h), Image.Resampling.BILINEAR)) >= 128, True
+
+
+def roi_cells(roi: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool ROI → (gh·gw,) bool: the patch cells (of the image resized to the model
+    input, a gh × gw grid) that count as inside the ROI.
+
+    A cell counts when at least half of it is inside; when no cell is (an ROI smaller than half
+    a cell), the cells with the largest share do. An empty ROI gives no cell.
+    """
+    gh, gw = grid
+    im = Image.fromarray(roi.astype(np.float32), mode="F")
+    share = np.asarray(im.resize((gw, gh), Image.Resampling.BOX), dtype=np.float32).reshape(-1)
+    top = float(share.max()) if share.size else 0.0
+    if top <= 0.0:
+        return np.zeros(gh * gw, dtype=bool)
+    return share >= min(0.5, top) - 1e-6
+
+
+def boxes_touching(roi: np.ndarray, boxes: Sequence[tuple[int, int, int, int]]) -> list[int]:
+    """Indices of the ``(y0, x0, y1, x1)`` boxes holding at least one ROI pixel."""
+    return [i for i, (y0, x0, y1, x1) in enumerate(boxes) if roi[y0:y1, x0:x1].any()]
+
+
+def find_roi(
+    folder: str | os.PathLike,
+    names: Sequence[str],
+    listings: dict[Path, dict[str, list[Path]]] | None = None,
+) -> Path | None:
+    """The mask of an image in an ROI folder: ``folder/<name>.<ext>`` for the first of
+    ``names`` (e.g. the image's output name ``a/x``, then its stem ``x``) that has one, with
+    any image extension (:data:`~tipsomaly.data.images.IMAGE_EXTENSIONS`, either case).
+    None when no name has one. ``listings``: a dict the caller keeps across calls, so each
+    folder is listed once.
+
+    Raises:
+        RoiError: a name matches several files (``x.png`` and ``x.bmp``).
+    """
+    root = Path(folder)
+    listings = {} if listings is None else listings
+    for name in dict.fromkeys(names):
+        base = root / name
+        parent = base.parent
+        if parent not in listings:
+            by_stem: dict[str, list[Path]] = {}
+            if parent.is_dir():
+                for p in sorted(parent.iterdir()):
+                    if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file():
+                        by_stem.setdefault(p.stem, []).append(p)
+            listings[parent] = by_stem
+        found = listings[parent].get(base.name, [])
+        if len(found) > 1:
+            shown = ", ".join(display_path(p.name) for p in found)
+            raise RoiError(
+                f"ROI folder {display_path(root)}: several masks for {display_path(name)} "
+                f"({shown}); keep one"
+            )
+        if found:
+            return found[0]
+    return None
+
+
+def describe_missing(folder: str | os.PathLike, names: Sequence[str]) -> str:
+    """The error text for an image without a mask in ``folder``."""
+    tried = " or ".join(f"{display_path(n)}.*" for n in dict.fromkeys(names))
+    return f"no ROI mask for it in {display_path(Path(folder))} (looked for {tried})"
+
+
+def check_roi_file(path: str | os.PathLike) -> np.ndarray:
+    """Read an ``--roi`` file once, before any model loads: the mask, or :class:`RoiError`
+    naming the file and the problem (unreadable, or no white pixel: nothing to inspect)."""
+    try:
+        roi = load_roi(path)
+    except ImageLoadError as exc:
+        raise RoiError(f"--roi: {exc}") from None
+    if not roi.any():
+        raise RoiError(
+            f"--roi: {display_path(Path(path))} has no white pixel: nothing would be inspected"
+        )
+    return roi
