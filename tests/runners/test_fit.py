@@ -341,7 +341,7 @@ def test_overlays_with_a_profile_put_the_pixel_threshold_at_the_middle_colour(
     bad = data["root"] / "test" / "bad" / "img_00.png"
     out = tmp_path / "pred"
     args = ["predict", str(bad), "--class-name", "tile", "--profile", str(profile_dir)]
-    assert main([*args, "--save-maps", "--out", str(out), "-q"]) == 0
+    assert main([*args, "--save-maps", "--no-boxes", "--out", str(out), "-q"]) == 0
     settings = json.loads((out / "scores.json").read_text())["settings"]
     assert settings["overlay_scale"] == "threshold"
     t = Profile.load(profile_dir).pixel_threshold("fused")

@@ -129,8 +129,8 @@ outputs (in --out):
   defects.csv          one row per defect: connected region of map >= the pixel threshold
                        (with one): box x0,y0,x1,y1 (original pixels, ends excluded), area
                        (px, mm2 with --pixel-size-mm), peak, mean, centroid; also the
-                       "defects" list of each scores.json row (and, with --boxes, boxes on
-                       the overlays)
+                       "defects" list of each scores.json row (and boxes on the
+                       overlays, unless --no-boxes)
   defects_coco.json    the defects as COCO results with RLE masks (--defects-format coco)
 NAME is the image's path relative to the deepest folder holding all inputs, without its
 extension (a/x.png -> a/x), so same-named files in different folders do not collide; two
@@ -247,8 +247,10 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     )
     p.add_argument(
         "--boxes",
-        action="store_true",
-        help="draw each defect's box on its overlay, labelled '#<number> <peak>'",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="draw each defect's box on its overlay, labelled '#<number> <peak>' (there are "
+        "defects only with a pixel threshold: --threshold or a profile's)",
     )
     p.add_argument("--no-overlays", action="store_true", help="do not write overlays/NAME.png")
     p.add_argument(
