@@ -223,9 +223,13 @@ def test_both_verbs_take_l14h_prompts_from_one_function(monkeypatch):
         return "picked"
 
     monkeypatch.setattr(config_module, "default_pixel_prompts", fake)
-    # predict: cmd_predict resolves --pixel-prompts with resolve_pixel_prompts (no dataset)
+    # predict (and fit, serve): build_detector resolves --pixel-prompts with
+    # resolve_pixel_prompts (no dataset)
+    from tipsomaly.cli import options as options_cli
+
+    assert "build_detector(" in inspect.getsource(predict_cli.cmd_predict)
     assert "resolve_pixel_prompts(args.pixel_prompts, args.model)" in inspect.getsource(
-        predict_cli.cmd_predict
+        options_cli.build_detector
     )
     assert resolve_pixel_prompts("auto", "l14h") == "picked"
     # eval: evaluate_datasets and Evaluator resolve through EvalConfig.for_dataset

@@ -20,6 +20,7 @@ from .options import (
     add_input_options,
     add_model_options,
     apply_input_options,
+    build_detector,
     check_model_options,
     dtype_name,
     ensure_out_dir,
@@ -116,8 +117,6 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 def cmd_fit(args: argparse.Namespace) -> int:
     """Run ``fit``: check options, find the references, load the model, fit, report."""
     from ..data.inputs import NoInputsError, expand_inputs
-    from ..method.config import resolve_pixel_prompts
-    from ..method.detector import Detector
     from ..method.tiling import DEFAULT_OVERLAP
     from ..runners.fit import run_fit
 
@@ -130,19 +129,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
         return ExitCode.NO_INPUTS
     ensure_out_dir(args.out)
     apply_input_options(args)
-    pixel_prompts = resolve_pixel_prompts(args.pixel_prompts, args.model)
-    detector = Detector(
-        args.model,
-        prompt_type=args.prompt_type,
-        prompt_file=args.prompt_file,
-        pixel_prompts=pixel_prompts,
-        image_size=args.image_size,
-        sigma=args.sigma,
-        cls=args.cls,
-        device=device,
-        dtype=dtype,
-        batch_size=args.batch_size,
-        offline=args.offline or None,
+    detector = build_detector(
+        args,
+        device,
+        dtype,
         tile=args.tile,
         tile_overlap=DEFAULT_OVERLAP if args.tile_overlap is None else args.tile_overlap,
     )

@@ -26,6 +26,8 @@ from .exit_codes import ExitCode
 if TYPE_CHECKING:
     import torch
 
+    from ..method.detector import Detector
+
 # Reusable ``type=`` adapters (predict, eval, train; later fit and serve).
 positive_int = int_type(1)
 non_negative_int = int_type(0)
@@ -175,6 +177,33 @@ def check_model_options(args: argparse.Namespace) -> tuple[torch.device, torch.d
     vision, _ = model_configs(args.model)
     multiple_of(args.image_size, "--image-size", vision.patch_size, what="the model's patch size")
     return resolve_runtime(args.device, args.dtype)
+
+
+def build_detector(
+    args: argparse.Namespace, device: torch.device, dtype: torch.dtype, **extra: Any
+) -> Detector:
+    """The :class:`~tipsomaly.method.detector.Detector` of the model options in ``args``
+    (every :class:`DetectorConfig` field, ``--pixel-prompts auto`` resolved for the model,
+    ``--offline``) on ``device`` / ``dtype``; ``extra`` adds the verb's own arguments
+    (``profile``, ``mode``, ``tile`` ...). Prompt, pixel-prompt and model-file problems raise
+    :class:`TipsomalyError`, which ``main()`` shows as one line."""
+    from ..method.config import resolve_pixel_prompts
+    from ..method.detector import Detector
+
+    return Detector(
+        args.model,
+        prompt_type=args.prompt_type,
+        prompt_file=args.prompt_file,
+        pixel_prompts=resolve_pixel_prompts(args.pixel_prompts, args.model),
+        image_size=args.image_size,
+        sigma=args.sigma,
+        cls=args.cls,
+        device=device,
+        dtype=dtype,
+        batch_size=args.batch_size,
+        offline=args.offline or None,
+        **extra,
+    )
 
 
 def resolve_runtime(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:

@@ -17,6 +17,7 @@ from .options import (
     add_input_options,
     add_model_options,
     apply_input_options,
+    build_detector,
     check_model_options,
     ensure_out_dir,
     image_threshold,
@@ -268,8 +269,6 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 def cmd_predict(args: argparse.Namespace) -> int:
     """Run ``predict``: check options, find the inputs, load the model, score, report."""
     from ..data.inputs import NoInputsError, expand_inputs
-    from ..method.config import resolve_pixel_prompts
-    from ..method.detector import Detector
     from ..runners.distributed import init_if_needed
     from ..runners.predict import run_predict
     from .export import exported_model
@@ -316,20 +315,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return ExitCode.NO_INPUTS
     ensure_out_dir(args.out)  # read-only, full, or under a file: one line before the model
     apply_input_options(args)
-    pixel_prompts = resolve_pixel_prompts(args.pixel_prompts, args.model)
     # prompt, pixel-prompt and model-file problems are TipsomalyErrors: main() shows them
-    detector = exported or Detector(
-        args.model,
-        prompt_type=args.prompt_type,
-        prompt_file=args.prompt_file,
-        pixel_prompts=pixel_prompts,
-        image_size=args.image_size,
-        sigma=args.sigma,
-        cls=args.cls,
-        device=device,
-        dtype=dtype,
-        batch_size=args.batch_size,
-        offline=args.offline or None,
+    detector = exported or build_detector(
+        args,
+        device,
+        dtype,
         profile=args.profile,
         mode=args.mode,
         tile=args.tile,

@@ -37,6 +37,7 @@ from .exit_codes import ExitCode
 from .options import (
     HelpFormatter,
     add_model_options,
+    build_detector,
     check_model_options,
     dtype_name,
     max_pixels_option,
@@ -227,23 +228,7 @@ def _serve(args: argparse.Namespace, stop: _Stop) -> int:
     sock = _listen(args.host, args.port)
 
     def load() -> Any:
-        from ..method.detector import Detector
-
-        return Detector(
-            args.model,
-            prompt_type=args.prompt_type,
-            prompt_file=args.prompt_file,
-            pixel_prompts=pixel_prompts,
-            image_size=args.image_size,
-            sigma=args.sigma,
-            cls=args.cls,
-            device=device,
-            dtype=dtype,
-            batch_size=args.batch_size,
-            offline=args.offline or None,
-            profile=args.profile,
-            mode=args.mode,
-        )
+        return build_detector(args, device, dtype, profile=args.profile, mode=args.mode)
 
     return _run(args, config, load, sock, profile_classes, stop)
 
