@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OutputError
+from ..method.defects import DEFECT_COLUMNS
 from .results import printable
 
 CSV_NAME = "scores.csv"
@@ -36,22 +37,7 @@ JSON_NAME = "scores.json"
 DEFECTS_CSV_NAME = "defects.csv"
 #: ``--defects-format coco``: every defect as a COCO results entry (RLE segmentation)
 COCO_JSON_NAME = "defects_coco.json"
-DEFECT_CSV_COLUMNS = (
-    "name",
-    "path",
-    "class_name",
-    "defect",
-    "x0",
-    "y0",
-    "x1",
-    "y1",
-    "area_px",
-    "area_mm2",
-    "peak",
-    "mean",
-    "centroid_x",
-    "centroid_y",
-)
+DEFECT_CSV_COLUMNS = ("name", "path", "class_name", *DEFECT_COLUMNS)
 
 SCORE_COLUMNS = ("image_score", "score_cls1", "score_cls2")
 
