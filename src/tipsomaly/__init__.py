@@ -103,7 +103,7 @@ _EXPORTS: dict[str, str] = {
     "ProfileMismatchError": "method.profile",
     "NotCalibratedError": "method.profile",
     "ExportError": "deploy.metadata",
-    "MissingExtraError": "deploy._extras",
+    "MissingExtraError": "errors",
     "DistributedError": "runners.distributed",
 }
 

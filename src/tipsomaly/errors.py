@@ -36,6 +36,39 @@ class InvalidOptionError(TipsomalyError, ValueError):
     """
 
 
+class SetupMismatchError(TipsomalyError, ValueError):
+    """Something fitted or exported with one setup (model, image size, tiling...) is used with
+    another; the message names every setting that differs and what to do."""
+
+
+class MissingExtraError(TipsomalyError, ImportError):
+    """An optional package is not installed; the message names the extra that installs it."""
+
+
+def require(module: str, extra: str, purpose: str):  # -> ModuleType
+    """``import module``, or :class:`MissingExtraError`: ``PURPOSE needs MODULE: pip install
+    'tipsomaly[EXTRA]'``."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingExtraError(
+            f"{purpose} needs the Python package {module.split('.')[0]!r}, which is not "
+            f"installed ({exc}): pip install 'tipsomaly[{extra}]'"
+        ) from None
+
+
+def available(module: str) -> bool:
+    """Whether ``module`` can be imported (without importing it)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 class UnknownModelError(TipsomalyError, KeyError):
     """A model name is neither a known TIPS preset nor a model directory.
 

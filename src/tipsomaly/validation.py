@@ -41,6 +41,7 @@ __all__ = [
     "non_negative_int",
     "positive_int",
     "text_type",
+    "tile_side",
 ]
 
 
@@ -158,6 +159,21 @@ def non_empty(value: Any, name: str = "") -> str:
 
 
 # -- argparse adapters -------------------------------------------------------------------------
+def tile_side(value: Any, name: str = "tile") -> int | str | None:
+    """A tile setting: None (untiled), ``"auto"`` or a side in pixels (a whole number >= 1,
+    also given as text); returns None, ``"auto"`` or the int."""
+    if value is None or value == "auto":
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidOptionError(
+            f"{_subject(name)}must be a side in pixels (an integer >= 1) or 'auto', got "
+            f"{_show(value)}"
+        )
+    return int(value)
+
+
 def _adapter(parse: Callable[[str], Any], check: Callable[[Any], T], type_name: str):
     """An ``argparse`` ``type=``: parse the text, run ``check``, report as ArgumentTypeError.
 

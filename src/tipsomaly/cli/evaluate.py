@@ -5,22 +5,29 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..runners.config import EvalConfig
 from .exit_codes import ExitCode
 from .options import (
     HelpFormatter,
     add_config_option,
-    add_input_options,
-    add_model_options,
-    apply_input_options,
-    check_model_options,
-    dtype_name,
+    add_settings,
+    config_from_args,
     ensure_out_dir,
+    resolved,
     writing,
+)
+
+#: decisions and defect records are predict's and serve's: eval computes metrics
+NOT_EVALUATED = (
+    "image_threshold",
+    "pixel_threshold",
+    "min_defect_area",
+    "pixel_size_mm",
+    "defects_format",
 )
 
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from ..runners.config import EvalConfig
 
     p = sub.add_parser(
         "eval",
@@ -39,19 +46,9 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument(
         "--data", nargs="+", required=True, metavar="DIR", help="dataset root(s) with meta.json"
     )
-    add_model_options(p, EvalConfig)
-    add_input_options(p)
-    add_config_option(p, EvalConfig, "allow_outside_root")
-    add_config_option(p, EvalConfig, "classes", nargs="+")
-    add_config_option(p, EvalConfig, "workers")
-    add_config_option(p, EvalConfig, "aupro")
-    add_config_option(p, EvalConfig, "shots")
-    add_config_option(p, EvalConfig, "shot_seed", metavar="SEED")
-    add_config_option(p, EvalConfig, "mode")
-    from .predict import tile_option, tile_overlap_option
-
-    add_config_option(p, EvalConfig, "tile", type=tile_option)
-    add_config_option(p, EvalConfig, "tile_overlap", type=tile_overlap_option)
+    add_settings(
+        p, EvalConfig, skip=(*NOT_EVALUATED, "roi", "roi_dir"), recorded_note=""
+    )
     where = p.add_mutually_exclusive_group()
     add_config_option(where, EvalConfig, "roi")
     add_config_option(where, EvalConfig, "roi_dir")
@@ -61,39 +58,17 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 
 def run(args: argparse.Namespace) -> int:
     """Run ``eval``: check options, evaluate every dataset, write and print the results."""
+    from ..errors import InvalidOptionError
     from ..report.results import render_text, write_results
     from ..runners.distributed import init_if_needed, output_lock
-    from ..runners.evaluate import EvalConfig, environment, evaluate_datasets
+    from ..runners.evaluate import environment, evaluate_datasets
 
-    device, dtype = check_model_options(args)  # before any model loads
-    check_roi_options(args)
-    dist = init_if_needed(device)  # under torchrun: join the job; else nothing
+    if args.roi_dir is not None and not os.path.isdir(args.roi_dir):
+        raise InvalidOptionError(f"--roi-dir {args.roi_dir}: not a folder")
+    # the device used, not "auto", goes into results.json
+    settings = resolved(config_from_args(args, EvalConfig))
+    dist = init_if_needed(settings.device)  # under torchrun: join the job; else nothing
     ensure_out_dir(args.out)
-    apply_input_options(args)
-    settings = EvalConfig(
-        model=args.model,
-        pixel_prompts=args.pixel_prompts,  # "none" → None; "auto": per dataset
-        prompt_type=args.prompt_type,
-        prompt_file=args.prompt_file,
-        image_size=args.image_size,
-        sigma=args.sigma,
-        cls=args.cls,
-        device=str(device),  # the device used, not "auto", goes into results.json
-        dtype=dtype_name(dtype),
-        batch_size=args.batch_size,
-        workers=args.workers,
-        aupro=args.aupro,
-        classes=args.classes,
-        offline=args.offline or None,
-        allow_outside_root=args.allow_outside_root,
-        shots=args.shots,
-        shot_seed=args.shot_seed,
-        mode=args.mode,
-        tile=args.tile,
-        tile_overlap=args.tile_overlap,
-        roi=args.roi,
-        roi_dir=args.roi_dir,
-    )
     # one lock over the predictions and the result files: no other run writes between them
     # (under torchrun rank 0 holds it; every rank predicts its share, rank 0 writes the results)
     with output_lock(args.out, dist):
@@ -102,10 +77,7 @@ def run(args: argparse.Namespace) -> int:
         )
         if not dist.is_main:
             return ExitCode.OK
-        config = {
-            "settings": vars(settings) | {"classes": args.classes, "max_pixels": args.max_pixels},
-            "environment": environment(),
-        }
+        config = {"settings": settings.record(), "environment": environment()}
         config["settings"]["data"] = list(args.data)
         config["settings"]["mode"] = settings.scoring_mode  # the one used, not None
         if settings.shots:
@@ -119,18 +91,6 @@ def run(args: argparse.Namespace) -> int:
     print("written: " + ", ".join(str(f) for f in files))
     failed = sum(len(r.errors) for r in results)
     return ExitCode.SOME_FAILED if failed else ExitCode.OK
-
-
-def check_roi_options(args: argparse.Namespace) -> None:
-    """``--roi`` readable and not empty, ``--roi-dir`` a folder: one line before the model."""
-    from ..errors import InvalidOptionError
-
-    if args.roi is not None:
-        from ..data.roi import check_roi_file
-
-        check_roi_file(args.roi)
-    if args.roi_dir is not None and not os.path.isdir(args.roi_dir):
-        raise InvalidOptionError(f"--roi-dir {args.roi_dir}: not a folder")
 
 
 def inspection_record(settings) -> dict:

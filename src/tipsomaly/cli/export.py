@@ -4,22 +4,32 @@ graph for ONNX Runtime or OpenVINO, and ``predict --model DIR``'s side of it."""
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
-from ..errors import InvalidOptionError, OutputError
-from ..method.config import MODES
+from ..errors import InvalidOptionError, OutputError, require
 from .exit_codes import ExitCode
 from .options import (
     HelpFormatter,
-    add_model_options,
+    add_settings,
+    config_from_args,
     ensure_out_dir,
     non_empty,
+    open_predictor,
     positive_int,
+    resolved,
 )
-from .predict import PROFILE_SETTINGS, _from_profile, apply_profile_settings
 
-if TYPE_CHECKING:
-    from ..deploy.inferencers import ExportedDetector
+#: what a graph does not hold: how it is run is predict's (or serve's) business
+NOT_EXPORTED = (
+    "device",
+    "dtype",
+    "batch_size",
+    "max_pixels",
+    "min_defect_area",
+    "pixel_size_mm",
+    "defects_format",
+)
 
 FORMAT_CHOICES = ("onnx", "openvino")
 
@@ -59,28 +69,13 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         help='what the images show, e.g. "screw" (default with --profile: the profile\'s)',
     )
     p.add_argument(
-        "--profile",
-        metavar="DIR",
-        help="a few-shot profile from `tipsomaly fit`: its memory bank and calibrated "
-        "thresholds go into the graph; the model options default to the profile's",
-    )
-    p.add_argument(
-        "--mode",
-        choices=MODES,
-        help="with --profile: how images are scored (default: fused)",
-    )
-    p.add_argument(
         "--format",
         choices=FORMAT_CHOICES,
         default="onnx",
         help="onnx (model.onnx, tipsomaly[onnx]) or openvino (model.xml/.bin, tipsomaly[openvino])",
     )
     p.add_argument("--out", required=True, help="the export folder to write")
-    add_model_options(
-        p,
-        skip=("device", "dtype", "batch_size"),
-        **{name: _from_profile(name) for name in PROFILE_SETTINGS},
-    )
+    add_settings(p, skip=NOT_EXPORTED, recorded_note="with --profile, the profile's")
     p.add_argument(
         "--opset",
         type=positive_int,
@@ -92,67 +87,39 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Run ``export``: check options, load the model (and profile), export, report."""
-    from pathlib import Path
-
-    import torch
-
-    from ..method.config import resolve_pixel_prompts
-    from ..method.detector import Detector
+    from ..deploy.metadata import is_export_dir
     from ..method.profile import ProfileError, read_record
-    from .options import check_model_options
 
-    if args.mode is not None and not args.profile:
+    if args.mode is not None and not args.profiles:
         raise InvalidOptionError("--mode needs --profile (without one, the export is zero-shot)")
     if args.opset < 18:
         raise InvalidOptionError(f"--opset {args.opset}: torch's exporter writes opset 18 or newer")
-    profiles = [args.profile] if args.profile else None
-    args.profile = profiles
-    apply_profile_settings(args)
-    if profiles:
-        fitted = read_record(profiles[0])["class_name"]
-        if args.class_name is None:
-            args.class_name = fitted
-        elif args.class_name != fitted:
+    # an export is traced in fp32 on the CPU
+    config = resolved(config_from_args(args, device="cpu", dtype="fp32"))
+    if is_export_dir(config.model):
+        raise InvalidOptionError(f"--model {config.model} is an export already")
+    if config.profiles:
+        fitted = {read_record(p)["class_name"] for p in config.profiles}
+        if args.class_name is None and len(fitted) == 1:
+            args.class_name = next(iter(fitted))
+        elif args.class_name not in fitted:
             raise ProfileError(
-                f"{profiles[0]} is a profile of {fitted!r}, not {args.class_name!r}: leave out "
+                f"{', '.join(map(str, config.profiles))} is a profile of "
+                f"{', '.join(map(repr, sorted(fitted)))}, not {args.class_name!r}: give "
                 "--class-name or fit a profile of that class"
             )
     if args.class_name is None:
         raise InvalidOptionError("give --class-name (the class the export is for) or --profile")
-    args.device, args.dtype = "cpu", "fp32"  # an export is traced in fp32 on the CPU
-    check_model_options(args)
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise OutputError(args.out, "exists and is not a folder")
     ensure_out_dir(args.out)
-    _check_extras(args.format)
-    detector = Detector(
-        args.model,
-        prompt_type=args.prompt_type,
-        prompt_file=args.prompt_file,
-        pixel_prompts=resolve_pixel_prompts(args.pixel_prompts, args.model),
-        image_size=args.image_size,
-        sigma=args.sigma,
-        cls=args.cls,
-        device="cpu",
-        dtype=torch.float32,
-        offline=args.offline or None,
-        profile=profiles,
-        mode=args.mode,
-    )
+    for module in ("onnx", "onnxscript", *(("openvino",) if args.format == "openvino" else ())):
+        require(module, args.format, f"exporting to {args.format}")
     from ..deploy.export import export
 
+    detector = open_predictor(config, {})
     _report(export(detector, args.class_name, args.out, args.format, opset=args.opset))
     return ExitCode.OK
-
-
-def _check_extras(fmt: str) -> None:
-    """The packages the format needs, before the model loads (one line naming the extra)."""
-    from ..deploy._extras import require
-
-    for module in ("onnx", "onnxscript"):
-        require(module, fmt, f"exporting to {fmt}")
-    if fmt == "openvino":
-        require("openvino", "openvino", "exporting to openvino")
 
 
 def _report(result: Any) -> None:
@@ -160,7 +127,8 @@ def _report(result: Any) -> None:
     graph = r["graph"]
     files = ", ".join(sorted(graph["sha256"]))
     print(
-        f"exported {r['class_name']!r} ({r['mode']}, {r['image_size']} px, {r['model']['name']}) "
+        f"exported {r['class_name']!r} ({r['mode']}, {r['settings']['image_size']} px, "
+        f"{r['identity']['model']['name']}) "
         f"as {graph['format']} (fp32, opset {graph['opset']}) -> {result.folder}/: {files}, "
         "export.json"
     )
@@ -189,90 +157,3 @@ def _quoted(text: str) -> str:
     return shlex.quote(text)
 
 
-# -- predict --model EXPORT_DIR ----------------------------------------------------------------
-def exported_model(args: argparse.Namespace) -> ExportedDetector | None:
-    """``predict``'s ``--model`` when it names an export folder: the export's
-    :class:`~tipsomaly.deploy.inferencers.ExportedDetector`; ``None`` for anything else.
-
-    The options that the export fixed (image size, sigma, CLS token, prompts, profile, mode,
-    class) may be left out, or must equal the export's; they are set to the export's values
-    so the rest of ``predict`` (and ``scores.json``) reads them. ``--device`` must be auto or
-    cpu and ``--dtype`` auto or fp32: the graph runs in fp32 on the CPU.
-
-    Raises:
-        InvalidOptionError: an option the export contradicts (named, with its value).
-        ExportError: a malformed export, or a class other than the export's.
-        MissingExtraError: its runtime is not installed (names the extra).
-    """
-    from ..deploy.metadata import ExportError, is_export_dir, read_metadata
-
-    if not is_export_dir(args.model):
-        return None
-    folder = args.model
-    record = read_metadata(folder)
-    if args.profile:
-        raise InvalidOptionError(
-            f"--profile: the export {folder} holds its own profile (if any) in the graph; leave "
-            "out --profile, or export again with `tipsomaly export --profile DIR`"
-        )
-    if args.mode is not None and args.mode != record["mode"]:
-        raise InvalidOptionError(
-            f"--mode {args.mode}: the export {folder} scores in mode {record['mode']}; export "
-            f"again with --mode {args.mode}"
-        )
-    args.mode = None  # predict's own check: --mode needs --profile
-    pixel = record["pixel_prompts"]
-    fixed: dict[str, Any] = {
-        "image_size": record["image_size"],
-        "sigma": record["sigma"],
-        "cls": record["cls"],
-        "prompt_type": record["prompts"].get("name"),
-    }
-    for name, value in fixed.items():
-        given = getattr(args, name, None)
-        if given is not None and given != value:
-            option = "--" + name.replace("_", "-")
-            raise InvalidOptionError(
-                f"{option} {given}: the export {folder} was made with {option} {value}; leave "
-                "it out or export again with the value you want"
-            )
-    if args.prompt_file is not None:
-        raise InvalidOptionError(
-            f"--prompt-file: the export {folder} holds its text embeddings already; leave it out "
-            "or export again with it"
-        )
-    given = args.pixel_prompts
-    if given is not None and str(given).lower() != "auto":
-        wanted = None if str(given).lower() == "none" else str(given)
-        recorded = None if pixel is None else pixel.get("source")
-        if wanted != recorded:
-            raise InvalidOptionError(
-                f"--pixel-prompts {given}: the export {folder} was made with "
-                f"{recorded or 'none'}; leave it out or export again with the prompts you want"
-            )
-    if getattr(args, "class_from_folder", False):
-        raise InvalidOptionError(
-            f"--class-from-folder: the export {folder} is of one class, "
-            f"{record['class_name']!r}; give --class-name {_quoted(record['class_name'])}"
-        )
-    if args.class_name is not None and args.class_name != record["class_name"]:
-        raise ExportError(
-            f"--class-name {args.class_name!r}: the export {folder} is of class "
-            f"{record['class_name']!r} (its text embeddings are for that class only); export "
-            f"again with --class-name {_quoted(args.class_name)}"
-        )
-    if str(args.device) not in ("auto", "cpu"):
-        raise InvalidOptionError(
-            f"--device {args.device}: an export runs on the CPU (ONNX Runtime / OpenVINO)"
-        )
-    if str(args.dtype) not in ("auto", "fp32"):
-        raise InvalidOptionError(f"--dtype {args.dtype}: an export runs in fp32")
-    for name, value in fixed.items():
-        setattr(args, name, value)
-    args.pixel_prompts = "none" if pixel is None else pixel.get("source", "given")
-    args.device, args.dtype = "cpu", "fp32"
-    if getattr(args, "overlay_scale", "") is None and record.get("profile") is not None:
-        args.overlay_scale = "threshold"  # as predict --profile colours its overlays
-    from ..deploy.inferencers import load_inferencer
-
-    return load_inferencer(folder, batch_size=args.batch_size)

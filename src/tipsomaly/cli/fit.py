@@ -7,28 +7,38 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import OutputError
+from ..errors import InvalidOptionError, OutputError
 from ..method.config import (
     DEFAULT_FALSE_ALARM_RATE,
     DEFAULT_MAX_BANK,
     DEFAULT_PIXEL_FALSE_ALARM_RATE,
+    MODES,
 )
 from ..validation import float_type
 from .exit_codes import ExitCode
 from .options import (
     HelpFormatter,
-    add_input_options,
-    add_model_options,
-    apply_input_options,
-    build_detector,
-    check_model_options,
-    dtype_name,
+    add_settings,
+    config_from_args,
     ensure_out_dir,
     non_empty,
+    open_predictor,
     positive_int,
+    resolved,
     seed_int,
 )
-from .predict import PREDICT_DTYPE, add_tile_options
+from .predict import DEFAULTS
+
+#: settings that decide with a profile, not fit one
+NOT_FITTING = (
+    "profiles",
+    "mode",
+    "image_threshold",
+    "pixel_threshold",
+    "min_defect_area",
+    "pixel_size_mm",
+    "defects_format",
+)
 
 rate = float_type(0, 1, low_open=True, high_open=True, hint="a fraction, e.g. 0.01 = 1 in 100")
 
@@ -78,8 +88,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         "--class-name", type=non_empty, required=True, help='what the images show, e.g. "tile"'
     )
     p.add_argument("--out", required=True, help="the profile folder to write")
-    add_model_options(p, dtype={"default": PREDICT_DTYPE})
-    add_input_options(p)
+    add_settings(p, skip=NOT_FITTING, defaults=DEFAULTS)
     p.add_argument(
         "--false-alarm-rate",
         type=rate,
@@ -110,17 +119,21 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         "10 %% of a B/14 forward)",
     )
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the coreset")
-    add_tile_options(p, profile_note=False)
     p.set_defaults(func=cmd_fit)
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
     """Run ``fit``: check options, find the references, load the model, fit, report."""
     from ..data.inputs import NoInputsError, expand_inputs
-    from ..method.tiling import DEFAULT_OVERLAP
+    from ..deploy.metadata import is_export_dir
     from ..runners.fit import run_fit
 
-    device, dtype = check_model_options(args)
+    config = resolved(config_from_args(args, defaults=DEFAULTS))
+    if is_export_dir(config.model):
+        raise InvalidOptionError(
+            f"--model {config.model} is an export: fit a profile with the model itself (a "
+            "preset or model folder), then export it with --profile"
+        )
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise OutputError(args.out, "exists and is not a folder")
     files = expand_inputs(args.paths, exclude=[args.out])
@@ -128,15 +141,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         print(f"tipsomaly: error: {NoInputsError(args.paths)}", file=sys.stderr)
         return ExitCode.NO_INPUTS
     ensure_out_dir(args.out)
-    apply_input_options(args)
-    detector = build_detector(
-        args,
-        device,
-        dtype,
-        tile=args.tile,
-        tile_overlap=DEFAULT_OVERLAP if args.tile_overlap is None else args.tile_overlap,
-    )
-    settings = {"dtype": dtype_name(dtype), "device": str(device)}
+    detector = open_predictor(config, {})
+    settings = {"dtype": config.dtype, "device": config.device}
     try:
         summary = run_fit(
             detector,
@@ -169,8 +175,9 @@ def _report(summary: Any, args: argparse.Namespace) -> None:
         f"profile of {profile.class_name!r}: {summary.references} reference image(s), "
         f"{bank['patches']} patch features{coreset} -> {summary.out_dir}/"
     )
-    for mode, kinds in profile.thresholds.items():
-        image, pixel = kinds["image"], kinds["pixel"]
+    for mode in MODES:
+        image = profile.thresholds.get(mode, "image")
+        pixel = profile.thresholds.get(mode, "pixel")
         if image is None:
             print(f"  {mode:9s}  not calibrated (needs 2 or more reference images)")
             continue
@@ -178,7 +185,7 @@ def _report(summary: Any, args: argparse.Namespace) -> None:
             f"  {mode:9s}  image threshold {image.threshold:.6f}, pixel threshold "
             f"{pixel.threshold:.6f}" + ("" if image.attainable else "  [see below]")
         )
-    first = profile.thresholds["zero-shot"]["image"]
+    first = profile.thresholds.get("zero-shot", "image")
     if first is not None:
         print(f"image thresholds: {first.note}")
     print(f"default mode with this profile: {profile.mode}")

@@ -1,10 +1,12 @@
 """Argument types, the help formatter, and the option groups several verbs share.
 
-Every option is checked while the arguments are parsed (the ``type=`` adapters of
-:mod:`tipsomaly.validation`) or, for what depends on the model or the machine (the image size
-against the model's patch size, ``--device``, ``--dtype``, the output folder), by
-:func:`check_model_options` / :func:`ensure_out_dir` before any model is loaded. Nothing here
-imports torch at parse time.
+The options of the settings come from the configs' fields (:func:`add_settings`), unset by
+default, and become a config in one place (:func:`config_from_args`: a profile's settings
+first, then the options given, then the defaults). Every option is checked while the arguments
+are parsed (the ``type=`` adapters of :mod:`tipsomaly.validation`), when the config is built
+(its checks), or, for what depends on the model or the machine (the image size against the
+model's patch size, ``--device``, ``--dtype``, the output folder), by :func:`resolved` /
+:func:`ensure_out_dir` before any model is loaded. Nothing here imports torch at parse time.
 """
 
 from __future__ import annotations
@@ -16,17 +18,19 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import InvalidOptionError, OutputError, TipsomalyError
-from ..method.config import DTYPE_CHOICES, DetectorConfig  # noqa: F401 - DTYPE_CHOICES re-exported
+from ..method.config import RECORDED_SETTINGS, DetectorConfig
 from ..validation import float_type, int_type, multiple_of, text_type
 from .exit_codes import ExitCode
 
 if TYPE_CHECKING:
     import torch
 
-    from ..method.detector import Detector
+    from ..method.pipeline import Predictor
+
+C = TypeVar("C", bound=DetectorConfig)
 
 # Reusable ``type=`` adapters (predict, eval, train; later fit and serve).
 positive_int = int_type(1)
@@ -38,22 +42,6 @@ pixel_threshold = float_type(0, 1, hint="the maps are abnormal probabilities in 
 image_threshold = float_type(0, 2, hint="image_score = global + max patch probability, in [0, 2]")
 unit_interval_open = float_type(0, 1, high_open=True)
 seed_int = int_type(0, 2**64 - 1)
-
-#: the ``type=`` of each config field given as an option (defaults and help: the configs)
-OPTION_TYPES = {
-    "image_size": positive_int,
-    "sigma": non_negative_float,
-    "batch_size": positive_int,
-    "workers": non_negative_int,
-    "epochs": positive_int,
-    "lr": positive_float,
-    "betas": unit_interval_open,
-    "n_prompt": positive_int,
-    "seed": seed_int,
-    "shots": non_negative_int,
-    "shot_seed": seed_int,
-}
-
 
 def _shown(value: object) -> str:
     """A default as the README writes it: 4 for 4.0, 0.001 for 1e-3."""
@@ -95,115 +83,210 @@ class Parser(argparse.ArgumentParser):
         self.exit(ExitCode.ERROR, f"tipsomaly: error: {message} (see `{self.prog} --help`)\n")
 
 
-def max_pixels_option(text: str) -> int | None:
-    """``--max-pixels``: a pixel count >= 1, or ``0`` / ``none`` for no limit."""
+def max_pixels_option(text: str) -> int:
+    """``--max-pixels``: a pixel count >= 1, or ``0`` / ``none`` for no limit (0 here)."""
     if text.strip().lower() in ("0", "none"):
-        return None
+        return NO_LIMIT
     return positive_int(text)
 
 
-def add_input_options(p: argparse.ArgumentParser) -> None:
-    """``--max-pixels``: what every verb that reads images needs."""
-    p.add_argument(
-        "--max-pixels",
-        type=max_pixels_option,
-        default=100_000_000,
-        metavar="N",
-        help="refuse images larger than N pixels before decoding them (an error row, the run "
-        "goes on); 0 or none: no limit",
-    )
+def tile_option(text: str) -> int | str:
+    """``--tile``: a side in pixels (>= 1) or ``auto``."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    return positive_int(text)
 
 
-def apply_input_options(args: argparse.Namespace) -> None:
-    """Make ``--max-pixels`` the process-wide limit of image loading."""
-    from ..data.images import set_max_pixels
-
-    set_max_pixels(args.max_pixels)
+#: ``--max-pixels 0``: no limit (None in the config, where None cannot mean "not given")
+NO_LIMIT = 0
+#: the ``type=`` of each config field given as an option (defaults and help: the configs)
+OPTION_TYPES: dict[str, Any] = {
+    "model": non_empty,
+    "prompt_type": non_empty,
+    "image_size": positive_int,
+    "sigma": non_negative_float,
+    "batch_size": positive_int,
+    "max_pixels": max_pixels_option,
+    "tile": tile_option,
+    "tile_overlap": float_type(0, 0.9, hint="a fraction of a tile, e.g. 0.25"),
+    "image_threshold": image_threshold,
+    "pixel_threshold": pixel_threshold,
+    "min_defect_area": positive_int,
+    "pixel_size_mm": positive_float,
+    "workers": non_negative_int,
+    "epochs": positive_int,
+    "lr": positive_float,
+    "betas": unit_interval_open,
+    "n_prompt": positive_int,
+    "seed": seed_int,
+    "shots": non_negative_int,
+    "shot_seed": seed_int,
+}
+#: the fields given as several values
+OPTION_NARGS = {"profiles": "+", "classes": "+", "betas": 2}
 
 
 def add_config_option(
-    p: argparse.ArgumentParser, config: type, name: str, **overrides: Any
+    p: argparse.ArgumentParser | argparse._ActionsContainer,
+    config: type,
+    name: str,
+    *,
+    default: Any = dataclasses.MISSING,
+    note: str = "",
+    **overrides: Any,
 ) -> argparse.Action:
     """``--name`` for the field ``name`` of the dataclass ``config``.
 
-    The default, choices, help and metavar come from the field (its metadata, see
-    :func:`tipsomaly.method.config.option`), the argparse ``type=`` from :data:`OPTION_TYPES`;
-    ``overrides`` replace any of them. A field without a default is a required option.
+    The help, choices, metavar and flag come from the field's metadata (see
+    :func:`tipsomaly.method.config.option`), the argparse ``type=`` from :data:`OPTION_TYPES`.
+    The option's own default is None (not given): the config fills in its default when it is
+    built (:func:`config_from_args`), so a profile's or an export's settings can come first.
+    The help shows ``default`` (the field's unless given) and ``note``. A field without a
+    default is a required option.
     """
     spec = {f.name: f for f in dataclasses.fields(config)}[name]
     meta = spec.metadata
-    kwargs: dict[str, Any] = {"help": meta.get("help")}
-    if spec.default is dataclasses.MISSING:
+    kwargs: dict[str, Any] = {"default": None}
+    shown = spec.default if default is dataclasses.MISSING else default
+    if spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
         kwargs["required"] = True
+        kwargs["help"] = meta.get("help")
     else:
-        kwargs["default"] = spec.default
-    if isinstance(spec.default, bool):
-        kwargs["action"] = "store_true"
+        if isinstance(shown, bool):
+            kwargs["action"] = "store_true"
+            kwargs["default"] = False
+        kwargs["help"] = _with_default(meta.get("help") or "", shown, note)
     for key in ("choices", "metavar"):
         if meta.get(key):
             kwargs[key] = meta[key]
     if name in OPTION_TYPES:
         kwargs["type"] = OPTION_TYPES[name]
+    if name in OPTION_NARGS:
+        kwargs["nargs"] = OPTION_NARGS[name]
+        if name == "profiles":
+            kwargs["action"] = "extend"
     kwargs.update(overrides)
-    return p.add_argument("--" + name.replace("_", "-"), **kwargs)
+    flag = meta.get("flag") or "--" + name.replace("_", "-")
+    return p.add_argument(flag, dest=name, **kwargs)
 
 
-def add_model_options(
+def _with_default(text: str, value: Any, note: str) -> str:
+    if "default" in text.lower() and not note:
+        return text
+    if value is None or value == () or value is False:
+        shown = "none" if value is None or value == () else ""
+    elif isinstance(value, (list, tuple)):
+        shown = " ".join(_shown(v) for v in value)
+    else:
+        shown = _shown(value)
+    inside = ("default: " + shown if shown else "") + (f"; {note}" if note and shown else note)
+    return f"{text} ({inside.replace('%', '%%')})" if inside else text
+
+
+def add_settings(
     p: argparse.ArgumentParser,
     config: type[DetectorConfig] = DetectorConfig,
     *,
     skip: tuple[str, ...] = (),
+    defaults: dict[str, Any] | None = None,
+    recorded_note: str = "",
     **overrides: dict[str, Any],
 ) -> None:
-    """The options of every :class:`DetectorConfig` field (``--model``, ``--pixel-prompts``,
-    ``--prompt-type``, ``--prompt-file``, ``--image-size``, ``--sigma``, ``--cls``, ``--device``,
-    ``--dtype``, ``--batch-size``) but those in ``skip``, read from ``config`` (the verb's
-    config, a subclass); ``overrides`` maps a field to its :func:`add_config_option` overrides
-    (``dtype={"default": "auto"}``)."""
-    for spec in dataclasses.fields(DetectorConfig):
-        if spec.name not in skip:
-            add_config_option(p, config, spec.name, **overrides.get(spec.name, {}))
+    """An option for every field of ``config`` that has help (``--model``, ``--pixel-prompts``
+    … ``--tile``, ``--roi``, ``--profile``, ``--threshold`` …) but those in ``skip``.
+    ``defaults``: the verb's own defaults (shown in the help; :func:`config_from_args` applies
+    them); ``recorded_note``: said after the defaults of the settings a profile or export
+    records; ``overrides`` maps a field to :func:`add_config_option` keyword overrides."""
+    defaults = defaults or {}
+    for spec in dataclasses.fields(config):
+        if spec.name in skip or not spec.metadata.get("help"):
+            continue
+        note = recorded_note if spec.name in RECORDED_SETTINGS else ""
+        extra = dict(overrides.get(spec.name, {}))
+        if spec.name in defaults:
+            extra["default"] = defaults[spec.name]
+        add_config_option(p, config, spec.name, note=note, **extra)
 
 
-def check_model_options(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
-    """The checks that need the model's description or the machine, before any model loads.
+def given_settings(args: argparse.Namespace, config: type = DetectorConfig) -> dict[str, Any]:
+    """The fields of ``config`` the user set on the command line (a flag left out is None),
+    ``--offline`` included."""
+    given: dict[str, Any] = {}
+    for spec in dataclasses.fields(config):
+        value = getattr(args, spec.name, None)
+        if value is None or (value is False and spec.default is False):
+            continue
+        if spec.name == "max_pixels" and value == NO_LIMIT:
+            value = None  # given: no limit
+            given[spec.name] = value
+            continue
+        given[spec.name] = tuple(value) if isinstance(value, list) else value
+    if getattr(args, "offline", False):
+        given["offline"] = True
+    return given
 
-    Reads ``--model`` (a preset name, or the directory's ``model.json`` against its schema),
-    checks ``--image-size`` against the model's patch size and resolves ``--device`` and
-    ``--dtype``. Returns the resolved device and dtype; raises a :class:`TipsomalyError`.
+
+def config_from_args(
+    args: argparse.Namespace,
+    config: type[C] = DetectorConfig,  # type: ignore[assignment]
+    *,
+    defaults: dict[str, Any] | None = None,
+    **extra: Any,
+) -> C:
+    """The config of the options given: with ``--profile``, the first profile's settings
+    first (:meth:`DetectorConfig.from_profile`), then the options given, then the verb's
+    ``defaults`` for what is still unset; ``extra`` on top (resolved device...).
+
+    Raises:
+        ProfileError, ProfileMismatchError: a profile that cannot be read, or an option that
+            contradicts its settings (named).
+        InvalidOptionError: a value the config refuses.
     """
-    from ..tips.presets import model_configs
+    given = given_settings(args, config)
+    for name, value in (defaults or {}).items():
+        given.setdefault(name, value)
+    profiles = given.pop("profiles", ())
+    if profiles:
+        return config.from_profile(*profiles, given=given, **extra)
+    return config(**{**given, **extra})
 
-    vision, _ = model_configs(args.model)
-    multiple_of(args.image_size, "--image-size", vision.patch_size, what="the model's patch size")
-    return resolve_runtime(args.device, args.dtype)
+
+def resolved(config: C) -> C:
+    """``config`` with its device and dtype resolved on this machine, after the checks that
+    need the model's description (the image size against its patch size), before any model
+    loads. An export folder as the model: only the device and dtype an export runs with.
+
+    Raises:
+        InvalidOptionError: naming the option (``--device cuda: ...``).
+    """
+    from ..deploy.metadata import is_export_dir
+
+    if not is_export_dir(config.model):
+        from ..tips.presets import model_configs
+
+        vision, _ = model_configs(config.model)
+        multiple_of(
+            config.image_size, "--image-size", vision.patch_size, what="the model's patch size"
+        )
+    device, dtype = resolve_runtime(config.device, config.dtype)
+    return config.replace(device=str(device), dtype=dtype_name(dtype))
 
 
-def build_detector(
-    args: argparse.Namespace, device: torch.device, dtype: torch.dtype, **extra: Any
-) -> Detector:
-    """The :class:`~tipsomaly.method.detector.Detector` of the model options in ``args``
-    (every :class:`DetectorConfig` field, ``--pixel-prompts auto`` resolved for the model,
-    ``--offline``) on ``device`` / ``dtype``; ``extra`` adds the verb's own arguments
-    (``profile``, ``mode``, ``tile`` ...). Prompt, pixel-prompt and model-file problems raise
+def open_predictor(config: DetectorConfig, given: dict[str, Any]) -> Predictor:
+    """The predictor of the options: an export's :class:`ExportedDetector` when ``--model``
+    names an export folder (``given`` are the options set, checked against the export's),
+    else the :class:`Detector` of ``config``. Model, prompt and profile problems raise
     :class:`TipsomalyError`, which ``main()`` shows as one line."""
-    from ..method.config import resolve_pixel_prompts
+    from ..deploy.metadata import is_export_dir
+
+    if is_export_dir(config.model):
+        from ..deploy.inferencers import ExportedDetector
+
+        given = {k: v for k, v in given.items() if k != "model"}
+        return ExportedDetector(config.model, **given)
     from ..method.detector import Detector
 
-    return Detector(
-        args.model,
-        prompt_type=args.prompt_type,
-        prompt_file=args.prompt_file,
-        pixel_prompts=resolve_pixel_prompts(args.pixel_prompts, args.model),
-        image_size=args.image_size,
-        sigma=args.sigma,
-        cls=args.cls,
-        device=device,
-        dtype=dtype,
-        batch_size=args.batch_size,
-        offline=args.offline or None,
-        **extra,
-    )
+    return Detector.from_config(config)
 
 
 def resolve_runtime(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
@@ -211,13 +294,13 @@ def resolve_runtime(device: str, dtype: str) -> tuple[torch.device, torch.dtype]
     from ..tips.runtime import resolve_device, resolve_dtype
 
     try:
-        resolved = resolve_device(device)
+        resolved_device = resolve_device(device)
     except ValueError as exc:
         raise InvalidOptionError(f"--device {device}: {exc}") from None
     try:
-        return resolved, resolve_dtype(dtype, resolved)
+        return resolved_device, resolve_dtype(dtype, resolved_device)
     except ValueError as exc:
-        raise InvalidOptionError(f"--dtype {dtype} on {resolved}: {exc}") from None
+        raise InvalidOptionError(f"--dtype {dtype} on {resolved_device}: {exc}") from None
 
 
 def ensure_out_dir(path: str | os.PathLike) -> Path:

@@ -20,9 +20,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from ..data.images import DEFAULT_MAX_PIXELS
 from ..errors import InvalidOptionError
-from ..method.config import MODES
 from ..serve.config import (
     DEFAULT_HOST,
     DEFAULT_MAX_FILES,
@@ -36,16 +34,16 @@ from ..validation import float_type, int_type
 from .exit_codes import ExitCode
 from .options import (
     HelpFormatter,
-    add_model_options,
-    build_detector,
-    check_model_options,
-    dtype_name,
-    max_pixels_option,
+    add_settings,
+    config_from_args,
+    given_settings,
     non_empty,
     non_negative_float,
+    open_predictor,
     positive_int,
+    resolved,
 )
-from .predict import PREDICT_DTYPE, PROFILE_SETTINGS, _from_profile, apply_profile_settings
+from .predict import DEFAULTS, RECORDED
 
 logger = logging.getLogger(__name__)
 
@@ -87,32 +85,13 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         epilog=_EPILOG,
         formatter_class=HelpFormatter,
     )
-    add_model_options(
+    add_settings(
         p,
-        dtype={"default": PREDICT_DTYPE},
+        defaults=DEFAULTS,
+        recorded_note=RECORDED,
         batch_size={"help": "most images per forward pass (a micro-batch of concurrent requests)"},
-        **{name: _from_profile(name) for name in PROFILE_SETTINGS},
-    )
-    p.add_argument(
-        "--max-pixels",
-        type=max_pixels_option,
-        default=DEFAULT_MAX_PIXELS,
-        metavar="N",
-        help="refuse images larger than N pixels from their header, before decoding them "
-        "(422); 0 or none: no limit",
-    )
-    p.add_argument(
-        "--profile",
-        nargs="+",
-        action="extend",
-        metavar="DIR",
-        help="few-shot profiles from `tipsomaly fit` (one per class): their images get the "
-        "calibrated threshold and is_anomalous; the model options default to the profile's",
-    )
-    p.add_argument(
-        "--mode",
-        choices=MODES,
-        help="with --profile: zero-shot, few-shot or fused (default: fused)",
+        roi={"help": "region-of-interest mask for every request without its own `roi` part "
+        "(white = inspect)"},
     )
     p.add_argument(
         "--classes",
@@ -181,17 +160,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace, stop: _Stop) -> int:
-    if args.mode is not None and not args.profile:
+    if args.mode is not None and not args.profiles:
         raise InvalidOptionError("--mode needs --profile (without one, serve is zero-shot)")
-    apply_profile_settings(args)
+    config = resolved(config_from_args(args, defaults=DEFAULTS))
     profile_classes: list[str] = []
-    if args.profile:
+    if config.profiles:
         from ..method.profile import read_record
 
-        profile_classes = [read_record(folder)["class_name"] for folder in args.profile]
-    device, dtype = check_model_options(args)
-    from ..data.images import set_max_pixels
-    from ..method.config import resolve_pixel_prompts
+        profile_classes = [read_record(folder)["class_name"] for folder in config.profiles]
     from ..serve.config import ServeConfig
 
     if args.max_files > args.max_queue:
@@ -199,38 +175,26 @@ def _serve(args: argparse.Namespace, stop: _Stop) -> int:
             f"--max-files {args.max_files} is more than --max-queue {args.max_queue}: a "
             "request's images are queued together"
         )
-    set_max_pixels(args.max_pixels)
-    pixel_prompts = resolve_pixel_prompts(args.pixel_prompts, args.model)
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
-    config = ServeConfig(
-        batch_size=args.batch_size,
+    serve_config = ServeConfig(
+        batch_size=config.batch_size,
         max_wait_ms=args.max_wait_ms,
         max_queue=args.max_queue,
         max_upload_bytes=max(1, int(args.max_upload_mb * 2**20)),
         max_files=args.max_files,
         token=token,
         classes=tuple(args.classes or ()),
-        max_pixels=args.max_pixels,
+        max_pixels=config.max_pixels,
         drain_timeout_s=args.drain_timeout,
-        info={
-            "model": str(args.model),
-            "image_size": args.image_size,
-            "dtype": dtype_name(dtype),
-            "device": str(device),
-            "prompt_type": args.prompt_type,
-            "pixel_prompts": str(pixel_prompts or "none"),
-            "sigma": args.sigma,
-            "cls": args.cls,
-            "mode": args.mode,
-            "profiles": [str(p) for p in args.profile or ()],
-        },
+        settings=config,
     )
     sock = _listen(args.host, args.port)
+    given = given_settings(args)
 
     def load() -> Any:
-        return build_detector(args, device, dtype, profile=args.profile, mode=args.mode)
+        return open_predictor(config, given)
 
-    return _run(args, config, load, sock, profile_classes, stop)
+    return _run(args, serve_config, load, sock, profile_classes, stop)
 
 
 def _run(

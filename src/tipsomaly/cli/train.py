@@ -6,18 +6,25 @@ import argparse
 import logging
 
 from .exit_codes import ExitCode
-from .options import (
-    HelpFormatter,
-    add_config_option,
-    add_input_options,
-    add_model_options,
-    apply_input_options,
-    check_model_options,
-    dtype_name,
-    ensure_out_dir,
-)
+from .options import HelpFormatter, add_settings, config_from_args, ensure_out_dir, resolved
 
 logger = logging.getLogger(__name__)
+
+#: what a training run does not use: it learns the pixel prompts, on whole images
+NOT_TRAINED = (
+    "pixel_prompts",
+    "cls",
+    "tile",
+    "tile_overlap",
+    "roi",
+    "profiles",
+    "mode",
+    "image_threshold",
+    "pixel_threshold",
+    "min_defect_area",
+    "pixel_size_mm",
+    "defects_format",
+)
 
 _EPILOG = """\
 outputs (in --out):
@@ -44,25 +51,13 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         epilog=_EPILOG,
         formatter_class=HelpFormatter,
     )
-    add_config_option(p, TrainConfig, "data")
-    add_config_option(p, TrainConfig, "out")
-    add_model_options(
+    add_settings(
         p,
         TrainConfig,
-        skip=("pixel_prompts", "cls"),
+        skip=NOT_TRAINED,
         batch_size={"help": "images per step"},
         sigma={"help": "map smoothing for --eval-data, in model-input pixels"},
     )
-    add_input_options(p)
-    add_config_option(p, TrainConfig, "allow_outside_root")
-    for name in ("epochs", "lr"):
-        add_config_option(p, TrainConfig, name)
-    add_config_option(p, TrainConfig, "betas", nargs=2)
-    for name in ("n_prompt", "seed"):
-        add_config_option(p, TrainConfig, name)
-    add_config_option(p, TrainConfig, "classes", nargs="+")
-    for name in ("feature_cache", "cache_dtype", "resume", "eval_data", "aupro"):
-        add_config_option(p, TrainConfig, name)
     p.set_defaults(func=run)
 
 
@@ -70,36 +65,8 @@ def run(args: argparse.Namespace) -> int:
     """Run ``train``: check options, train, print the last checkpoint's path."""
     from ..runners.train import TrainConfig, train
 
-    device, dtype = check_model_options(args)  # before any model loads
+    config = resolved(config_from_args(args, TrainConfig, progress=not args.quiet))
     ensure_out_dir(args.out)
-    apply_input_options(args)
-
-    config = TrainConfig(
-        data=args.data,
-        out=args.out,
-        model=args.model,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        epochs=args.epochs,
-        lr=args.lr,
-        betas=tuple(args.betas),
-        n_prompt=args.n_prompt,
-        seed=args.seed,
-        prompt_type=args.prompt_type,
-        prompt_file=args.prompt_file,
-        classes=args.classes,
-        device=str(device),
-        dtype=dtype_name(dtype),
-        feature_cache=args.feature_cache,
-        cache_dtype=args.cache_dtype,
-        resume=args.resume,
-        eval_data=args.eval_data,
-        sigma=args.sigma,
-        aupro=args.aupro,
-        offline=args.offline or None,
-        progress=not args.quiet,
-        allow_outside_root=args.allow_outside_root,
-    )
     # settings, meta.json, prompt, resume and non-finite-loss problems are TipsomalyErrors:
     # main() prints them as one line; anything else is a bug and keeps its traceback
     result = train(config)

@@ -31,8 +31,6 @@ _EXPORTS = {
     "IMAGE_EXTENSIONS": "images",
     "ImageLoadError": "images",
     "binarize_mask_image": "images",
-    "get_max_pixels": "images",
-    "set_max_pixels": "images",
     "is_image_file": "images",
     "load_image": "images",
     "load_mask": "images",

@@ -16,11 +16,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .images import (
-    UNSET,
+    DEFAULT_MAX_PIXELS,
     ImageLoadError,
     MaxPixels,
     binarize_mask_image,
-    get_max_pixels,
     load_image,
     open_image,
     preprocess,
@@ -62,9 +61,8 @@ class AnomalyDataset(Dataset):
         image_size: side S of the square model input, in pixels.
         load_masks: read mask files (``False``: masks are all zero, ``has_mask`` False).
         max_pixels: largest image or mask accepted (width × height, checked before decoding);
-            ``None``: no limit; default: the process-wide limit when the dataset is made
-            (:func:`~tipsomaly.data.images.get_max_pixels`), kept on the dataset so that
-            DataLoader worker processes apply the same limit.
+            ``None``: no limit; kept on the dataset so that DataLoader worker processes apply
+            the same limit.
     """
 
     def __init__(
@@ -73,7 +71,7 @@ class AnomalyDataset(Dataset):
         image_size: int,
         *,
         load_masks: bool = True,
-        max_pixels: MaxPixels = UNSET,
+        max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
     ) -> None:
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
             raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
@@ -91,7 +89,7 @@ class AnomalyDataset(Dataset):
         split: str = "test",
         classes: Sequence[str] | None = None,
         load_masks: bool = True,
-        max_pixels: MaxPixels = UNSET,
+        max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
         allow_outside_root: bool = False,
     ) -> AnomalyDataset:
         """Read ``root/meta.json`` (:func:`~tipsomaly.data.meta.read_meta`) and wrap one split."""
@@ -102,9 +100,9 @@ class AnomalyDataset(Dataset):
         return len(self.samples)
 
     def _load_image(self, path: PathLike) -> Any:
-        # The limit is passed only when it differs from the process-wide one, so a plain
+        # The limit is passed only when it differs from the default one, so a plain
         # ``load_image(path)`` replacement (tests, instrumentation) keeps working.
-        if self.max_pixels == get_max_pixels():
+        if self.max_pixels == DEFAULT_MAX_PIXELS:
             return load_image(path)
         return load_image(path, max_pixels=self.max_pixels)
 

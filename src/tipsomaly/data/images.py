@@ -28,8 +28,8 @@ The rules follow the reference TipsOmaly code (``Image.open(p).convert("RGB")``,
   which is what the reference (AnomalyCLIP / AdaCLIP / TipsOmaly datasets) computes.
 
 * **Pixel limit.** A file whose header declares more than ``max_pixels`` pixels (default
-  :data:`DEFAULT_MAX_PIXELS`, 100 megapixels; settable per call or process-wide with
-  :func:`set_max_pixels`; ``None`` = no limit) is refused before any pixel is decoded, with an
+  :data:`DEFAULT_MAX_PIXELS`, 100 megapixels; each call may set its own, as
+  :class:`~tipsomaly.method.config.DetectorConfig`'s ``max_pixels`` does; ``None`` = no limit) is refused before any pixel is decoded, with an
   :class:`ImageLoadError` naming the file, its size and the limit. A tiny compressed file can
   declare a huge image (a 164 KB PNG of 13000×13000 px decodes to 0.5 GB of RGB and needs
   several GB downstream). Pillow's own decompression-bomb warning and error never escape: the
@@ -86,44 +86,21 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
 #: (a 61 MP full-frame still, an 8K frame = 33 MP, a 16k line-scan strip of 6000 lines = 98 MP),
 #: while bounding what one image costs downstream: 0.3 GB of decoded RGB and about 1 GB for
 #: ``predict``'s original-size map and overlay. Pillow warns at 89.5 MP and refuses 179 MP;
-#: tipsomaly's limit replaces both. Change it with ``max_pixels=`` or :func:`set_max_pixels`.
+#: tipsomaly's limit replaces both. Change it with ``max_pixels=`` (no process-wide setting).
 DEFAULT_MAX_PIXELS: Final[int] = 100_000_000
 
-_max_pixels: int | None = DEFAULT_MAX_PIXELS
 # Pillow's decompression-bomb check lives in process-wide state (``Image.MAX_IMAGE_PIXELS`` and
 # the warnings filters); tipsomaly's own changes to either happen under this lock only.
 _PIL_STATE_LOCK = threading.RLock()
 
 
-class _Unset:
-    """Marker: use the process-wide limit (:func:`get_max_pixels`)."""
-
-    def __repr__(self) -> str:
-        return "<process-wide max_pixels>"
-
-
-UNSET: Final = _Unset()
-MaxPixels = int | None | _Unset
+#: a pixel limit: a count of pixels, or None for no limit
+MaxPixels = int | None
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 _ORIENTATION_TAG = 0x0112
 _TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # these swap width and height
 _APPLIED_ORIENTATIONS = (2, 3, 4, 5, 6, 7, 8)  # 1 (or none): already upright
-
-
-def get_max_pixels() -> int | None:
-    """The process-wide pixel limit used when a call gives no ``max_pixels`` (``None``: none)."""
-    return _max_pixels
-
-
-def set_max_pixels(limit: int | None) -> None:
-    """Set the process-wide pixel limit (:data:`DEFAULT_MAX_PIXELS` by default; ``None``: none).
-
-    Applies to every later :func:`load_image`, :func:`open_image`, :func:`load_mask` and
-    :func:`original_hw` call that gives no ``max_pixels`` of its own, in every thread.
-    """
-    global _max_pixels
-    _max_pixels = _check_max_pixels(limit)
 
 
 def _check_max_pixels(limit: object) -> int | None:
@@ -134,13 +111,13 @@ def _check_max_pixels(limit: object) -> int | None:
     return int(limit)
 
 
-def resolve_max_pixels(limit: MaxPixels = UNSET) -> int | None:
-    """The limit a call applies: ``limit`` checked, or the process-wide one when not given.
+def resolve_max_pixels(limit: MaxPixels = DEFAULT_MAX_PIXELS) -> int | None:
+    """The limit a call applies: ``limit`` checked.
 
     Raises:
         ValueError: ``limit`` is not a positive integer or ``None``.
     """
-    return _max_pixels if isinstance(limit, _Unset) else _check_max_pixels(limit)
+    return _check_max_pixels(limit)
 
 
 def _megapixels(n: int) -> str:
@@ -173,14 +150,13 @@ def _check_size(size: int) -> int:
     return int(size)
 
 
-def open_image(path: PathLike, *, max_pixels: MaxPixels = UNSET) -> Image.Image:
+def open_image(path: PathLike, *, max_pixels: MaxPixels = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Open, fully decode and orient ``path``, keeping its mode (no colour conversion).
 
     Args:
         path: the image file.
         max_pixels: largest width × height accepted, checked from the header before decoding;
-            ``None`` for no limit; by default the process-wide limit (:func:`get_max_pixels`,
-            :data:`DEFAULT_MAX_PIXELS` unless changed).
+            ``None`` for no limit; by default :data:`DEFAULT_MAX_PIXELS`.
 
     Raises:
         ImageLoadError: any failure (missing, empty, permission, not an image, over the pixel
@@ -327,13 +303,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
             return image.convert("RGBA").convert("RGB")
 
 
-def load_image(path: PathLike, *, max_pixels: MaxPixels = UNSET) -> Image.Image:
+def load_image(path: PathLike, *, max_pixels: MaxPixels = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Read an image file as an upright 8-bit RGB PIL image at its original size.
 
     Args:
         path: image file (any format Pillow reads: PNG, JPEG, BMP, TIFF, WebP, …).
         max_pixels: largest width × height accepted (checked before decoding); ``None``: no
-            limit; default: the process-wide limit (:func:`get_max_pixels`, 100 megapixels).
+            limit; default: :data:`DEFAULT_MAX_PIXELS` (100 megapixels).
 
     Returns:
         ``PIL.Image.Image`` in mode ``RGB``; ``image.size`` is the original (width, height)
@@ -355,7 +331,7 @@ def load_image(path: PathLike, *, max_pixels: MaxPixels = UNSET) -> Image.Image:
         ) from None
 
 
-def original_hw(path: PathLike, *, max_pixels: MaxPixels = UNSET) -> tuple[int, int]:
+def original_hw(path: PathLike, *, max_pixels: MaxPixels = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
     """(height, width) of an image file as :func:`load_image` would return it, in pixels.
 
     Reads the header only (plus the EXIF orientation tag); orientations 5–8 swap the sides.
@@ -514,7 +490,7 @@ def preprocess(image: ImageInput, size: int) -> torch.Tensor:
 
 
 def load_tensor(
-    path: PathLike, size: int, *, max_pixels: MaxPixels = UNSET
+    path: PathLike, size: int, *, max_pixels: MaxPixels = DEFAULT_MAX_PIXELS
 ) -> tuple[torch.Tensor, tuple[int, int]]:
     """:func:`load_image` (with ``max_pixels``) then :func:`preprocess`.
 
@@ -559,7 +535,7 @@ def resize_mask(mask: np.ndarray, size: int) -> torch.Tensor:
 
 
 def load_mask(
-    path: PathLike | None, size: int | None, *, max_pixels: MaxPixels = UNSET
+    path: PathLike | None, size: int | None, *, max_pixels: MaxPixels = DEFAULT_MAX_PIXELS
 ) -> torch.Tensor:
     """Read a ground-truth mask as a float {0, 1} tensor.
 

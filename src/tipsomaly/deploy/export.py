@@ -30,10 +30,10 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..errors import available, require
 from ..fingerprint import file_digest
 from ..method.detector import Detector
-from ..method.profile import detector_identity, profile_digest
-from ._extras import available, require
+from ..method.profile import profile_digest
 from .graph import INPUT_NAME, ExportModule
 from .inferencers.base import DEFAULT_RUNTIME, open_runner
 from .metadata import EXPORT_JSON, FORMATS, ExportError, preprocessing_record, write_metadata
@@ -77,7 +77,9 @@ def export(
 
     Args:
         detector: an fp32 :class:`Detector`; with a profile of ``class_name`` the export
-            holds its bank (in the detector's mode) and its calibrated thresholds.
+            holds its bank (in the detector's mode) and its calibrated thresholds (thresholds
+            given in its config replace them). Its tiling and ROI are recorded and applied by
+            ``predict --model`` (the graph scores the tiles; the ROI mask is copied in).
         class_name: the class whose text embeddings are baked in.
         out_dir: the export folder; an earlier export there is replaced.
         fmt: ``"onnx"`` (``model.onnx``) or ``"openvino"`` (``model.xml`` + ``model.bin``).
@@ -130,7 +132,9 @@ def export(
         parity = _parity(module, graph, DEFAULT_RUNTIME[fmt]) if check else None
         files = sorted(p.name for p in work.iterdir())
         sha = {name: file_digest(work / name) for name in files}
-        for name in files:
+        if detector.config.roi is not None:  # the export holds its own copy of the mask
+            shutil.copyfile(detector.config.roi, work / ROI_FILE)
+        for name in sorted(p.name for p in work.iterdir()):
             os.replace(work / name, out / name)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -207,6 +211,10 @@ def _parity(module: ExportModule, graph: Path, runtime: str) -> dict[str, float]
     return diffs
 
 
+#: the name of the ROI mask an export holds (settings.roi)
+ROI_FILE = "roi.png"
+
+
 def _record(
     detector: Detector,
     class_name: str,
@@ -217,20 +225,33 @@ def _record(
     parity: dict[str, float] | None,
 ) -> dict[str, Any]:
     """The ``export.json`` record (see :mod:`tipsomaly.deploy.metadata`)."""
-    identity = detector_identity(detector)
+    config = detector.config
     s = module.image_size
     profile = detector.profiles.get(class_name)
     mode = module.mode
-    kinds = profile.thresholds.get(mode, {}) if profile is not None else {}
-    image, pixel = kinds.get("image"), kinds.get("pixel")
+    _, image, pixel, source = detector.decision(class_name)
+    calibrated = detector.thresholds_for(class_name)
     shapes = {
         "image_score": (["batch"], "float32"),
         "score_cls1": (["batch"], "float32"),
         "score_cls2": (["batch"], "float32"),
         "anomaly_map": (["batch", s, s], "float32"),
+        "global_cls1": (["batch"], "float32"),
+        "global_cls2": (["batch"], "float32"),
+        "patch_evidence": (["batch", (s // detector.patch_size) ** 2], "float32"),
         "pred_label": (["batch"], "bool"),
         "pred_mask": (["batch", s, s], "bool"),
     }
+
+    def threshold(kind: str, value: float | None) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        calib = None if calibrated is None else calibrated.get(mode, kind)
+        if source == "profile" and calib is not None and calib.threshold == value:
+            return calib.to_dict()
+        return {"threshold": value}
+
+    settings = config.settings()
     return {
         "graph": {
             "file": FORMATS[fmt],
@@ -247,18 +268,20 @@ def _record(
             ],
         },
         "class_name": class_name,
-        "model": identity["model"],
-        "prompts": identity["prompts"],
-        "pixel_prompts": identity["pixel_prompts"],
-        "image_size": s,
-        "sigma": detector.sigma,
-        "cls": detector.cls,
+        "identity": detector.identity.to_dict(),
+        "settings": {
+            **{k: settings[k] for k in ("image_size", "sigma", "cls", "tile", "tile_overlap")},
+            "prompt_type": detector.prompts.name,
+            "pixel_prompts": settings["pixel_prompts"],
+            "roi": None if config.roi is None else ROI_FILE,
+        },
         "mode": mode,
         "profile": None
         if profile is None
         else {
             "path": None if profile.path is None else os.path.abspath(profile.path),
             "digest": profile_digest(profile),
+            "identity": profile.identity,
             "references": profile.info.get("references"),
             "bank": {
                 "patches": len(profile.bank.patches),
@@ -267,8 +290,9 @@ def _record(
             },
         },
         "thresholds": {
-            "image": None if image is None else image.to_dict(),
-            "pixel": None if pixel is None else pixel.to_dict(),
+            "image": threshold("image", image),
+            "pixel": threshold("pixel", pixel),
+            "source": source,
             "decision": "pred_label = image_score >= image threshold; pred_mask = "
             "anomaly_map >= pixel threshold (in the graph, fp32; predict compares the "
             "scores with these values)",

@@ -15,9 +15,12 @@ traced into a file that runs without PyTorch (ONNX, OpenVINO):
 - fp32 throughout: the vision tower must compute in fp32 (no ``set_compute_dtype`` casts).
 
 ``forward(images)`` takes (B, 3, S, S) float32 images in [0, 1] and returns a tuple in the
-order of :attr:`ExportModule.output_names`: ``image_score``, ``score_cls1``, ``score_cls2``
-(B,), ``anomaly_map`` (B, S, S) and, with thresholds, ``pred_label`` (B,) /
-``pred_mask`` (B, S, S) bool.
+order of :attr:`ExportModule.output_names`: the fields of
+:class:`~tipsomaly.method.head.DetectorOutput` (``image_score``, ``score_cls1``, ``score_cls2``
+(B,), ``anomaly_map`` (B, S, S), ``global_cls1``, ``global_cls2`` (B,), ``patch_evidence``
+(B, N)) and, with thresholds, ``pred_label`` (B,) / ``pred_mask`` (B, S, S) bool, decided by
+:func:`~tipsomaly.method.decision.decide` as everywhere else. The evidence outputs are what
+lets the pipeline apply regions of interest and tiles around the graph.
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..method.decision import decide
 from ..method.detector import Detector
-from ..method.head import TipsomalyHead
+from ..method.head import DetectorOutput, TipsomalyHead
 from ..method.memory_bank import MemoryBank, ReferenceBank
 from ..tips.model import TipsModel
 from ..tips.vision import VisionTransformer
@@ -36,7 +40,7 @@ __all__ = ["INPUT_NAME", "SCORE_NAMES", "ExportModule", "FixedSizeVision", "Grap
 #: the graph's one input
 INPUT_NAME = "images"
 #: the outputs every export has, in order; ``pred_label`` / ``pred_mask`` follow with thresholds
-SCORE_NAMES = ("image_score", "score_cls1", "score_cls2", "anomaly_map")
+SCORE_NAMES = DetectorOutput._fields
 #: bank entries compared at a time in :class:`GraphBank` (bounds the similarity matrix)
 BANK_BLOCK = 4096
 
@@ -168,16 +172,14 @@ class ExportModule(nn.Module):
     def from_detector(cls, detector: Detector, class_name: str) -> ExportModule:
         """The module of ``class_name`` as ``detector`` scores it: its text embeddings, image
         size, sigma, CLS token and, when the detector holds a profile of that class, the
-        profile's bank (unless the detector's mode is zero-shot) and the thresholds it
-        calibrated for the detector's mode.
+        profile's bank (unless the detector's mode is zero-shot); the thresholds it decides
+        by (:meth:`~tipsomaly.method.pipeline.Predictor.decision`).
 
         Raises:
             ValueError: the detector's vision tower is not fp32.
         """
         profile = detector.profiles.get(class_name)
-        mode = detector.mode if profile is not None else "zero-shot"
-        kinds = profile.thresholds.get(mode, {}) if profile is not None else {}
-        image, pixel = kinds.get("image"), kinds.get("pixel")
+        mode, image, pixel, _ = detector.decision(class_name)
         return cls(
             detector.model,
             detector.class_text(class_name),
@@ -187,8 +189,8 @@ class ExportModule(nn.Module):
             cls=detector.cls,
             references=profile.bank if profile is not None and mode != "zero-shot" else None,
             mode=mode,
-            image_threshold=None if image is None else image.threshold,
-            pixel_threshold=None if pixel is None else pixel.threshold,
+            image_threshold=image,
+            pixel_threshold=pixel,
         )
 
     @property
@@ -210,9 +212,9 @@ class ExportModule(nn.Module):
         out = self.head(images)
         outputs = tuple(out)
         if self.image_threshold is not None:
-            outputs += (out.image_score >= self.image_threshold,)
+            outputs += (decide(out.image_score, self.image_threshold),)
         if self.pixel_threshold is not None:
-            outputs += (out.anomaly_map >= self.pixel_threshold,)
+            outputs += (decide(out.anomaly_map, self.pixel_threshold),)
         return outputs
 
 

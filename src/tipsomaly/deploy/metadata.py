@@ -10,18 +10,23 @@ holds a complete export). The record (schema ``tipsomaly-export``, version
                    exporter, precision (fp32), input (name, shape [batch, 3, S, S], dtype),
                    outputs (name, shape, dtype; pred_label / pred_mask with thresholds)
     class_name     the one class the text embeddings were computed for
-    model          name and fingerprint of the TIPS weights
-    prompts        fixed prompt ensemble (name, digest); pixel_prompts (source, digest) or null
-    image_size, sigma, cls, mode
-    profile        null, or the few-shot profile baked in (path, digest, references, bank size)
-    thresholds     {"image": calibration or null, "pixel": calibration or null} of ``mode``
+    identity       what produces the scores (tipsomaly.identity.Identity: model name and
+                   fingerprint, image size, prompts, pixel prompts, sigma, cls, tiling, ROI)
+    settings       the settings predict applies with it (image size, sigma, cls, prompts,
+                   tile, tile_overlap, roi: a mask file in the folder)
+    mode
+    profile        null, or the few-shot profile baked in (path, digest, identity, references,
+                   bank size)
+    thresholds     {"image", "pixel": calibration or {"threshold"} or null, "source"} of mode
     preprocessing  how images become the input (resize rule, scaling, no normalisation)
     parity         max |exported − PyTorch| per output, measured at export time
     versions       tipsomaly, torch, onnx, onnxruntime / openvino, python
 
-:func:`read_metadata` checks the record and upgrades an older schema version in place
-(:func:`upgrade_to_latest`, anomalib's ``deploy/metadata`` idea); a newer one is refused with
-a message. Nothing here imports torch.
+Version 1 (before tiles and ROIs met exports) had ``model``, ``prompts``, ``pixel_prompts``,
+``image_size``, ``sigma`` and ``cls`` at the top and a graph without the evidence outputs;
+:func:`upgrade_to_latest` rewrites it as version 2 (anomalib's ``deploy/metadata`` idea), and
+such a graph scores whole images without an ROI only. A newer version is refused with a
+message. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ __all__ = [
 
 EXPORT_JSON = "export.json"
 SCHEMA = "tipsomaly-export"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: the formats ``tipsomaly export`` writes, and the graph file each one is read from
 FORMATS = {"onnx": "model.onnx", "openvino": "model.xml"}
 
@@ -59,12 +64,8 @@ _REQUIRED = (
     "schema_version",
     "graph",
     "class_name",
-    "model",
-    "prompts",
-    "pixel_prompts",
-    "image_size",
-    "sigma",
-    "cls",
+    "identity",
+    "settings",
     "mode",
     "thresholds",
     "preprocessing",
@@ -129,8 +130,8 @@ def write_metadata(folder: str | os.PathLike, record: dict[str, Any]) -> Path:
 def upgrade_to_latest(record: dict[str, Any], where: object = EXPORT_JSON) -> dict[str, Any]:
     """A record of any known schema version as the current version.
 
-    Version 1 is the first and the current one: returned as it is. Each later version adds
-    a step here that rewrites the one before, so old exports keep loading.
+    Each version adds a step here that rewrites the one before, so old exports keep loading:
+    1 → 2 gathers the scoring settings into ``identity`` and ``settings``.
 
     Raises:
         ExportError: not an export record, or written by a newer tipsomaly.
@@ -145,7 +146,25 @@ def upgrade_to_latest(record: dict[str, Any], where: object = EXPORT_JSON) -> di
             f"{where}: export schema version {version} is newer than this tipsomaly's "
             f"({SCHEMA_VERSION}); upgrade tipsomaly or export again with this one"
         )
+    if version == 1:
+        record = dict(record)
+        identity = {k: record.pop(k, None) for k in _V1_IDENTITY}
+        prompts = identity.get("prompts") or {}
+        pixel = identity.get("pixel_prompts")
+        record["identity"] = {**identity, "engine": "torch", "precision": "fp32"}
+        record["settings"] = {
+            "image_size": identity.get("image_size"),
+            "sigma": identity.get("sigma"),
+            "cls": identity.get("cls"),
+            "prompt_type": prompts.get("name"),
+            "pixel_prompts": "none" if pixel is None else pixel.get("source", "given"),
+        }
+        record["schema_version"] = 2
     return record
+
+
+#: the version-1 keys that make up a version-2 ``identity``
+_V1_IDENTITY = ("model", "image_size", "prompts", "pixel_prompts", "sigma", "cls")
 
 
 def read_metadata(folder: str | os.PathLike) -> dict[str, Any]:
@@ -174,11 +193,32 @@ def read_metadata(folder: str | os.PathLike) -> dict[str, Any]:
     graph = record["graph"]
     if not isinstance(graph, dict) or graph.get("format") not in FORMATS:
         raise ExportError(f"{path}: graph.format must be one of {', '.join(FORMATS)}")
-    if not isinstance(graph.get("file"), str) or not (folder / graph["file"]).is_file():
+    names = [graph.get("file"), *(graph.get("sha256") or {})]
+    for name in names:  # a record must not send the runtime outside its folder
+        if not isinstance(name, str) or not _inside_folder(name):
+            raise ExportError(f"{path}: the graph file {name!r} must be a name in {folder}")
+    if not (folder / graph["file"]).is_file():
         raise ExportError(f"{path}: the graph file {graph.get('file')!r} is not in {folder}")
-    size = record["image_size"]
+    if not isinstance(record["identity"], dict) or not isinstance(record["settings"], dict):
+        raise ExportError(f"{path}: identity and settings must be objects")
+    size = record["settings"].get("image_size")
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise ExportError(f"{path}: bad image_size {size!r}")
+    for key in ("roi",):  # files the export holds: names inside its folder, nothing else
+        name = record["settings"].get(key)
+        if name is not None and not _inside_folder(name):
+            raise ExportError(f"{path}: settings.{key} {name!r} must name a file in {folder}")
     if not isinstance(record["class_name"], str) or not record["class_name"]:
         raise ExportError(f"{path}: bad class_name {record['class_name']!r}")
     return record
+
+
+def _inside_folder(name: str) -> bool:
+    """A relative path that stays inside the export folder (no ``..``, not absolute)."""
+    p = Path(name)
+    return (
+        bool(name)
+        and not p.is_absolute()
+        and not name.startswith(("/", "\\"))
+        and (".." not in p.parts)
+    )

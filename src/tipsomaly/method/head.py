@@ -18,9 +18,10 @@ from torch import nn
 
 from ..tips.model import TipsModel
 from ..tips.vision import VisionFeatures
-from .config import CLS_CHOICES, MODES
+from .config import CLS_CHOICES
 from .maps import anomaly_maps
 from .memory_bank import ReferenceBank, ReferenceDistances
+from .names import MODES
 from .scoring import few_shot_anomaly, fuse_evidence, image_scores, state_probabilities
 
 
@@ -30,16 +31,22 @@ class DetectorOutput(NamedTuple):
     ``image_score`` (B,) is the score of the head's chosen CLS token, ``score_cls1`` and
     ``score_cls2`` (B,) both CLS tokens' scores (each in [0, 2]: abnormal global probability +
     highest abnormal patch probability); ``anomaly_map`` (B, S, S) fp32 in [0, 1], smoothed.
+    The evidence they are made of: ``global_cls1``, ``global_cls2`` (B,) the CLS tokens'
+    abnormal evidence and ``patch_evidence`` (B, N) each patch's, so that
+    ``score_clsK = global_clsK + max(patch_evidence)``; the pipeline takes a region of
+    interest's share of the patches, or the tiles' CLS evidence, from them.
 
-    Extension point: thresholds add ``pred_label`` (B,) and ``pred_mask`` (B, S, S) bool
-    fields after these (anomalib's ``InferenceBatch``). They are not optional ``None`` fields
-    now because ``torch.jit.trace`` accepts only tensors as outputs.
+    An export's graph has these outputs in this order, and with thresholds ``pred_label`` (B,)
+    and ``pred_mask`` (B, S, S) bool after them (anomalib's ``InferenceBatch``).
     """
 
     image_score: torch.Tensor
     score_cls1: torch.Tensor
     score_cls2: torch.Tensor
     anomaly_map: torch.Tensor
+    global_cls1: torch.Tensor
+    global_cls2: torch.Tensor
+    patch_evidence: torch.Tensor
 
 
 @dataclass
@@ -237,6 +244,9 @@ class TipsomalyHead(nn.Module):
             score_cls1=scores.score_cls1,
             score_cls2=scores.score_cls2,
             anomaly_map=scores.maps,
+            global_cls1=scores.global_probs_cls1[:, 1],
+            global_cls2=scores.global_probs_cls2[:, 1],
+            patch_evidence=scores.patch_probs[..., 1],
         )
 
     def forward(

@@ -90,16 +90,6 @@ class EvalConfig(DetectorConfig):
         "without",
         choices=MODES,
     )
-    tile: int | str | None = option(
-        None,
-        "tiled inference at native resolution: overlapping tiles of SIZE original pixels (auto: "
-        "--image-size, larger above 64 tiles), maps blended back; the metrics are computed at "
-        "--image-size as without tiles (default: untiled)",
-        metavar="SIZE|auto",
-    )
-    tile_overlap: float = option(
-        0.25, "least fraction of a tile that neighbouring tiles share", metavar="F"
-    )
     roi: str | os.PathLike | None = option(
         None,
         "region-of-interest mask for every image (white = inspect): maps 0 and pixels left out "
@@ -115,10 +105,6 @@ class EvalConfig(DetectorConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        from ..method.tiling import check_tile
-
-        object.__setattr__(self, "tile", check_tile(self.tile, self.tile_overlap))
-        object.__setattr__(self, "tile_overlap", float(self.tile_overlap))
         if self.roi is not None and self.roi_dir is not None:
             raise InvalidOptionError("give one of roi (one mask) and roi_dir (one per image)")
         non_negative_int(self.workers, "workers")
@@ -128,24 +114,32 @@ class EvalConfig(DetectorConfig):
             raise InvalidOptionError(f"shot_seed must be < 2**64, got {self.shot_seed}")
         if self.mode is not None:
             choice(self.mode, "mode", MODES)
-            if self.mode != "zero-shot" and not self.shots:
+            if self.mode != "zero-shot" and not self.shots and not self.profiles:
                 raise InvalidOptionError(
-                    f"mode {self.mode} needs reference images: give shots K >= 1 (--shots K)"
+                    f"mode {self.mode} needs reference images: give shots K >= 1 (--shots K) "
+                    "or profiles (--profile)"
                 )
+        if self.shots and self.profiles:
+            raise InvalidOptionError(
+                "give shots (references drawn from the train split) or profiles, not both"
+            )
 
     @property
     def scoring_mode(self) -> str:
-        """``mode`` made concrete: as given, else ``fused`` with shots, ``zero-shot`` without."""
+        """``mode`` made concrete: as given, else ``fused`` with shots or profiles,
+        ``zero-shot`` without."""
         if self.mode is not None:
             return self.mode
-        return DEFAULT_MODE if self.shots else "zero-shot"
+        return DEFAULT_MODE if self.shots or self.profiles else "zero-shot"
 
-    def prediction_config(self) -> dict:
-        """The settings that change the network's outputs (not sigma, cls or aupro); see
-        :func:`tipsomaly.runners.evaluate.prediction_config`."""
-        from .evaluate import prediction_config
-
-        return prediction_config(self)
+    def record(self) -> dict[str, Any]:
+        """The settings as ``results.json`` records them (files by path, ``mode`` the one
+        used)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["profiles"] = [str(getattr(p, "path", p)) for p in self.profiles]
+        out["pixel_prompts"] = None if self.pixel_prompts is None else str(self.pixel_prompts)
+        out["mode"] = self.scoring_mode
+        return out
 
 
 #: the former name of :class:`EvalConfig`

@@ -57,9 +57,11 @@ from ..data.meta import MetaError, Sample, meta_path_for, parse_split, read_meta
 from ..data.names import display_path
 from ..data.roi import RoiError, describe_missing, find_roi, fit_roi, load_roi, roi_cells
 from ..errors import OutputError, TipsomalyError
+from ..identity import model_id, spec_id
 from ..method.config import AUTO, default_pixel_prompts
-from ..method.detector import NON_FINITE, Detector
+from ..method.detector import Detector
 from ..method.maps import anomaly_maps
+from ..method.prediction import NON_FINITE
 from ..metrics import aupro_mvtec, aupro_zsad, image_metrics, pixel_metrics, ranking_metrics
 from ..metrics.regions import foreground_components
 from ..report.results import (
@@ -69,7 +71,6 @@ from ..report.results import (
     DatasetResult,
     domain_of,
 )
-from ..tips.presets import get_preset, is_preset
 from ..tips.runtime import resolve_device, resolve_dtype
 from . import distributed
 from .config import EvalConfig, EvalSettings
@@ -245,10 +246,10 @@ def prediction_config(settings: EvalConfig) -> dict:
     zero-shot settings give the keys they always gave.
     """
     config = {
-        "model": _model_identity(settings.model),
-        "pixel_prompts": _identity(settings.pixel_prompts) if settings.pixel_prompts else None,
+        "model": model_id(settings.model),
+        "pixel_prompts": spec_id(settings.pixel_prompts) if settings.pixel_prompts else None,
         "prompt_type": settings.prompt_type,
-        "prompt_file": _identity(settings.prompt_file) if settings.prompt_file else None,
+        "prompt_file": spec_id(settings.prompt_file) if settings.prompt_file else None,
         "image_size": settings.image_size,
         "dtype": _resolved_dtype(settings.dtype, settings.device),
     }
@@ -275,7 +276,7 @@ def roi_identity(settings: EvalConfig) -> str | None:
     from ..data.images import is_image_file
 
     if settings.roi is not None:
-        return _identity(str(settings.roi))
+        return spec_id(str(settings.roi))
     if settings.roi_dir is not None:
         root = Path(settings.roi_dir).resolve()
         files = [p for p in root.rglob("*") if p.is_file() and is_image_file(p)]
@@ -288,37 +289,6 @@ def _resolved_dtype(dtype: str, device: str) -> str:
         return str(resolve_dtype(dtype, resolve_device(device))).removeprefix("torch.")
     except (ValueError, RuntimeError):  # reported when the model is built, if it ever is
         return str(dtype)
-
-
-def _identity(spec: str) -> str:
-    """A name stays a name; a file becomes its path plus the SHA-256 of its bytes."""
-    path = Path(spec)
-    if path.is_file():
-        return f"{path.resolve()}#{fingerprint.file_digest(path)}"
-    if path.is_dir():
-        return _model_identity(spec)
-    return spec
-
-
-def _model_identity(spec: str) -> str:
-    """A preset → its canonical name; a model directory → a digest over the bytes of every
-    file in it and of every file its ``model.json`` names (wherever they are)."""
-    path = Path(spec)
-    if not path.is_dir():
-        if path.is_file():
-            return _identity(spec)
-        return get_preset(spec).name if is_preset(spec) else spec
-    files = {p.resolve() for p in path.iterdir() if p.is_file()}
-    try:
-        from ..tips.model import MODEL_FILE, read_model_description
-
-        vision, text = read_model_description(path / MODEL_FILE)
-        named = (vision.npz, text.npz, text.tokenizer)
-        files |= {(path / n).resolve() for n in named if n and (path / n).is_file()}
-    except Exception as exc:  # noqa: BLE001 - the loader reports a bad model.json itself
-        logger.debug("model identity of %s: %s", path, exc)
-    # an unreadable file gets an id no readable one has: loading would fail; never reuse then
-    return f"{path.resolve()}#{fingerprint.files_digest(files)}"
 
 
 class Evaluator:
@@ -402,23 +372,8 @@ class Evaluator:
 
     def _build_detector(self) -> Detector:
         s = self.settings
-        device = resolve_device(s.device)
         model = self.shared_models.get(s.model) if self.shared_models is not None else None
-        detector = Detector(
-            model or s.model,
-            prompt_type=s.prompt_type,
-            prompt_file=s.prompt_file,
-            pixel_prompts=s.pixel_prompts,
-            image_size=s.image_size,
-            sigma=s.sigma,
-            cls=s.cls,
-            device=device,
-            dtype=resolve_dtype(s.dtype, device),
-            batch_size=s.batch_size,
-            offline=s.offline,
-            tile=s.tile,
-            tile_overlap=s.tile_overlap,
-        )
+        detector = Detector.from_config(s, model=model)
         if self.shared_models is not None:
             self.shared_models[s.model] = detector.model
         return detector
@@ -446,7 +401,7 @@ class Evaluator:
         return str(device)
 
     def store_for(self, dataset_name: str) -> PredictionStore:
-        key = config_key(self.settings.prediction_config())
+        key = config_key(prediction_config(self.settings))
         return PredictionStore(self.out_dir / dataset_name / "predictions" / key)
 
     @staticmethod
@@ -603,7 +558,8 @@ class Evaluator:
     def _use_references(self, class_name: str, references: Sequence[Sample]) -> str:
         """Fit the class's profile (a bank, no thresholds), set it on the detector in the
         settings' mode; return its :func:`bank_digest`."""
-        from ..method.profile import Profile, ProfileError
+        from ..method.fitting import fit_profile
+        from ..method.profile import ProfileError
 
         detector = self.detector
         paths = [str(r.image_path) for r in references]
@@ -615,7 +571,7 @@ class Evaluator:
             ", ".join(paths),
         )
         try:
-            profile = Profile.fit(detector, paths, class_name, calibrate=False, on_error="record")
+            profile = fit_profile(detector, paths, class_name, calibrate=False, on_error="record")
         except ProfileError as exc:
             raise _Skip(str(exc)) from None
         failed = profile.info.get("references", {}).get("errors", [])
@@ -814,7 +770,7 @@ class Evaluator:
         except ValueError:
             on_gpu = False
         loader = DataLoader(
-            AnomalyDataset([samples[i] for i in todo], size),
+            AnomalyDataset([samples[i] for i in todo], size, max_pixels=self.settings.max_pixels),
             batch_size=self.settings.batch_size,
             num_workers=self.settings.workers,
             collate_fn=collate_samples,

@@ -35,6 +35,7 @@ from ..method.config import (
     MODES,
 )
 from ..method.detector import Detector
+from ..method.fitting import fit_profile
 from ..method.profile import Profile
 from .lock import OutputLock
 
@@ -55,7 +56,7 @@ class FitSummary:
     @property
     def thresholds(self) -> dict[str, Calibration | None]:
         """The image threshold of each mode (None where not calibrated)."""
-        return {m: self.profile.thresholds[m]["image"] for m in MODES}
+        return {m: self.profile.thresholds.get(m, "image") for m in MODES}
 
 
 def run_fit(
@@ -80,7 +81,7 @@ def run_fit(
         paths: files, folders and glob patterns of normal images (as ``predict``).
         out_dir: the profile folder (created; an earlier profile there is replaced).
         false_alarm_rate, pixel_false_alarm_rate, augment, max_bank, seed: see
-            :meth:`Profile.fit`.
+            :func:`~tipsomaly.method.fitting.fit_profile`.
         settings: extra entries for ``profile.json``'s ``settings`` (which already say how
             to rebuild the detector: model, image size, prompts, sigma, CLS token).
 
@@ -103,7 +104,7 @@ def run_fit(
 
     with OutputLock(out):
         try:
-            profile = Profile.fit(
+            profile = fit_profile(
                 detector,
                 [str(f) for f in files],
                 class_name,

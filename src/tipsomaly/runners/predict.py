@@ -13,18 +13,18 @@ Output layout under ``out_dir``::
     defects.csv           one row per defect record (with a pixel threshold; see below)
     defects_coco.json     the defects as COCO results with RLE masks (defects_format="coco")
 
-Defects: with a pixel threshold (given, or a profile's calibrated one) every image's
-connected regions of ``map >= threshold`` (inside its ROI) become records
-(:func:`~tipsomaly.method.defects.extract_defects`: box, area, peak, mean, centroid; regions
-under ``min_defect_area`` pixels dropped): the ``defects`` entry of its ``scores.json`` row,
-its lines of ``defects.csv``, and with ``boxes`` numbered boxes on its overlay.
+Decisions and defects are the predictor's (:mod:`tipsomaly.method.pipeline`): with an image
+threshold (its config's, or a profile's calibrated one) each row has ``is_anomalous``; with a
+pixel threshold every image's defect records (connected regions of ``map >= threshold``
+inside its ROI: box, area, peak, mean, centroid) are the ``defects`` entry of its
+``scores.json`` row, its lines of ``defects.csv``, and with ``boxes`` numbered boxes on its
+overlay.
 
-ROI (``roi``: one mask for every image; ``roi_dir``: each image's own,
-``<roi_dir>/<name>.<ext>``, else ``<roi_dir>/<stem>.<ext>``): maps are 0 outside it and scores
-take only its evidence (see :class:`~tipsomaly.method.detector.Detector`); an image whose
-folder mask is missing is an error row; a mask of another size is resized (the row's ``note``
-says so). Tiling is the detector's setting (``Detector(tile=...)``), recorded in
-``scores.json``'s settings.
+ROI: the predictor's (its config's ``roi``, one mask for every image), or per image from
+``roi_dir`` (``<roi_dir>/<name>.<ext>``, else ``<roi_dir>/<stem>.<ext>``): maps are 0 outside
+it and scores take only its evidence; an image whose folder mask is missing is an error row; a
+mask of another size is resized (the row's ``note`` says so). Tiling is the predictor's
+setting too; ``scores.json``'s settings record both, with the predictor's identity.
 
 Naming rule: ``<name>`` is the image's path relative to the deepest folder holding every
 input, without its extension, so the outputs mirror the input folders (``a/x.png`` and
@@ -60,10 +60,10 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from .. import __version__
 from ..data.images import ImageLoadError, load_image
 from ..data.inputs import NoInputsError, expand_inputs, folder_class_name, output_names
-from ..data.roi import RoiError, check_roi_file, describe_missing, find_roi
-from ..errors import OutputError
-from ..method.defects import extract_defects
-from ..method.detector import NON_FINITE, Detector, Prediction
+from ..data.roi import RoiError, describe_missing, find_roi
+from ..errors import InvalidOptionError, OutputError
+from ..method.pipeline import Predictor
+from ..method.prediction import NON_FINITE, Prediction
 from ..method.profile import ProfileError
 from ..report.overlay import (
     DEFAULT_ALPHA,
@@ -74,6 +74,7 @@ from ..report.overlay import (
 )
 from ..report.results import printable
 from ..report.tables import ScoreTable
+from ..validation import choice, in_range
 from . import distributed
 from .distributed import DistInfo
 
@@ -118,26 +119,18 @@ class PredictSummary:
 
 @dataclass(frozen=True)
 class _Inspection:
-    """A run's ROI and defect settings (see the module doc)."""
+    """A run's per-image ROI folder and what its rows hold (see the module doc)."""
 
-    roi: Any  # (H, W) bool array: one mask for every image
     roi_dir: Path | None
-    min_area: int
-    pixel_size_mm: float | None
     coco: bool
     with_defects: bool
+    with_roi: bool
     boxes: bool = False
     listings: dict = field(default_factory=dict)  # roi_dir's folders, each listed once
 
-    @property
-    def with_roi(self) -> bool:
-        return self.roi is not None or self.roi_dir is not None
-
     def roi_for(self, file: Path, name: str) -> Any:
-        """The ROI of one input for the detector (an array or a mask file), None without
-        one, or a ``str``: why its image has none (it becomes an error row)."""
-        if self.roi is not None:
-            return self.roi
+        """The ROI mask file of one input from ``roi_dir``, None without ``roi_dir``, or a
+        ``str``: why its image has none (it becomes an error row)."""
         if self.roi_dir is None:
             return None
         names = [name, file.stem]
@@ -147,31 +140,15 @@ class _Inspection:
             return str(exc)
         return found if found is not None else describe_missing(self.roi_dir, names)
 
-    def defects(self, pred: Prediction, threshold: float | None) -> list[dict] | None:
-        """The defect records of a scored image (None: no pixel threshold for it)."""
-        if threshold is None or pred.anomaly_map_original is None:
-            return None
-        records = extract_defects(
-            pred.anomaly_map_original,
-            threshold,
-            roi=pred.roi,
-            min_area=self.min_area,
-            pixel_size_mm=self.pixel_size_mm,
-            rle=self.coco,
-        )
-        return [r.to_dict() for r in records]
-
 
 # -- the run --------------------------------------------------------------------------------
 def run_predict(
-    detector: Detector,
+    detector: Predictor,
     paths: Iterable[str | os.PathLike],
     *,
     class_name: ClassNames | None = None,
     class_from_folder: bool = False,
     out_dir: str | os.PathLike = "tipsomaly-out",
-    threshold: float | None = None,
-    image_threshold: float | None = None,
     save_maps: bool = False,
     overlays: bool = True,
     overlay_scale: str = "fixed",
@@ -179,40 +156,31 @@ def run_predict(
     batch_size: int | None = None,
     progress: bool = False,
     settings: dict[str, Any] | None = None,
-    roi: str | os.PathLike | None = None,
     roi_dir: str | os.PathLike | None = None,
-    min_defect_area: int = 1,
-    pixel_size_mm: float | None = None,
-    defects_format: str = "records",
-    boxes: bool = False,
+    boxes: bool = True,
 ) -> PredictSummary:
     """Score every image named by ``paths`` and write the outputs (layout in the module doc).
 
     Args:
-        detector: a ready :class:`~tipsomaly.method.detector.Detector`.
+        detector: a ready predictor (:class:`~tipsomaly.method.detector.Detector`, or an
+            export's :class:`~tipsomaly.deploy.inferencers.ExportedDetector`); its config says
+            the thresholds, tiling, ROI, profiles and defect settings.
         paths: files, folders and glob patterns (see :func:`expand_inputs`).
         class_name: the class of every image (``"hazelnut"``), or a function path → name.
         class_from_folder: use each image's parent folder name instead (``class_name`` unset).
         out_dir: output folder (created); an earlier run's files of the same names are
             replaced (or removed, for an image that failed this time), others left alone.
-        threshold: pixel threshold on the original-size map (values in [0, 1]); given, writes
-            ``masks/<name>.png`` = map >= threshold.
-        image_threshold: image-score threshold (scores in [0, 2]); given, adds the column
-            ``is_anomalous`` = image_score >= image_threshold.
         save_maps: write the raw maps, ``maps/<name>.npy`` float32 (H, W).
         overlays: write ``overlays/<name>.png`` (the image is read a second time for it).
         overlay_scale: ``"threshold"`` (the pixel threshold at the middle colour), ``"fixed"``
             (map [0, 1] → colours, comparable across images) or
             ``"per-image"`` (each map's min..max).
         overlay_alpha: weight of the heat map in the overlay, in [0, 1].
-        batch_size: images per forward pass (default: the detector's).
+        batch_size: images per forward pass (default: the predictor's).
         progress: show a progress bar over the images (stderr).
         settings: extra entries for the ``settings`` object of ``scores.json``.
-        roi: one ROI mask file for every image (white = inspected), or ``roi_dir``: a folder
-            of per-image masks (matched by name, see the module doc). Not both.
-        min_defect_area: defect regions of fewer pixels are dropped.
-        pixel_size_mm: the side of a pixel in mm (defect areas also in mm²).
-        defects_format: ``"records"`` or ``"coco"`` (RLE masks, ``defects_coco.json``).
+        roi_dir: a folder of per-image ROI masks (matched by name, see the module doc), in
+            place of the predictor's one ROI.
         boxes: draw each defect's box on its overlay, labelled ``#<id> <peak>``.
 
     Returns:
@@ -221,7 +189,7 @@ def run_predict(
 
     Raises:
         NoInputsError: ``paths`` name no image file.
-        RoiError: ``roi`` cannot be read or is empty, ``roi_dir`` is no folder.
+        RoiError: ``roi_dir`` is no folder.
         OutputLockedError: another run is writing into ``out_dir``.
         OutputError: ``out_dir`` cannot be written (read-only or full disk); the rows written
             before stay.
@@ -229,29 +197,12 @@ def run_predict(
             in ``scores.csv`` and ``scores.json`` (``"complete": false``).
     """
     if (class_name is None) == (not class_from_folder):
-        raise ValueError("give exactly one of class_name and class_from_folder=True")
-    if overlay_scale not in OVERLAY_SCALES:
-        raise ValueError(f"overlay_scale must be one of {OVERLAY_SCALES}, got {overlay_scale!r}")
-    if not 0.0 <= overlay_alpha <= 1.0:
-        raise ValueError(f"overlay_alpha must be in [0, 1], got {overlay_alpha}")
-    if defects_format not in DEFECT_FORMATS:
-        raise ValueError(f"defects_format must be one of {DEFECT_FORMATS}, got {defects_format!r}")
-    if isinstance(min_defect_area, bool) or int(min_defect_area) != min_defect_area:
-        raise ValueError(f"min_defect_area must be an integer >= 1, got {min_defect_area!r}")
-    if min_defect_area < 1:
-        raise ValueError(f"min_defect_area must be an integer >= 1, got {min_defect_area!r}")
-    if pixel_size_mm is not None and not pixel_size_mm > 0:
-        raise ValueError(f"pixel_size_mm must be > 0, got {pixel_size_mm!r}")
-    if roi is not None and roi_dir is not None:
-        raise RoiError("give one of roi (one mask for every image) and roi_dir (one per image)")
+        raise InvalidOptionError("give exactly one of class_name and class_from_folder=True")
+    choice(overlay_scale, "overlay_scale", OVERLAY_SCALES)
+    in_range(overlay_alpha, "overlay_alpha", 0, 1)
     if roi_dir is not None and not Path(roi_dir).is_dir():
         raise RoiError(f"ROI folder {roi_dir} is not a folder")
-    if (roi is not None or roi_dir is not None) and not isinstance(detector, Detector):
-        raise RoiError(
-            f"regions of interest need the model itself, not {type(detector).__name__}: an "
-            "exported graph scores whole images"
-        )
-    roi_mask = check_roi_file(roi) if roi is not None else None
+    config = detector.config
     paths = list(paths)
     out = Path(out_dir)
     files = expand_inputs(paths, exclude=[out])
@@ -266,59 +217,40 @@ def run_predict(
     else:
         name_of = class_name  # type: ignore[assignment]
     classes = [name_of(f) for f in files]
-    if detector.profiles:
-        missing = sorted(set(classes) - set(detector.profiles))
+    detector.check_classes(dict.fromkeys(classes))
+    profiled = detector.profile_classes()
+    if profiled:
+        missing = sorted(set(classes) - set(profiled))
         if missing:
             raise ProfileError(
                 f"no profile for class(es) {', '.join(map(repr, missing))} (profiles: "
-                f"{', '.join(map(repr, sorted(detector.profiles)))}); fit one with "
+                f"{', '.join(map(repr, sorted(profiled)))}); fit one with "
                 "`tipsomaly fit` or leave out --profile"
             )
-        _warn_uncalibrated(detector, image_threshold, threshold)
+        _warn_uncalibrated(detector, profiled)
     logger.info("%d input image(s); writing to %s", len(files), out)
-
-    tiling = getattr(detector, "tiling", None)  # an exported graph does not tile
-    rule = ("tiled" if tiling else "untiled") + ("+roi" if roi or roi_dir else "")
+    with_roi = config.roi is not None or roi_dir is not None
     inspect = _Inspection(
-        roi_mask,
         Path(roi_dir) if roi_dir is not None else None,
-        int(min_defect_area),
-        pixel_size_mm,
-        defects_format == "coco",
-        with_defects=threshold is not None or bool(detector.profiles),
+        config.defects_format == "coco",
+        with_defects=config.pixel_threshold is not None or bool(profiled),
+        with_roi=with_roi,
         boxes=bool(boxes),
     )
     run_settings = {
-        "tipsomaly": __version__,
-        "model": detector.model.name,
-        "image_size": detector.image_size,
-        "sigma": detector.sigma,
-        "cls": detector.cls,
-        "prompt_type": detector.prompts.name,
-        "pixel_prompts": None
-        if detector.pixel_prompts is None
-        else detector.pixel_prompts.metadata.get("source", "given"),
-        "threshold": threshold,
-        "image_threshold": image_threshold,
-        "mode": detector.mode,
-        "profiles": {c: p.name for c, p in detector.profiles.items()} or None,
+        **run_record(detector, roi_dir),
         "overlay_scale": overlay_scale if overlays else None,
         "overlay_alpha": overlay_alpha if overlays else None,
-        "tile": tiling["tile"] if tiling else None,
-        "tile_overlap": tiling["overlap"] if tiling else None,
-        "roi": str(roi) if roi is not None else None,
-        "roi_dir": str(roi_dir) if roi_dir is not None else None,
-        "image_score": SCORE_RULES[rule],
-        "defects": {
+        "defects": None
+        if not inspect.with_defects
+        else {
             "threshold": "the pixel threshold: map >= threshold, 8-connected regions",
-            "min_area_px": int(min_defect_area),
-            "pixel_size_mm": pixel_size_mm,
-            "format": defects_format,
+            "min_area_px": config.min_defect_area,
+            "pixel_size_mm": config.pixel_size_mm,
+            "format": config.defects_format,
             "bbox": "[x0, y0, x1, y1], original pixels, ends excluded",
             "boxes_on_overlays": bool(boxes and overlays),
-        }
-        if inspect.with_defects
-        else None,
+        },
         **(settings or {}),
     }
     info = distributed.current()  # under torchrun: each rank scores its share, rank 0 merges
@@ -331,8 +263,6 @@ def run_predict(
             classes,
             out,
             run_settings,
-            threshold=threshold,
-            image_threshold=image_threshold,
             save_maps=save_maps,
             overlays=overlays,
             overlay_scale=overlay_scale,
@@ -352,16 +282,46 @@ def run_predict(
     )
 
 
+def run_record(detector: Predictor, roi_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """``scores.json``'s settings: the predictor's identity and the settings of the run."""
+    c = detector.config
+    identity = detector.identity
+    rule = ("tiled" if c.tile is not None else "untiled") + (
+        "+roi" if c.roi is not None or roi_dir is not None else ""
+    )
+    pixel = identity.pixel_prompts
+    return {
+        "tipsomaly": __version__,
+        "identity": identity.to_dict(),
+        "model": identity.model.get("name"),
+        "image_size": c.image_size,
+        "sigma": c.sigma,
+        "cls": c.cls,
+        "prompt_type": identity.prompts.get("name"),
+        "pixel_prompts": None if pixel is None else pixel.get("source"),
+        "threshold": c.pixel_threshold,
+        "image_threshold": c.image_threshold,
+        "mode": detector.mode,
+        "profiles": detector.profile_names() or None,
+        "tile": c.tile,
+        "tile_overlap": c.tile_overlap if c.tile is not None else None,
+        "roi": None if c.roi is None else str(c.roi),
+        "roi_dir": None if roi_dir is None else str(roi_dir),
+        "max_pixels": c.max_pixels,
+        "engine": identity.engine,
+        "precision": identity.precision,
+        "image_score": SCORE_RULES[rule],
+    }
+
+
 def _run(
-    detector: Detector,
+    detector: Predictor,
     files: list[Path],
     names: list[str],
     classes: list[str],
     out: Path,
     run_settings: dict[str, Any],
     *,
-    threshold: float | None,
-    image_threshold: float | None,
     save_maps: bool,
     overlays: bool,
     overlay_scale: str,
@@ -373,8 +333,9 @@ def _run(
 ) -> ScoreTable:
     """The run proper, with the output folder's lock held (rows in ``table_dir``, default
     ``out``)."""
-    table = _table(table_dir or out, detector, image_threshold, inspect)
-    with_profile = bool(detector.profiles)
+    table = _table(table_dir or out, detector, inspect)
+    with_profile = bool(detector.profile_classes())
+    with_decision = with_profile or detector.config.image_threshold is not None
     complete = False
     bar = tqdm(total=len(files), unit="img", desc="predict", disable=not progress)
     redirect = logging_redirect_tqdm() if progress else contextlib.nullcontext()
@@ -385,7 +346,7 @@ def _run(
         with redirect:
             rois = [inspect.roi_for(f, n) for f, n in zip(files, names, strict=True)]
             sent = [i for i, r in enumerate(rois) if not isinstance(r, str)]
-            extra = {"roi": [rois[i] for i in sent]} if inspect.with_roi else {}
+            extra = {"roi": [rois[i] for i in sent]} if inspect.roi_dir is not None else {}
             predictions = detector.iter_predict(
                 [str(files[i]) for i in sent],
                 [classes[i] for i in sent],
@@ -398,7 +359,7 @@ def _run(
                     pred = Prediction(str(files[i]), classes[i], error=rois[i])
                 else:
                     pred = next(predictions)
-                row = _row(pred, name, image_threshold, with_profile)
+                row = _row(pred, name, with_decision, with_profile)
                 if inspect.with_roi:
                     row["note"] = "; ".join(pred.notes) or None
                     for note in pred.notes:
@@ -407,11 +368,13 @@ def _run(
                     row["defects"] = None
                 written: list[tuple[Path, Path]] = []
                 if row["status"] == "ok":
-                    pixel = threshold if threshold is not None else pred.pixel_threshold
+                    pixel = pred.pixel_threshold
+                    defects = None
+                    if pred.defects is not None:
+                        defects = [d.to_dict() for d in pred.defects]
+                    if inspect.with_defects:
+                        row["defects"] = defects
                     try:
-                        defects = inspect.defects(pred, pixel) if inspect.with_defects else None
-                        if inspect.with_defects:
-                            row["defects"] = defects
                         written = _write_images(
                             pred,
                             out,
@@ -423,8 +386,6 @@ def _run(
                             overlay_alpha,
                             defects if inspect.boxes else None,
                         )
-                    except MemoryError:
-                        row = _error_row(row, f"cannot find the defects of {name}: out of memory")
                     except _ImageOutputError as exc:
                         row = _error_row(row, str(exc))
                 if row["status"] != "ok":
@@ -460,7 +421,7 @@ RANKS_DIR = ".tipsomaly-ranks"
 
 def _run_sharded(
     info: DistInfo,
-    detector: Detector,
+    detector: Predictor,
     files: list[Path],
     names: list[str],
     classes: list[str],
@@ -478,7 +439,7 @@ def _run_sharded(
     info.check_same([[str(f) for f in files], names, classes], "the list of input images")
     merged = None
     if info.is_main:  # replaces an older scores.csv at once, as one process does
-        merged = _table(out, detector, options["image_threshold"], options["inspect"])
+        merged = _table(out, detector, options["inspect"])
     try:
         if merged is not None:
             merged.write_json(complete=False, settings=run_settings)
@@ -516,52 +477,38 @@ def _run_sharded(
             merged.close()
 
 
-def _table(
-    folder: Path, detector: Detector, image_threshold: float | None, inspect: _Inspection
-) -> ScoreTable:
+def _table(folder: Path, detector: Predictor, inspect: _Inspection) -> ScoreTable:
+    with_profile = bool(detector.profile_classes())
     return ScoreTable(
         folder,
-        with_is_anomalous=image_threshold is not None,
-        with_profile=bool(detector.profiles),
+        with_is_anomalous=detector.config.image_threshold is not None,
+        with_profile=with_profile,
         with_defects=inspect.with_defects,
         with_note=inspect.with_roi,
         coco=inspect.coco,
     )
 
 
-def _warn_uncalibrated(
-    detector: Detector, image_threshold: float | None, threshold: float | None
-) -> None:
+def _warn_uncalibrated(detector: Predictor, classes: list[str]) -> None:
     """One warning per profile without the thresholds this run would take from it."""
-    for name, profile in detector.profiles.items():
-        kinds = profile.thresholds.get(detector.mode, {})
-        lacking = [
-            what
-            for what, given, kind in (
-                ("image", image_threshold, "image"),
-                ("pixel", threshold, "pixel"),
-            )
-            if given is None and kinds.get(kind) is None
-        ]
+    for name in classes:
+        mode, image, pixel, _ = detector.decision(name)
+        lacking = [what for what, value in (("image", image), ("pixel", pixel)) if value is None]
         if lacking:
             logger.warning(
-                "profile of %r has no calibrated %s threshold for mode %s (fitted on %s "
-                "reference image(s)): no decision for its images; give --image-threshold / "
+                "profile of %r has no calibrated %s threshold for mode %s (fitted on too few "
+                "reference images): no decision for its images; give --image-threshold / "
                 "--threshold, or fit on 2 or more images",
                 name,
                 " or ".join(lacking),
-                detector.mode,
-                profile.info.get("references", {}).get("used", "?"),
+                mode,
             )
 
 
 def _row(
-    pred: Prediction, name: str, image_threshold: float | None, with_profile: bool = False
+    pred: Prediction, name: str, with_decision: bool, with_profile: bool = False
 ) -> dict[str, Any]:
-    """The table row of one prediction (the detector makes non-finite scores failures).
-
-    The image threshold is ``image_threshold`` when given, else the profile's calibrated one.
-    """
+    """The table row of one prediction (the predictor makes non-finite scores failures)."""
     error = None
     if not pred.ok:
         what = "score" if pred.error == NON_FINITE else "load"  # read but not scored, or not read
@@ -576,11 +523,10 @@ def _row(
         "error": None,
         "name": name,
     }
-    used = image_threshold if image_threshold is not None else pred.threshold
-    if image_threshold is not None or with_profile:
-        row["is_anomalous"] = None if used is None else bool(pred.image_score >= used)
+    if with_decision:
+        row["is_anomalous"] = pred.is_anomalous
     if with_profile:
-        row["threshold"] = used
+        row["threshold"] = pred.threshold
         row["mode"] = pred.mode
     return row if error is None else _error_row(row, error)
 

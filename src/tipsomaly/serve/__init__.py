@@ -17,9 +17,7 @@ on top of :class:`~tipsomaly.method.detector.Detector`, testable without a serve
 
 from __future__ import annotations
 
-import importlib.util
-
-from .errors import MissingExtraError
+from ..errors import MissingExtraError, available
 
 #: import name → distribution name of what ``tipsomaly[serve]`` installs
 EXTRA_MODULES = {"fastapi": "fastapi", "uvicorn": "uvicorn", "multipart": "python-multipart"}
@@ -28,7 +26,7 @@ EXTRA_MODULES = {"fastapi": "fastapi", "uvicorn": "uvicorn", "multipart": "pytho
 def require_extra() -> None:
     """Raise :class:`MissingExtraError` naming what is missing and the command that installs
     it, unless FastAPI, uvicorn and python-multipart are importable."""
-    missing = [dist for mod, dist in EXTRA_MODULES.items() if importlib.util.find_spec(mod) is None]
+    missing = [dist for mod, dist in EXTRA_MODULES.items() if not available(mod)]
     if missing:
         raise MissingExtraError(
             f"`tipsomaly serve` needs {', '.join(missing)} (not installed): "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..data.images import DEFAULT_MAX_PIXELS
@@ -46,7 +46,8 @@ class ServeConfig:
             when there are no profiles, else only the profiles' classes). Their text embeddings
             are computed while loading.
         drain_timeout_s: on SIGTERM, how long in-flight requests may take to finish.
-        info: settings shown by ``GET /v1/info`` (model, dtype, device as the user gave them).
+        settings: the detector's :class:`~tipsomaly.method.config.DetectorConfig` (what
+            ``GET /v1/info`` shows while the model loads; afterwards the detector's own).
 
     Raises:
         InvalidOptionError: a value that cannot work (the message names it).
@@ -61,7 +62,7 @@ class ServeConfig:
     classes: tuple[str, ...] = ()
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     drain_timeout_s: float = 60.0
-    info: dict[str, Any] = field(default_factory=dict)
+    settings: Any = None
 
     def __post_init__(self) -> None:
         positive_int(self.batch_size, "batch_size")

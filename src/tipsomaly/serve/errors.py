@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import TipsomalyError
-
-
-class MissingExtraError(TipsomalyError, ImportError):
-    """FastAPI, uvicorn or python-multipart is not installed (the ``serve`` extra)."""
+from ..errors import MissingExtraError, TipsomalyError
 
 
 class ServiceError(TipsomalyError):

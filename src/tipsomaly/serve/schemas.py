@@ -38,6 +38,14 @@ class FileResult(BaseModel):
     threshold_source: str | None = Field(description="request, profile or null")
     pixel_threshold: float | None = Field(description="the profile's calibrated pixel threshold")
     is_anomalous: bool | None = Field(description="image_score >= threshold (null: no threshold)")
+    defects: list[dict[str, Any]] | None = Field(
+        None,
+        description="with a pixel threshold (a profile's or --threshold): the connected regions "
+        "of map >= threshold, as predict's scores.json records them (bbox [x0, y0, x1, y1], "
+        "area_px, peak, mean, centroid)",
+    )
+    tiles: int | None = Field(None, description="tiles scored (tiled detectors), else null")
+    notes: list[str] = Field(default_factory=list, description="remarks (a resized ROI mask)")
     size: list[int] = Field(description="[height, width] of the image, after EXIF orientation")
     batch_images: int = Field(description="images in the forward pass that scored this one")
     queue_ms: float = Field(description="from queueing to the start of that forward pass")
@@ -110,6 +118,12 @@ class Info(BaseModel):
     pixel_prompts: str | None
     sigma: float | None
     cls: str | None
+    tile: int | str | None = None
+    tile_overlap: float | None = None
+    roi: str | None = None
+    identity: dict[str, Any] | None = Field(
+        None, description="what produces the scores (model fingerprint, prompts, tiling...)"
+    )
     mode: str | None
     profiles: list[ProfileInfo]
     classes: list[str] | None = Field(description="class names accepted (null: any)")

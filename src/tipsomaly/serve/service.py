@@ -34,6 +34,7 @@ from PIL import Image
 from .. import __version__
 from ..data.images import ImageLoadError, load_image
 from ..errors import InvalidOptionError
+from ..method.decision import decide
 from ..report.overlay import overlay
 from ..validation import in_range
 from .batching import BatchInfo, MicroBatcher
@@ -135,9 +136,7 @@ class Service:
         start = time.monotonic()
         try:
             detector = self._load()
-            for name in self._allowed(detector) or ():
-                detector.class_text(name)  # text tower now, not in the first request's batch
-            _warm_up(detector)
+            detector.warm_up(self._allowed(detector) or ())
             batcher = MicroBatcher(
                 self._forward,
                 batch_size=self.config.batch_size,
@@ -194,7 +193,7 @@ class Service:
 
     # -- classes -----------------------------------------------------------------------------
     def _allowed(self, detector: Detector) -> list[str] | None:
-        names = dict.fromkeys([*self.config.classes, *sorted(detector.profiles)])
+        names = dict.fromkeys([*self.config.classes, *detector.profile_classes()])
         return list(names) or None
 
     @property
@@ -213,7 +212,7 @@ class Service:
         """
         detector = self.check_ready()
         if class_name is None or not class_name.strip():
-            profiles = sorted(detector.profiles)
+            profiles = detector.profile_classes()
             if len(profiles) == 1:
                 return profiles[0]
             hint = f" (one of: {', '.join(map(repr, self.classes))})" if self.classes else ""
@@ -341,7 +340,10 @@ class Service:
             "threshold": used,
             "threshold_source": source,
             "pixel_threshold": p.pixel_threshold,
-            "is_anomalous": None if used is None or not ok else bool(p.image_score >= used),
+            "is_anomalous": decide(p.image_score, used) if ok else None,
+            "defects": None if p.defects is None else [d.to_dict() for d in p.defects],
+            "tiles": p.tiles,
+            "notes": list(p.notes),
             "size": [image.height, image.width],
             "batch_images": info.size,
             "queue_ms": round(info.queue_ms, 3),
@@ -364,29 +366,26 @@ class Service:
         return out
 
     def info(self) -> dict[str, Any]:
-        """``GET /v1/info``: what is served and how (settings as given while loading)."""
+        """``GET /v1/info``: what is served and how: the detector's identity and settings
+        (while loading: the settings asked for), its profiles, the limits and counters."""
         det = self.detector
-        given = self.config.info
-        pixel_prompts = given.get("pixel_prompts")
-        profiles: list[dict[str, Any]] = [
-            {"class_name": None, "path": path} for path in given.get("profiles") or ()
-        ]
+        config = det.config if det is not None else self.config.settings
+        identity = det.identity if det is not None else None
+        profiles: list[dict[str, Any]] = []
         if det is not None:
-            pixel_prompts = (
-                "none"
-                if det.pixel_prompts is None
-                else str(det.pixel_prompts.metadata.get("source", "given"))
-            )
-            profiles = [
-                {
-                    "class_name": name,
-                    "path": None if p.path is None else str(p.path),
-                    "mode": det.mode,
-                    "threshold": _threshold(p, det.mode, "image"),
-                    "pixel_threshold": _threshold(p, det.mode, "pixel"),
-                }
-                for name, p in sorted(det.profiles.items())
-            ]
+            for name, path in sorted(det.profile_names().items()):
+                mode, image, pixel, _ = det.decision(name)
+                profiles.append(
+                    {
+                        "class_name": name,
+                        "path": path,
+                        "mode": mode,
+                        "threshold": image,
+                        "pixel_threshold": pixel,
+                    }
+                )
+        elif config is not None:
+            profiles = [{"class_name": None, "path": str(p)} for p in config.profiles]
         c = self.config
         stats: dict[str, Any] = {
             "requests": self.requests,
@@ -395,22 +394,25 @@ class Service:
         }
         if self.batcher is not None:
             stats.update(self.batcher.stats())
+        settings = config.settings() if config is not None else {}
         return {
             "version": __version__,
             "status": self.status,
             "error": self.error,
-            "model": det.model.name if det is not None else given.get("model"),
-            "model_spec": given.get("model"),
-            "image_size": det.image_size if det is not None else given.get("image_size"),
-            "dtype": _DTYPE_NAMES.get(str(det.model.compute_dtype), str(det.model.compute_dtype))
-            if det is not None
-            else given.get("dtype"),
-            "device": str(det.device) if det is not None else given.get("device"),
-            "prompt_type": det.prompts.name if det is not None else given.get("prompt_type"),
-            "pixel_prompts": pixel_prompts,
-            "sigma": det.sigma if det is not None else given.get("sigma"),
-            "cls": det.cls if det is not None else given.get("cls"),
-            "mode": det.mode if det is not None else given.get("mode"),
+            "identity": None if identity is None else identity.to_dict(),
+            "model": identity.model.get("name") if identity else settings.get("model"),
+            "model_spec": settings.get("model"),
+            "image_size": settings.get("image_size"),
+            "dtype": identity.precision if identity else getattr(config, "dtype", None),
+            "device": getattr(config, "device", None),
+            "prompt_type": settings.get("prompt_type"),
+            "pixel_prompts": settings.get("pixel_prompts"),
+            "sigma": settings.get("sigma"),
+            "cls": settings.get("cls"),
+            "tile": settings.get("tile"),
+            "tile_overlap": settings.get("tile_overlap"),
+            "roi": settings.get("roi"),
+            "mode": det.mode if det is not None else getattr(config, "mode", None),
             "profiles": profiles,
             "classes": self.classes,
             "limits": {
@@ -424,24 +426,6 @@ class Service:
             "auth": c.token is not None,
             "stats": stats,
         }
-
-
-_DTYPE_NAMES = {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16"}
-
-
-def _warm_up(detector: Detector) -> None:
-    """One forward of the vision tower on a blank image: the first request then does not pay
-    for the backend's one-time setup (kernels, memory pools)."""
-    import torch
-
-    size = detector.image_size
-    with torch.no_grad():
-        detector.model.encode_image(torch.zeros(1, 3, size, size, device=detector.device))
-
-
-def _threshold(profile: Any, mode: str, kind: str) -> float | None:
-    calib = profile.thresholds.get(mode, {}).get(kind)
-    return None if calib is None else calib.threshold
 
 
 __all__ = ["STATES", "Service", "map_npy", "map_png", "upload_label"]

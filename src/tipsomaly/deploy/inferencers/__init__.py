@@ -36,13 +36,15 @@ def load_inferencer(
     folder: str | os.PathLike,
     *,
     runtime: str | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     threads: int | None = None,
+    **settings: object,
 ) -> ExportedDetector:
     """The :class:`ExportedDetector` of an export folder (``tipsomaly export``'s ``--out``).
 
     ``runtime`` defaults to the format's own (ONNX Runtime for ``onnx``, OpenVINO for
-    ``openvino``); OpenVINO also runs an ``onnx`` export.
+    ``openvino``); OpenVINO also runs an ``onnx`` export. ``settings``: as
+    :class:`ExportedDetector` takes them (tiles, ROI, thresholds...).
 
     Raises:
         ExportError: no export there, or a malformed or altered one.
@@ -52,4 +54,6 @@ def load_inferencer(
         >>> detector = load_inferencer("export/")  # doctest: +SKIP
         >>> detector.predict("part.png", "screw")[0].image_score  # doctest: +SKIP
     """
-    return ExportedDetector(Path(folder), runtime=runtime, batch_size=batch_size, threads=threads)
+    return ExportedDetector(
+        Path(folder), runtime=runtime, threads=threads, batch_size=batch_size, **settings
+    )

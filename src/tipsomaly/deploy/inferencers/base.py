@@ -1,52 +1,43 @@
-"""The ``predict`` contract over an exported graph: :class:`ExportedDetector`.
+"""The exported engine of the pipeline: :class:`ExportedDetector`, a graph on ONNX Runtime or
+OpenVINO.
 
-An :class:`ExportedDetector` reads an export folder (``export.json`` and the graph), decodes
-and resizes images with the very functions the PyTorch path uses
-(:func:`~tipsomaly.data.images.load_image`, :func:`~tipsomaly.data.images.preprocess`), runs
-the graph on a runtime (ONNX Runtime or OpenVINO) and gives the same
-:class:`~tipsomaly.method.detector.Prediction` objects as
-:class:`~tipsomaly.method.detector.Detector`: scores, the map at the model size and at the
-image's own size, the export's mode and calibrated thresholds. It has the attributes
-:func:`tipsomaly.runners.predict.run_predict` reads (``model.name``, ``image_size``, ``sigma``,
-``cls``, ``prompts.name``, ``pixel_prompts``, ``mode``, ``profiles``, ``batch_size``), so
-``tipsomaly predict --model EXPORT_DIR`` writes the same outputs as with a model.
+An :class:`ExportedDetector` reads an export folder (``export.json`` and the graph) and is a
+:class:`~tipsomaly.method.pipeline.Predictor` like :class:`~tipsomaly.method.detector.Detector`:
+the same decoding, ROI, tiling, decisions and defect records, the same
+:class:`~tipsomaly.method.prediction.Prediction` s; only :meth:`ExportedDetector.score` differs,
+running the graph (which outputs the scores, the map and the evidence they are made of). Its
+settings are the export's (image size, sigma, CLS token, prompts, mode, baked profile and its
+thresholds, and the tiling and ROI recorded at export); options given contradicting them are
+refused, and a baked profile's tiling and ROI are kept (checked) as a profile's are.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import threading
-from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ...data.images import ImageInput, ImageLoadError, load_image, preprocess
+from ...errors import InvalidOptionError, MissingExtraError, SetupMismatchError, available
 from ...fingerprint import file_digest
-from ...method.calibration import Calibration
-from ...method.detector import NON_FINITE, LoadedImage, Prediction
-from .._extras import available
+from ...identity import Identity, diff
+from ...method.config import DetectorConfig
+from ...method.decision import Thresholds
+from ...method.detector import profile_keys, roi_digest
+from ...method.head import DetectorOutput
+from ...method.pipeline import Predictor
+from ...method.prediction import Prediction
 from ..graph import SCORE_NAMES
 from ..metadata import ExportError, read_metadata
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "DEFAULT_RUNTIME",
-    "RUNTIMES",
-    "BakedProfile",
-    "ExportedDetector",
-    "GraphRunner",
-    "open_runner",
-]
+__all__ = ["DEFAULT_RUNTIME", "RUNTIMES", "ExportedDetector", "GraphRunner", "open_runner"]
 
 #: each runtime, the graph formats it reads, and the extra that installs it
 RUNTIMES = {
@@ -55,6 +46,8 @@ RUNTIMES = {
 }
 #: the runtime a format runs on unless told otherwise
 DEFAULT_RUNTIME = {"onnx": "onnxruntime", "openvino": "openvino"}
+#: the outputs a version-1 graph lacks (it scores whole images without an ROI only)
+EVIDENCE = ("global_cls1", "global_cls2", "patch_evidence")
 
 
 class GraphRunner(Protocol):
@@ -89,58 +82,18 @@ def open_runner(
     raise ExportError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
 
 
-@dataclass(frozen=True)
-class ExportedModel:
-    """The TIPS weights an export was made from (``model.name`` as run_predict reads it)."""
-
-    name: str
-    fingerprint: str | None = None
-
-
-@dataclass(frozen=True)
-class ExportedPrompts:
-    """The fixed prompt ensemble whose embeddings an export holds."""
-
-    name: str
-    digest: str | None = None
-
-
-@dataclass(frozen=True)
-class ExportedPixelPrompts:
-    """The learned pixel prompts whose embeddings an export holds (``metadata["source"]``)."""
-
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class BakedProfile:
-    """What remains of a few-shot profile in an export: its bank is in the graph; here are
-    its name, the calibrated thresholds of the export's mode and its ``info`` (reference
-    counts), in the shape :class:`~tipsomaly.method.profile.Profile` has them."""
-
-    name: str
-    thresholds: dict[str, dict[str, Calibration | None]]
-    info: dict[str, Any] = field(default_factory=dict)
-
-
-_CALIBRATION_FIELDS = tuple(f.name for f in fields(Calibration))
-
-
-def _calibration(value: object) -> Calibration | None:
-    if not isinstance(value, dict):
-        return None
-    return Calibration(**{k: value[k] for k in _CALIBRATION_FIELDS})
-
-
-class ExportedDetector:
-    """An export folder as a detector: :meth:`predict` / :meth:`iter_predict` as
-    :class:`~tipsomaly.method.detector.Detector` has them, for the export's one class.
+class ExportedDetector(Predictor):
+    """An export folder as a detector for the export's one class (see the module doc).
 
     Args:
         folder: an export folder (``export.json`` + graph), from ``tipsomaly export``.
         runtime: ``"onnxruntime"`` or ``"openvino"``; default: the format's own.
-        batch_size: images per graph run.
         threads: the runtime's intra-op threads (None: its default).
+        **settings: :class:`~tipsomaly.method.config.DetectorConfig` fields; None or left out:
+            the export's. ``tile``, ``tile_overlap``, ``roi`` (without a baked profile),
+            ``batch_size``, ``max_pixels``, the thresholds and defect settings may be set;
+            what the graph fixed (image size, sigma, CLS token, prompts, mode, profile) must
+            equal the export's.
 
     The runtime compiles the graph on first use (:attr:`runner`); the graph files' SHA-256
     are checked against ``export.json`` then.
@@ -148,71 +101,210 @@ class ExportedDetector:
     Raises:
         ExportError: no export in ``folder``, a malformed record, a runtime that cannot read
             the format.
+        SetupMismatchError: a setting that contradicts the export (named).
         MissingExtraError: the runtime is not installed (names the extra).
     """
-
-    device = torch.device("cpu")
-    dtype = torch.float32
 
     def __init__(
         self,
         folder: str | os.PathLike,
         *,
         runtime: str | None = None,
-        batch_size: int = 8,
         threads: int | None = None,
+        **settings: Any,
     ) -> None:
         self.folder = Path(folder)
         self.record = record = read_metadata(self.folder)
-        graph = record["graph"]
-        self.format: str = graph["format"]
+        self.format: str = record["graph"]["format"]
         self.runtime = runtime or DEFAULT_RUNTIME[self.format]
         if self.runtime not in RUNTIMES:
             raise ExportError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
         formats, extra = RUNTIMES[self.runtime]
         if self.format not in formats:
             raise ExportError(f"{self.runtime} cannot run an {self.format} export ({self.folder})")
-        module = "onnxruntime" if self.runtime == "onnxruntime" else "openvino"
-        if not available(module):
-            from .._extras import MissingExtraError
-
+        if not available(self.runtime):
             raise MissingExtraError(
-                f"running the {self.format} export {self.folder} needs {module}, which is not "
-                f"installed: pip install 'tipsomaly[{extra}]'"
+                f"running the {self.format} export {self.folder} needs {self.runtime}, which "
+                f"is not installed: pip install 'tipsomaly[{extra}]'"
             )
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.batch_size = int(batch_size)
-        self.threads = threads
         self.class_name: str = record["class_name"]
-        self.image_size: int = int(record["image_size"])
-        self.sigma = float(record["sigma"])
-        self.cls: str = record["cls"]
-        self.mode: str = record["mode"]
-        model = record["model"] or {}
-        self.model = ExportedModel(str(model.get("name", "?")), model.get("fingerprint"))
-        prompts = record["prompts"] or {}
-        self.prompts = ExportedPrompts(str(prompts.get("name", "?")), prompts.get("digest"))
-        pixel = record["pixel_prompts"]
-        self.pixel_prompts = None if pixel is None else ExportedPixelPrompts(dict(pixel))
-        thresholds = record["thresholds"] or {}
-        self.threshold = _calibration(thresholds.get("image"))
-        self.pixel_threshold = _calibration(thresholds.get("pixel"))
-        self.profiles: dict[str, BakedProfile] = {}
-        if record.get("profile") is not None:
-            baked = record["profile"]
-            self.profiles[self.class_name] = BakedProfile(
-                name=f"{baked.get('path') or 'profile'} (in export {self.folder})",
-                thresholds={self.mode: {"image": self.threshold, "pixel": self.pixel_threshold}},
-                info={"references": baked.get("references") or {}},
+        self.baked = record.get("profile")
+        self._mode: str = record["mode"]
+        super().__init__(self._config(settings))
+        self.threads = threads
+        self.has_evidence = all(
+            n in (o["name"] for o in record["graph"]["outputs"]) for n in EVIDENCE
+        )
+        if not self.has_evidence and (self.config.tile is not None or self.config.roi is not None):
+            raise ExportError(
+                f"{self.folder} was exported by an older tipsomaly: its graph scores whole "
+                "images only (no tiles, no ROI); export it again"
             )
+        if self.baked is not None:  # a baked profile's tiling and ROI are part of its numbers
+            fitted = self.baked.get("identity") or {}
+            keys = [k for k in profile_keys(fitted) if k in ("tiling", "roi")]
+            problems = diff(fitted, self.identity.scoring(), keys)
+            if problems:
+                raise SetupMismatchError(
+                    f"the profile in {self.folder} was fitted with another setup: "
+                    f"{'; '.join(problems)}. Leave those options out (the export's apply)"
+                )
         self._runner: GraphRunner | None = None
         self._lock = threading.Lock()  # one graph run at a time (runtimes reuse buffers)
+
+    def _config(self, given: dict[str, Any]) -> DetectorConfig:
+        """The export's settings with the options ``given`` (see the class doc)."""
+        record, folder = self.record, self.folder
+        recorded = dict(record["settings"])
+        if recorded.get("roi"):
+            recorded["roi"] = str(folder / recorded["roi"])
+        given = {k: v for k, v in given.items() if v is not None}
+        fixed = {
+            "prompt_type": recorded.get("prompt_type"),
+            "mode": self._mode,
+        }
+        for name, value in fixed.items():
+            if name in given and given[name] != value:
+                raise SetupMismatchError(
+                    f"{name} {given[name]}: the export {folder} was made with {value}; leave it "
+                    "out or export again with the value you want"
+                )
+        given.pop("mode", None)
+        refused = {
+            "prompt_file": "the export holds its text embeddings already",
+            "profiles": "the export holds its own profile (if any) in the graph; export again "
+            "with `tipsomaly export --profile DIR`",
+        }
+        for name, why in refused.items():
+            if given.get(name):
+                raise InvalidOptionError(f"{name}: {why} ({folder})")
+        pixel = given.pop("pixel_prompts", "auto")
+        made_with = str(recorded.pop("pixel_prompts", "none"))
+        if str(pixel).lower() not in ("auto", made_with.lower()):
+            raise SetupMismatchError(
+                f"pixel_prompts {pixel}: the export {folder} was made with "
+                f"{made_with}; leave it out or export again with them"
+            )
+        if str(given.get("device", "cpu")) not in ("auto", "cpu"):
+            raise InvalidOptionError(f"device {given['device']}: an export runs on the CPU")
+        if str(given.get("dtype", "fp32")).removeprefix("torch.") not in (
+            "auto",
+            "fp32",
+            "float32",
+        ):
+            raise InvalidOptionError(f"dtype {given['dtype']}: an export runs in fp32")
+        for name in ("device", "dtype", "prompt_type", "profiles", "prompt_file"):
+            given.pop(name, None)
+        thresholds = record.get("thresholds") or {}
+        if thresholds.get("source") == "given":  # fixed at export: applied unless given now
+            for kind, field in (("image", "image_threshold"), ("pixel", "pixel_threshold")):
+                if thresholds.get(kind) is not None:
+                    given.setdefault(field, thresholds[kind]["threshold"])
+        checked = ("image_size", "sigma", "cls") + (
+            ("tile", "tile_overlap") if self.baked is not None else ()
+        )
+        return DetectorConfig.from_record(
+            recorded,
+            source=str(folder),
+            what="exported",
+            given=given,
+            checked=checked,
+            model=str(folder),
+            prompt_type=recorded.get("prompt_type") or "industrial",
+            pixel_prompts=made_with,
+            device="cpu",
+        )
 
     def __repr__(self) -> str:
         return (
             f"ExportedDetector({str(self.folder)!r}, class {self.class_name!r}, "
             f"{self.format} on {self.runtime}, {self.image_size} px, {self.mode})"
+        )
+
+    # -- what the pipeline asks of an engine -------------------------------------------------
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @property
+    def any_class(self) -> str:  # type: ignore[override]
+        return self.class_name
+
+    @property
+    def identity(self) -> Identity:
+        recorded = Identity.from_dict(self.record["identity"])
+        return Identity(
+            **{
+                **recorded.to_dict(),
+                "tiling": self.config.tiling,
+                "roi": None if self._roi is None else roi_digest(self._roi),
+                "engine": self.runtime,
+                "precision": "fp32",
+            }
+        )
+
+    @property
+    def patch_size(self) -> int:  # type: ignore[override]
+        outputs = {o["name"]: o["shape"] for o in self.record["graph"]["outputs"]}
+        if "patch_evidence" in outputs:
+            n = int(outputs["patch_evidence"][1])
+            return self.image_size // int(round(n**0.5))
+        return 14
+
+    def thresholds_for(self, class_name: str) -> Thresholds | None:
+        if self.baked is None or class_name != self.class_name:
+            return None
+        record = self.record["thresholds"] or {}
+        if record.get("source") != "profile":
+            return Thresholds({self.mode: {"image": None, "pixel": None}})
+        return Thresholds.from_dict(
+            {self.mode: {k: _calibration(record.get(k)) for k in ("image", "pixel")}}
+        )
+
+    def profile_names(self) -> dict[str, str]:
+        if self.baked is None:
+            return {}
+        return {self.class_name: f"{self.baked.get('path') or 'profile'} (in {self.folder})"}
+
+    def check_classes(self, class_names: Iterable[str]) -> None:
+        """Refuse a class the export was not made for (its text embeddings are baked in).
+
+        Raises:
+            ExportError: naming both classes and how to export the other.
+        """
+        for name in class_names:
+            if name is not None and name != self.class_name:
+                raise ExportError(
+                    f"{self.folder} was exported for class {self.class_name!r}, not "
+                    f"{name!r}: its text embeddings are for that class only; export again "
+                    f"with --class-name {name!r}"
+                )
+
+    def iter_predict(self, inputs, class_names=None, **kwargs: Any) -> Iterator[Prediction]:  # type: ignore[override]
+        """:meth:`Predictor.iter_predict`; ``class_names`` may be left out (the export's)."""
+        if kwargs.get("roi") is not None and not self.has_evidence:
+            raise ExportError(
+                f"{self.folder} was exported by an older tipsomaly: its graph scores whole "
+                "images only (no ROI); export it again"
+            )
+        return super().iter_predict(inputs, class_names or self.class_name, **kwargs)
+
+    def predict(self, inputs, class_names=None, **kwargs: Any) -> list[Prediction]:  # type: ignore[override]
+        return super().predict(inputs, class_names or self.class_name, **kwargs)
+
+    def score(self, images: torch.Tensor, class_names: Sequence[str]) -> DetectorOutput:
+        out = self.run(images.numpy())
+        b = images.shape[0]
+        missing = torch.full((b,), float("nan"))
+        return DetectorOutput(
+            **{
+                n: torch.from_numpy(np.asarray(out[n]))
+                if n in out
+                else missing[:, None]
+                if n == "patch_evidence"
+                else missing
+                for n in SCORE_NAMES
+            }
         )
 
     # -- the graph ---------------------------------------------------------------------------
@@ -233,7 +325,8 @@ class ExportedDetector:
                         "in export.json): export again"
                     )
             runner = open_runner(self.folder / graph["file"], self.runtime, threads=self.threads)
-            missing = [n for n in SCORE_NAMES if n not in runner.output_names]
+            wanted = SCORE_NAMES if self.has_evidence else SCORE_NAMES[:4]
+            missing = [n for n in wanted if n not in runner.output_names]
             if missing:
                 raise ExportError(f"{self.folder}: the graph lacks the outputs {missing}")
             self._runner = runner
@@ -248,165 +341,7 @@ class ExportedDetector:
         with self._lock:
             return runner(np.ascontiguousarray(images, dtype=np.float32))
 
-    # -- the Detector contract ---------------------------------------------------------------
-    def check_class(self, class_name: str) -> None:
-        """Refuse a class the export was not made for (its text embeddings are baked in).
 
-        Raises:
-            ExportError: naming both classes and how to export the other.
-        """
-        if class_name != self.class_name:
-            raise ExportError(
-                f"{self.folder} was exported for class {self.class_name!r}, not "
-                f"{class_name!r}: its text embeddings are for that class only; export again "
-                f"with --class-name {class_name!r}"
-            )
-
-    def predict(
-        self,
-        inputs: str | os.PathLike | ImageInput | Iterable[str | os.PathLike | ImageInput],
-        class_names: str | Sequence[str] | None = None,
-        *,
-        batch_size: int | None = None,
-        on_error: str = "raise",
-    ) -> list[Prediction]:
-        """Predictions for a list of inputs (or a single one); see :meth:`iter_predict`."""
-        if isinstance(inputs, (str, os.PathLike, np.ndarray, torch.Tensor)) or hasattr(
-            inputs, "getpixel"
-        ):
-            if not (isinstance(inputs, torch.Tensor) and inputs.ndim == 4):
-                inputs = [inputs]
-        return list(
-            self.iter_predict(inputs, class_names, batch_size=batch_size, on_error=on_error)
-        )
-
-    def iter_predict(
-        self,
-        inputs: Iterable[str | os.PathLike | ImageInput],
-        class_names: str | Sequence[str] | None = None,
-        *,
-        batch_size: int | None = None,
-        on_error: str = "raise",
-    ) -> Iterator[Prediction]:
-        """Yield one :class:`Prediction` per input, in order, as batches complete.
-
-        ``class_names``: the export's class (one name, one per input, or None). The other
-        arguments as :meth:`tipsomaly.method.detector.Detector.iter_predict`.
-
-        Raises:
-            ExportError: a class name other than the export's.
-        """
-        if on_error not in ("raise", "record"):
-            raise ValueError(f"on_error must be 'raise' or 'record', got {on_error!r}")
-        if class_names is None:
-            class_names = self.class_name
-        if isinstance(class_names, str):
-            self.check_class(class_names)
-        else:
-            class_names = list(class_names)
-            for name in dict.fromkeys(class_names):
-                self.check_class(name)
-        batch_size = batch_size or self.batch_size
-        pending: list[LoadedImage] = []
-        for prepared in self._load(inputs, class_names, lookahead=2 * batch_size):
-            if prepared.error is not None and on_error == "raise":
-                raise ImageLoadError(prepared.source, prepared.error)
-            pending.append(prepared)
-            if sum(p.tensor is not None for p in pending) >= batch_size:
-                yield from self._run(pending)
-                pending = []
-        if pending:
-            yield from self._run(pending)
-
-    # -- internals -------------------------------------------------------------------------
-    def _load(
-        self, inputs: Iterable[object], class_names: str | Sequence[str], lookahead: int
-    ) -> Iterator[LoadedImage]:
-        """Inputs decoded and resized in a background thread, in input order."""
-        names = itertools.repeat(class_names) if isinstance(class_names, str) else iter(class_names)
-        queue: deque[Future[LoadedImage]] = deque()
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tipsomaly-load") as pool:
-            for index, item in enumerate(inputs):
-                name = next(names, None)
-                if name is None:
-                    raise ValueError(f"fewer class names than inputs (input {index})")
-                queue.append(pool.submit(self._prepare, item, name, index))
-                if len(queue) > lookahead:
-                    yield queue.popleft().result()
-            while queue:
-                yield queue.popleft().result()
-
-    def _prepare(self, item: object, class_name: str, index: int) -> LoadedImage:
-        """One input → (3, S, S) tensor, as :class:`Detector` prepares it."""
-        if isinstance(item, (str, os.PathLike)):
-            source = str(item)
-            try:
-                image = load_image(item)
-            except ImageLoadError as exc:
-                return LoadedImage(source, class_name, error=exc.reason)
-            return LoadedImage(
-                source,
-                class_name,
-                tensor=preprocess(image, self.image_size),
-                original_size=(image.height, image.width),
-            )
-        source = f"<input {index}>"
-        try:
-            tensor = preprocess(item, self.image_size)  # type: ignore[arg-type]
-        except (TypeError, ValueError) as exc:
-            return LoadedImage(source, class_name, error=str(exc))
-        return LoadedImage(source, class_name, tensor=tensor, original_size=_input_hw(item))
-
-    def _run(self, items: list[LoadedImage]) -> Iterator[Prediction]:
-        ready = [i for i in items if i.tensor is not None]
-        out: dict[str, np.ndarray] = {}
-        if ready:
-            out = self.run(torch.stack([i.tensor for i in ready]).numpy())
-        with_profile = bool(self.profiles)
-        mode = self.mode if with_profile else "zero-shot"
-        threshold = None if self.threshold is None else self.threshold.threshold
-        pixel = None if self.pixel_threshold is None else self.pixel_threshold.threshold
-        k = 0
-        for item in items:
-            if item.tensor is None:
-                yield Prediction(item.source, item.class_name, error=item.error)
-                continue
-            assert item.original_size is not None
-            scores = [float(out[n][k]) for n in SCORE_NAMES[:3]]
-            m = np.asarray(out["anomaly_map"][k], dtype=np.float32)
-            k += 1
-            if not (np.isfinite(scores).all() and np.isfinite(m).all()):
-                logger.warning("%s: non-finite anomaly score or map", item.source)
-                yield Prediction(item.source, item.class_name, error=NON_FINITE)
-                continue
-            # the same resize as Detector's: bilinear, align_corners=False, on the CPU
-            original = F.interpolate(
-                torch.from_numpy(m)[None, None],
-                size=item.original_size,
-                mode="bilinear",
-                align_corners=False,
-            )[0, 0]
-            yield Prediction(
-                source=item.source,
-                class_name=item.class_name,
-                image_score=scores[0],
-                score_cls1=scores[1],
-                score_cls2=scores[2],
-                anomaly_map=m,
-                anomaly_map_original=original.numpy(),
-                original_size=item.original_size,
-                mode=mode,
-                threshold=threshold,
-                pixel_threshold=pixel,
-            )
-
-
-def _input_hw(item: object) -> tuple[int, int]:
-    """(H, W) of an in-memory input: a PIL image, a (C, H, W) tensor or an (H, W[, C]) array."""
-    if hasattr(item, "size") and hasattr(item, "getpixel"):  # PIL: size is (W, H)
-        w, h = item.size  # type: ignore[attr-defined]
-        return int(h), int(w)
-    shape = tuple(item.shape)  # type: ignore[attr-defined]
-    if isinstance(item, torch.Tensor) and len(shape) == 3:
-        return int(shape[1]), int(shape[2])
-    return int(shape[0]), int(shape[1])
+def _calibration(value: object) -> dict | None:
+    """A recorded threshold as :meth:`Thresholds.from_dict` reads it (None: none)."""
+    return value if isinstance(value, dict) and "n" in value else None

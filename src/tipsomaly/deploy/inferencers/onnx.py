@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._extras import require
+from ...errors import require
 
 __all__ = ["OnnxRunner"]
 
