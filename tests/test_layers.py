@@ -33,7 +33,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors",),
     ("validation", "fingerprint", "resources"),
     ("tips",),
-    ("data", "metrics"),
+    ("data", "metrics", "identity"),
     ("method",),
     ("report",),
     ("deploy",),
@@ -200,6 +200,100 @@ def test_the_torch_check_can_fail():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert out.stdout.strip() == "True"
+
+
+# -- no module imports another that imports it back ---------------------------------------------
+def import_graph(src: Path = SRC) -> dict[str, set[str]]:
+    """Module → the modules of ``src/tipsomaly`` it imports (any depth of the statement; a
+    package's ``__init__`` counts as the package), packages of a module it lives in left out."""
+    modules = {}
+    for path in sorted((src / ROOT_PACKAGE).rglob("*.py")):
+        name, is_package = module_name(path, src)
+        modules[name] = (path, is_package)
+    graph: dict[str, set[str]] = {}
+    for name, (path, is_package) in modules.items():
+        targets = set()
+        for _, target in imported_modules(path.read_text(encoding="utf-8"), name, is_package):
+            while target and target not in modules:  # `from x import name`: the module x
+                target = target.rpartition(".")[0]
+            if target and target != name and not name.startswith(target + "."):
+                targets.add(target)
+        graph[name] = targets
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            part = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                part.append(w)
+                if w == v:
+                    break
+            if len(part) > 1:
+                found.append(sorted(part))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycles():
+    """No two modules of src/ import each other, directly or around a loop (lazy imports
+    count: they are dependencies at run time)."""
+    graph = import_graph()
+    assert len(graph) > 50
+    assert cycles(graph) == [], "modules that import each other (move what one needs elsewhere)"
+
+
+def test_the_cycle_check_can_fail():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": {"e"}}
+    assert cycles(graph) == [["a", "b", "c"]]
+
+
+def test_no_cli_verb_imports_another():
+    """Each verb module is a shell over library calls; what verbs share is in cli/options."""
+    verbs = {"predict", "fit", "serve", "export", "evaluate", "train", "data", "weights"}
+    graph = import_graph()
+    bad = [
+        f"{a} imports {b}"
+        for a in sorted(graph)
+        for b in sorted(graph[a])
+        if a.startswith("tipsomaly.cli.")
+        and b.startswith("tipsomaly.cli.")
+        and a.rsplit(".", 1)[1] in verbs
+        and b.rsplit(".", 1)[1] in verbs
+    ]
+    assert not bad, bad
+
+
+def test_no_source_module_is_over_600_lines():
+    """A module past ~600 lines holds more than one concept (split it)."""
+    long = {
+        module_name(p)[0]: n
+        for p in (SRC / ROOT_PACKAGE).rglob("*.py")
+        if (n := len(p.read_text(encoding="utf-8").splitlines())) > 600
+    }
+    assert not long, long
 
 
 def module_loggers(source: str) -> list[str]:

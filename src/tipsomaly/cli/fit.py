@@ -17,6 +17,7 @@ from ..method.config import (
 from ..validation import float_type
 from .exit_codes import ExitCode
 from .options import (
+    DEFAULTS,
     HelpFormatter,
     add_settings,
     config_from_args,
@@ -27,7 +28,6 @@ from .options import (
     resolved,
     seed_int,
 )
-from .predict import DEFAULTS
 
 #: settings that decide with a profile, not fit one
 NOT_FITTING = (

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import InvalidOptionError, OutputError, TipsomalyError
-from ..method.config import RECORDED_SETTINGS, DetectorConfig
+from ..method.config import INTERACTIVE_DTYPE, RECORDED_SETTINGS, DetectorConfig
 from ..validation import float_type, int_type, multiple_of, text_type
 from .exit_codes import ExitCode
 
@@ -97,6 +97,11 @@ def tile_option(text: str) -> int | str:
     return positive_int(text)
 
 
+#: the defaults of the verbs people run on their own images (predict, fit, serve); the rest:
+#: the configs'
+DEFAULTS = {"dtype": INTERACTIVE_DTYPE}
+#: what the help says of the settings a profile (or an export) records
+RECORDED = "with --profile, the profile's; with an export as --model, the export's"
 #: ``--max-pixels 0``: no limit (None in the config, where None cannot mean "not given")
 NO_LIMIT = 0
 #: the ``type=`` of each config field given as an option (defaults and help: the configs)

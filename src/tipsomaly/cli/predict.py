@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 
 from ..errors import InvalidOptionError, OutputError
-from ..method.config import INTERACTIVE_DTYPE
 from .exit_codes import ExitCode
 from .options import (
+    DEFAULTS,
+    RECORDED,
     HelpFormatter,
     add_config_option,
     add_settings,
@@ -20,12 +21,6 @@ from .options import (
     open_predictor,
     resolved,
 )
-
-#: the verbs' own defaults (the rest: DetectorConfig's)
-DEFAULTS = {"dtype": INTERACTIVE_DTYPE}
-#: what the help says of the settings a profile (or an export) records
-RECORDED = "with --profile, the profile's; with an export as --model, the export's"
-
 
 _EPILOG = """\
 outputs (in --out):

@@ -33,6 +33,8 @@ from ..serve.config import (
 from ..validation import float_type, int_type
 from .exit_codes import ExitCode
 from .options import (
+    DEFAULTS,
+    RECORDED,
     HelpFormatter,
     add_settings,
     config_from_args,
@@ -43,7 +45,6 @@ from .options import (
     positive_int,
     resolved,
 )
-from .predict import DEFAULTS, RECORDED
 
 logger = logging.getLogger(__name__)
 
