@@ -58,8 +58,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from tipsomaly.method.config import DEFAULT_MAX_BANK  # noqa: E402
 from tipsomaly.method.detector import Detector  # noqa: E402
+from tipsomaly.method.fitting import fit_profile  # noqa: E402
 from tipsomaly.method.memory_bank import MemoryBank, ReferenceBank, greedy_coreset  # noqa: E402
-from tipsomaly.method.profile import Profile  # noqa: E402
 from tipsomaly.metrics import auroc  # noqa: E402
 from tipsomaly.tips.model import load_model_dir  # noqa: E402
 from tipsomaly.tips.presets import get_preset  # noqa: E402
@@ -209,7 +209,7 @@ def evaluate(detector: Detector, data: ClassData, row: Row) -> None:
         row.flagged_normal.append(float(flagged[normal].mean()))
         row.flagged_anomalous.append(float(flagged[~normal].mean()))
         profile = detector.profiles[data.cls.name]
-        row.bound.append(profile.thresholds[preds[0].mode]["image"].guaranteed_rate)
+        row.bound.append(profile.thresholds.get(preds[0].mode, "image").guaranteed_rate)
 
 
 def accuracy(args: argparse.Namespace) -> None:
@@ -235,7 +235,7 @@ def accuracy(args: argparse.Namespace) -> None:
             setting = f"{k}-shot" + (" + augment" if augment else "")
             setting += f" core {max_bank}" if max_bank else ""
             t0 = time.perf_counter()
-            profiles[setting] = Profile.fit(
+            profiles[setting] = fit_profile(
                 detector, data.references[:k], cls.name, false_alarm_rate=args.alpha,
                 augment=augment, max_bank=max_bank or DEFAULT_MAX_BANK,
             )  # fmt: skip

@@ -17,8 +17,9 @@ import torch
 
 from tipsomaly import fingerprint
 from tipsomaly.data.meta import Sample
+from tipsomaly.identity import model_id, spec_id
 from tipsomaly.method.text_cache import TextEmbeddingCache
-from tipsomaly.runners import evaluate, features, store
+from tipsomaly.runners import features, store
 
 
 @pytest.fixture(autouse=True)
@@ -249,14 +250,14 @@ def test_the_prediction_store_keys_on_the_helper(tmp_path, monkeypatch):
     assert store.sample_keys("screw", copy, 1, mask_copy) == (key, pred_key)
 
 
-def test_eval_identifies_files_and_model_folders_with_the_helper(tmp_path, monkeypatch):
+def test_store_keys_identify_files_and_model_folders_with_the_helper(tmp_path, monkeypatch):
     prompt_file = _write(tmp_path / "prompts.json", b"{}")
     model_dir = tmp_path / "model"
     _write(model_dir / "weights.npz", b"w")
     files, folders = _spy(monkeypatch, "file_digest"), _spy(monkeypatch, "files_digest")
-    assert evaluate._identity(str(prompt_file)).endswith("#" + fingerprint.file_digest(prompt_file))
+    assert spec_id(str(prompt_file)).endswith("#" + fingerprint.file_digest(prompt_file))
     assert files
-    identity = evaluate._model_identity(str(model_dir))
+    identity = model_id(str(model_dir))
     (call,) = folders
     assert identity == f"{model_dir.resolve()}#{fingerprint.files_digest(*call)}"
 

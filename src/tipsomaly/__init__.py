@@ -5,11 +5,14 @@ the CLI's ``--help`` do not import PyTorch)::
 
     from tipsomaly import Detector, run_predict, evaluate_datasets, train, TipsomalyError
 
-- Predict: :class:`Detector`, :class:`Prediction`, :func:`run_predict`, :class:`PredictSummary`;
-  :class:`DetectorConfig` (the shared settings), :class:`TipsomalyHead` (the method as one
-  ``nn.Module``) and its :class:`DetectorOutput`.
-- Few good images: :class:`Profile` (``Profile.fit`` / ``Profile.load``; use with
-  ``Detector(..., profile=...)``), :func:`run_fit`, :class:`Calibration`.
+- Predict: :class:`Detector` (``Detector.from_config``), :class:`Prediction`,
+  :func:`run_predict`, :class:`PredictSummary`; :class:`DetectorConfig` (every setting),
+  :class:`Predictor` (the pipeline every engine shares), :class:`Identity` (what produced a
+  score), :class:`TipsomalyHead` (the method as one ``nn.Module``) and its
+  :class:`DetectorOutput`.
+- Few good images: :func:`fit_profile`, :class:`Profile` (``Profile.load`` / ``save``; use
+  with ``Detector(..., profile=...)`` or ``DetectorConfig.from_profile``), :func:`run_fit`,
+  :class:`Calibration`, :class:`Thresholds`.
 - Deploy: :func:`export` (ONNX / OpenVINO graphs), :func:`load_inferencer` (run one, same
   :class:`Prediction` outputs); the service is ``tipsomaly.serve.create_app``.
 - Evaluate: :func:`evaluate_datasets`, :class:`EvalConfig` (alias :class:`EvalSettings`),
@@ -55,6 +58,10 @@ _EXPORTS: dict[str, str] = {
     "load_inferencer": "deploy.inferencers",
     # few good images
     "Profile": "method.profile",
+    "fit_profile": "method.fitting",
+    "Predictor": "method.pipeline",
+    "Thresholds": "method.decision",
+    "Identity": "identity",
     "run_fit": "runners.fit",
     "Calibration": "method.calibration",
     # evaluate

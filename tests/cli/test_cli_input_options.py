@@ -10,7 +10,6 @@ import pytest
 
 from synthetic import mvtec_tree, tiny_model_dir
 from tipsomaly.cli.main import main
-from tipsomaly.data.images import DEFAULT_MAX_PIXELS, get_max_pixels, set_max_pixels
 
 SIZE = "70"
 
@@ -18,12 +17,6 @@ SIZE = "70"
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     return str(tiny_model_dir(tmp_path_factory.mktemp("model")))
-
-
-@pytest.fixture(autouse=True)
-def _restore_limit():
-    yield
-    set_max_pixels(DEFAULT_MAX_PIXELS)
 
 
 def _eval(model, *args):
@@ -47,7 +40,12 @@ def test_max_pixels_turns_a_large_image_into_an_error_row(tmp_path, model):
     # the limit just fits, and 'none' lifts it
     assert main([*args, "--out", str(tmp_path / "fits"), "--max-pixels", "2304"]) == 0
     assert main([*args, "--out", str(tmp_path / "none"), "--max-pixels", "none"]) == 0
-    assert get_max_pixels() is None
+    settings = json.loads((tmp_path / "none" / "scores.json").read_text())["settings"]
+    assert settings["max_pixels"] is None
+    # no process-wide limit is left behind: the next run has the default again
+    assert main([*args, "--out", str(tmp_path / "again")]) == 0
+    settings = json.loads((tmp_path / "again" / "scores.json").read_text())["settings"]
+    assert settings["max_pixels"] == 100_000_000
 
 
 @pytest.mark.parametrize("bad", ["-5", "1.5", "lots"])

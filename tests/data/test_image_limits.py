@@ -18,11 +18,9 @@ from tipsomaly.data.dataset import AnomalyDataset
 from tipsomaly.data.images import (
     DEFAULT_MAX_PIXELS,
     ImageLoadError,
-    get_max_pixels,
     load_image,
     load_mask,
     original_hw,
-    set_max_pixels,
 )
 from tipsomaly.data.meta import Sample
 
@@ -81,22 +79,19 @@ def test_the_limit_can_be_raised_above_pillows(tmp_path):
     assert Image.MAX_IMAGE_PIXELS is not None  # Pillow's own limit is restored
 
 
-def test_small_limit_per_call_and_process_wide(tmp_path):
+def test_small_limit_per_call_and_no_process_wide_state(tmp_path):
     f = _png(tmp_path / "a.png", 30, 20)
     assert load_image(f, max_pixels=600).size == (30, 20)
     with pytest.raises(ImageLoadError, match="30×20"):
         load_image(f, max_pixels=599)
     with pytest.raises(ImageLoadError, match="30×20"):
         load_mask(f, 8, max_pixels=10)
-    assert get_max_pixels() == DEFAULT_MAX_PIXELS
-    set_max_pixels(100)
-    try:
-        with pytest.raises(ImageLoadError, match="over the limit of 100 pixels"):
-            load_image(f)
-    finally:
-        set_max_pixels(DEFAULT_MAX_PIXELS)
+    with pytest.raises(ImageLoadError, match="over the limit of 100 pixels"):
+        load_image(f, max_pixels=100)
+    assert load_image(f).size == (30, 20)  # a call's limit leaves no trace on the next one
+    assert not hasattr(images, "set_max_pixels")  # no process-wide setting to leak
     with pytest.raises(ValueError, match="max_pixels"):
-        set_max_pixels(0)
+        load_image(f, max_pixels=0)
 
 
 def test_dataset_applies_its_limit_per_sample(tmp_path):

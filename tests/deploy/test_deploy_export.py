@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from goldens import Golden, golden_dirs
-from tipsomaly.deploy import _extras
+from tipsomaly import errors as _extras
 from tipsomaly.deploy.export import export
 from tipsomaly.deploy.graph import SCORE_NAMES, ExportModule
 from tipsomaly.deploy.inferencers import load_inferencer, open_runner
@@ -29,6 +29,7 @@ from tipsomaly.deploy.metadata import (
     upgrade_to_latest,
 )
 from tipsomaly.method.detector import Detector
+from tipsomaly.method.fitting import fit_profile
 from tipsomaly.method.profile import Profile
 
 GOLDEN = Golden(golden_dirs()[0])
@@ -45,7 +46,7 @@ def _detector(**kw) -> Detector:
 @pytest.fixture(scope="module")
 def profile(tmp_path_factory) -> Profile:
     refs = [torch.rand(3, 84, 84, generator=torch.Generator().manual_seed(i)) for i in range(4)]
-    profile = Profile.fit(_detector(), refs, CLASS)
+    profile = fit_profile(_detector(), refs, CLASS)
     profile.save(tmp_path_factory.mktemp("profile"))
     return profile
 
@@ -88,7 +89,8 @@ def test_exported_graph_equals_pytorch_at_batch_1_and_3(exported, fmt, kind):
             expected = module(batch)
             scores = detector.score_batch(batch, CLASS)  # the PyTorch head itself
         got = runner(batch.numpy())
-        for name, e in zip(SCORE_NAMES, expected[:4], strict=True):
+        n = len(SCORE_NAMES)  # the scores, the map and the evidence they are made of
+        for name, e in zip(SCORE_NAMES, expected[:n], strict=True):
             assert got[name].shape == tuple(e.shape), name
             assert _max_diff(got[name], e) <= ATOL, (name, _max_diff(got[name], e))
         assert _max_diff(got["score_cls1"], scores.score_cls1) <= ATOL
@@ -99,9 +101,9 @@ def test_exported_graph_equals_pytorch_at_batch_1_and_3(exported, fmt, kind):
             label, mask = got["pred_label"], got["pred_mask"]
             assert label.dtype == np.bool_ and mask.shape == tuple(expected[3].shape)
             near = np.abs(got["image_score"] - float(module.image_threshold)) <= ATOL
-            assert np.array_equal(label[~near], expected[4].numpy()[~near])
+            assert np.array_equal(label[~near], expected[n].numpy()[~near])
             near = np.abs(got["anomaly_map"] - float(module.pixel_threshold)) <= ATOL
-            assert np.array_equal(mask[~near], expected[5].numpy()[~near])
+            assert np.array_equal(mask[~near], expected[n + 1].numpy()[~near])
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "openvino"])
@@ -120,10 +122,13 @@ def test_export_json_records_what_the_graph_is(exported, profile, fmt):
         "dtype": "float32",
     }
     assert [o["name"] for o in graph["outputs"]] == [*SCORE_NAMES, "pred_label", "pred_mask"]
-    assert record["class_name"] == CLASS and record["image_size"] == SIZE
-    assert record["mode"] == "fused" and record["cls"] == "cls1" and record["sigma"] == 4.0
-    assert record["model"]["fingerprint"] == profile.identity["model"]["fingerprint"]
-    assert record["prompts"] == profile.identity["prompts"]
+    identity, settings = record["identity"], record["settings"]
+    assert record["class_name"] == CLASS and settings["image_size"] == SIZE
+    assert record["mode"] == "fused" and settings["cls"] == "cls1" and settings["sigma"] == 4.0
+    # one identity record: the profile's scoring entries, plus what runs it
+    assert {k: identity[k] for k in profile.identity} == profile.identity
+    assert record["profile"]["identity"] == profile.identity
+    assert (identity["engine"], identity["precision"]) == ("torch", "fp32")
     assert record["thresholds"]["image"]["threshold"] == profile.image_threshold("fused")
     assert record["thresholds"]["pixel"]["threshold"] == profile.pixel_threshold("fused")
     assert record["profile"]["bank"] == {
@@ -158,7 +163,7 @@ def test_exported_detector_predicts_as_the_detector(exported, profile, fmt):
         assert np.abs(g.anomaly_map - e.anomaly_map).max() <= ATOL
         assert np.abs(g.anomaly_map_original - e.anomaly_map_original).max() <= ATOL
         assert (g.mode, g.threshold, g.pixel_threshold) == (e.mode, e.threshold, e.pixel_threshold)
-    assert detector.mode == "fused" and set(detector.profiles) == {CLASS}
+    assert detector.mode == "fused" and detector.profile_classes() == [CLASS]
 
 
 def test_exported_detector_records_unreadable_images_and_refuses_other_classes(exported, tmp_path):

@@ -9,6 +9,8 @@ from goldens import Golden, golden_dirs
 from tipsomaly.deploy import graph as graph_module
 from tipsomaly.deploy.graph import ExportModule, FixedSizeVision, GraphBank
 from tipsomaly.method.detector import Detector
+from tipsomaly.method.fitting import fit_profile
+from tipsomaly.method.head import DetectorOutput
 from tipsomaly.method.memory_bank import MemoryBank
 from tipsomaly.method.profile import Profile
 from tipsomaly.tips.model import load_model_dir
@@ -29,7 +31,7 @@ def _images(n: int, seed: int = 0) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def profile() -> Profile:
     refs = [torch.rand(3, 84, 84, generator=torch.Generator().manual_seed(i)) for i in range(4)]
-    return Profile.fit(_detector(), refs, CLASS)
+    return fit_profile(_detector(), refs, CLASS)
 
 
 def test_fixed_size_vision_shares_the_weights_and_gives_the_same_features():
@@ -50,13 +52,12 @@ def test_fixed_size_vision_shares_the_weights_and_gives_the_same_features():
 def test_zero_shot_module_equals_the_detector_exactly():
     detector = _detector()
     module = ExportModule.from_detector(detector, CLASS)
-    assert module.output_names == ("image_score", "score_cls1", "score_cls2", "anomaly_map")
+    assert module.output_names == DetectorOutput._fields
     assert module.mode == "zero-shot"
     images = _images(3)
     with torch.no_grad():
         got = module(images)
-        scores = detector.score_batch(images, CLASS)
-    expected = (scores.score_cls1, scores.score_cls1, scores.score_cls2, scores.maps)
+        expected = detector.score(images, [CLASS] * 3)
     for a, b in zip(got, expected, strict=True):
         assert torch.equal(a, b)
 
@@ -66,18 +67,18 @@ def test_module_with_a_profile_equals_the_detector(profile, mode):
     detector = _detector(profile=profile, mode=mode)
     module = ExportModule.from_detector(detector, CLASS)
     assert module.mode == mode
-    assert module.output_names[4:] == ("pred_label", "pred_mask")
+    n = len(DetectorOutput._fields)
+    assert module.output_names[n:] == ("pred_label", "pred_mask")
     assert float(module.image_threshold) == pytest.approx(profile.image_threshold(mode))
     images = _images(3, seed=5)
     with torch.no_grad():
         got = module(images)
-        scores = detector.score_batch(images, CLASS)
-    expected = (scores.score_cls1, scores.score_cls1, scores.score_cls2, scores.maps)
-    for a, b in zip(got[:4], expected, strict=True):
+        expected = detector.score(images, [CLASS] * 3)
+    for a, b in zip(got[:n], expected, strict=True):
         # the bank search is one product per block here, blocked by query rows there
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
-    assert torch.equal(got[4], got[0] >= module.image_threshold)
-    assert torch.equal(got[5], got[3] >= module.pixel_threshold)
+    assert torch.equal(got[n], got[0] >= module.image_threshold)
+    assert torch.equal(got[n + 1], got[3] >= module.pixel_threshold)
 
 
 def test_graph_bank_equals_the_memory_bank_across_blocks(monkeypatch):

@@ -85,7 +85,8 @@ def test_predict_with_an_export_writes_what_predict_with_the_model_writes(setup,
     assert settings["image_size"] == 70 and settings["mode"] == kind
     torch_settings = json.loads((torch_out / "scores.json").read_text())["settings"]
     assert settings["overlay_scale"] == torch_settings["overlay_scale"]
-    assert settings["dtype"] == "float32" and settings["device"] == "cpu"
+    assert settings["dtype"] == "fp32" and settings["device"] == "cpu"
+    assert settings["engine"] == "onnxruntime" and torch_settings["engine"] == "torch"
 
 
 def _fails(capsys, argv: list[str], *needles: str) -> None:
@@ -99,9 +100,13 @@ def _fails(capsys, argv: list[str], *needles: str) -> None:
 def test_predict_refuses_options_the_export_contradicts(setup, capsys):
     exp, images, out = str(setup["fused"]), str(setup["images"]), str(setup["root"] / "no")
     base = ["predict", images, "--model", exp, "--out", out]
-    _fails(capsys, [*base, "--class-name", "screw"], "is of class 'tile'", "--class-name screw")
-    _fails(capsys, [*base, "--class-from-folder"], "is of one class, 'tile'")
-    _fails(capsys, [*base, "--class-name", CLASS, "--image-size", "84"], "--image-size 70")
+    _fails(
+        capsys, [*base, "--class-name", "screw"], "for class 'tile', not", "--class-name 'screw'"
+    )
+    _fails(capsys, [*base, "--class-from-folder"], "an export is of one class")
+    _fails(
+        capsys, [*base, "--class-name", CLASS, "--image-size", "84"], "image_size 70 (this run: 84)"
+    )
     _fails(capsys, [*base, "--class-name", CLASS, "--mode", "few-shot"], "mode fused")
     _fails(capsys, [*base, "--class-name", CLASS, "--profile", str(setup["profile"])], "--profile")
     _fails(capsys, [*base, "--class-name", CLASS, "--dtype", "bf16"], "runs in fp32")

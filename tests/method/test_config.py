@@ -8,9 +8,9 @@ import inspect
 
 import pytest
 
-from tipsomaly.cli import predict as predict_cli
+from tipsomaly.cli import options as options_cli
 from tipsomaly.cli.main import build_parser
-from tipsomaly.errors import InvalidOptionError
+from tipsomaly.errors import InvalidOptionError, SetupMismatchError
 from tipsomaly.method import config as config_module
 from tipsomaly.method.config import (
     CLS_CHOICES,
@@ -31,14 +31,14 @@ from tipsomaly.runners.config import (
 VERB_CONFIGS = {
     "predict": DetectorConfig,
     "fit": DetectorConfig,
+    "serve": DetectorConfig,
+    "export": DetectorConfig,
     "eval": EvalConfig,
     "train": TrainConfig,
 }
-#: the documented departure: predict and fit pick the fastest accurate dtype (README, Predict)
-VERB_OVERRIDES = {
-    "predict": {"dtype": predict_cli.PREDICT_DTYPE},
-    "fit": {"dtype": predict_cli.PREDICT_DTYPE},
-}
+#: the documented departure: the verbs people run on their own images pick the fastest
+#: accurate dtype (README, Predict)
+VERB_OVERRIDES = {verb: options_cli.DEFAULTS for verb in ("predict", "fit", "serve")}
 
 
 def _verb_parser(verb: str) -> argparse.ArgumentParser:
@@ -47,12 +47,23 @@ def _verb_parser(verb: str) -> argparse.ArgumentParser:
     return sub.choices[verb]
 
 
+def _shown(value) -> str:
+    if value is None or value == ():
+        return "none"
+    if isinstance(value, (list, tuple)):
+        return " ".join(_shown(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 @pytest.mark.parametrize("verb", sorted(VERB_CONFIGS))
 def test_cli_defaults_choices_and_help_come_from_the_config(verb):
+    """Every config field with help is an option of the verb (unless the verb skips it), unset
+    by default, its help showing the default the config (or the verb) gives it; building the
+    config from no options gives exactly those defaults."""
     config = VERB_CONFIGS[verb]
-    # the fields the config declares as options (offline and progress come from -q/--offline)
     fields = {f.name: f for f in dataclasses.fields(config) if f.metadata.get("help")}
-    actions = {a.dest: a for a in _verb_parser(verb)._actions}
+    parser = _verb_parser(verb)
+    actions = {a.dest: a for a in parser._actions}
     matched = 0
     for dest, action in actions.items():
         if dest not in fields:
@@ -60,23 +71,38 @@ def test_cli_defaults_choices_and_help_come_from_the_config(verb):
         matched += 1
         spec = fields[dest]
         expected = VERB_OVERRIDES.get(verb, {}).get(dest, spec.default)
-        if verb == "predict" and dest in predict_cli.PROFILE_SETTINGS:
-            # no argparse default: the profile's, else the config's (apply_profile_settings)
-            assert action.default is None, dest
-            args = argparse.Namespace(
-                profile=None, **{k: None for k in predict_cli.PROFILE_SETTINGS}
-            )
-            predict_cli.apply_profile_settings(args)
-            assert getattr(args, dest) == expected, dest
-            shown = "none" if expected is None else expected
-            assert f"(default: {shown}; with --profile, the profile's)" in action.help, dest
-        elif expected is dataclasses.MISSING:
+        if expected is dataclasses.MISSING:
             assert action.required, dest
-        else:
-            assert action.default == expected, (verb, dest, action.default, expected)
+            continue
+        assert action.default in (None, False), (verb, dest, action.default)  # unset
+        if "default" in spec.metadata["help"]:  # the help explains its default itself
+            assert "default" in action.help, (verb, dest)
+        elif not isinstance(expected, bool):
+            assert f"(default: {_shown(expected)}" in action.help, (verb, dest, action.help)
         if spec.metadata.get("choices"):
             assert tuple(action.choices) == tuple(spec.metadata["choices"]), (verb, dest)
+        flag = spec.metadata.get("flag") or "--" + dest.replace("_", "-")
+        assert flag in action.option_strings, (verb, dest)
     assert matched >= 10, sorted(set(actions) & set(fields))
+    required = {
+        "predict": ["x", "--class-name", "c"],
+        "fit": ["x", "--class-name", "c", "--out", "o"],
+        "export": ["--out", "o"],
+        "eval": ["--data", "d"],
+    }
+    if verb in required:
+        args = parser.parse_args(required[verb])
+        built = options_cli.config_from_args(args, config, defaults=VERB_OVERRIDES.get(verb))
+        defaults = config(**VERB_OVERRIDES.get(verb, {}))
+        assert built == defaults, verb
+
+
+def test_every_verb_takes_tiling_roi_and_profiles():
+    """The settings that compose (issue 19): no verb that scores images lacks one."""
+    for verb in ("predict", "fit", "serve", "export", "eval"):
+        flags = {s for a in _verb_parser(verb)._actions for s in a.option_strings}
+        wanted = {"--tile", "--tile-overlap", "--roi"} | ({"--profile"} if verb != "fit" else set())
+        assert wanted <= flags, (verb, wanted - flags)
 
 
 def test_help_text_shows_the_config_defaults():
@@ -92,9 +118,36 @@ def test_help_text_shows_the_config_defaults():
     ]:
         assert shown in formatter._expand_help(actions[name]), name
     predict = {a.dest: a for a in _verb_parser("predict")._actions}
-    assert "(default: auto)" in _verb_parser("predict")._get_formatter()._expand_help(
-        predict["dtype"]
+    text = _verb_parser("predict")._get_formatter()._expand_help(predict["dtype"])
+    assert "(default: auto)" in text
+    tile = _verb_parser("predict")._get_formatter()._expand_help(predict["tile"])
+    assert "(default: none; with --profile, the profile's" in tile
+
+
+def test_a_profile_gives_its_settings_and_refuses_contradicting_options(tmp_path):
+    """DetectorConfig.from_record: recorded settings first, given options on top, a given
+    option that contradicts what the scores depend on refused naming both values."""
+    recorded = {"image_size": 98, "sigma": 2.0, "tile": 140, "tile_overlap": 0.5, "cls": "cls2"}
+    config = DetectorConfig.from_record(recorded, source="P", given={"batch_size": 3})
+    assert (config.image_size, config.sigma, config.cls, config.batch_size) == (98, 2.0, "cls2", 3)
+    assert config.tiling == {"tile": 140, "overlap": 0.5}
+    same = DetectorConfig.from_record(recorded, source="P", given={"image_size": 98, "tile": 140})
+    assert same == config.replace(batch_size=8)
+    with pytest.raises(SetupMismatchError) as info:
+        DetectorConfig.from_record(recorded, source="P", given={"sigma": 4.0, "tile": "auto"})
+    text = str(info.value)
+    assert text.startswith("P was fitted with another setup: ")
+    assert "sigma 2.0 (this run: 4.0)" in text
+    assert "tiling tile 140, overlap 0.5 (this run: tile auto, overlap 0.5)" in text
+    untiled = DetectorConfig.from_record(
+        {"image_size": 98}, source="Q", given={"tile_overlap": 0.4}
     )
+    assert untiled.tile is None  # an overlap without tiles contradicts nothing
+    with pytest.raises(SetupMismatchError, match="tiling none"):
+        DetectorConfig.from_record({"image_size": 98}, source="Q", given={"tile": 98})
+    # what is not checked (the verb's business) is taken as given
+    loose = DetectorConfig.from_record(recorded, source="P", given={"sigma": 1.0}, checked=())
+    assert loose.sigma == 1.0
 
 
 def test_the_configs_share_one_set_of_detector_defaults():
@@ -107,13 +160,13 @@ def test_the_configs_share_one_set_of_detector_defaults():
     assert EvalConfig().device == "auto"  # as --device (it was cpu in the library)
 
 
-def test_the_detector_constructor_takes_its_defaults_from_the_config():
+def test_the_detector_takes_every_default_from_the_config():
+    """Detector(**settings) builds a DetectorConfig: no default is written twice."""
     from tipsomaly.method.detector import Detector
 
     params = inspect.signature(Detector.__init__).parameters
-    base = DetectorConfig()
-    for name in ("prompt_type", "image_size", "sigma", "cls", "batch_size"):
-        assert params[name].default == getattr(base, name), name
+    assert params["model"].default == DetectorConfig().model
+    assert {"settings", "text_cache", "model", "self"} == set(params)  # the rest: the config
 
 
 @pytest.mark.parametrize(
@@ -223,17 +276,13 @@ def test_both_verbs_take_l14h_prompts_from_one_function(monkeypatch):
         return "picked"
 
     monkeypatch.setattr(config_module, "default_pixel_prompts", fake)
-    # predict (and fit, serve): build_detector resolves --pixel-prompts with
-    # resolve_pixel_prompts (no dataset)
-    from tipsomaly.cli import options as options_cli
+    # predict (and fit, serve, export): the Detector resolves its config's "auto" with
+    # for_dataset() (no dataset)
+    from tipsomaly.method import detector
 
-    assert "build_detector(" in inspect.getsource(predict_cli.cmd_predict)
-    assert "resolve_pixel_prompts(args.pixel_prompts, args.model)" in inspect.getsource(
-        options_cli.build_detector
-    )
+    assert ".for_dataset()" in inspect.getsource(detector.Detector.__init__)
     assert resolve_pixel_prompts("auto", "l14h") == "picked"
     # eval: evaluate_datasets and Evaluator resolve through EvalConfig.for_dataset
     assert EvalConfig(model="l14h").for_dataset("visa").pixel_prompts == "picked"
     assert calls == [("l14h", None), ("l14h", "visa")]
     assert "for_dataset(name)" in inspect.getsource(evaluate.evaluate_datasets)
-    assert evaluate.protocol_pixel_prompts is default_pixel_prompts  # the former name

@@ -62,8 +62,18 @@ def test_head_equals_detector_score_batch_exactly(golden, learned, cls):
         out = _head(golden, learned, cls)(_images(golden), torch.from_numpy(golden["class_ids"]))
     assert isinstance(out, DetectorOutput)
     chosen = scores.score_cls1 if cls == "cls1" else scores.score_cls2
-    expected = DetectorOutput(chosen, scores.score_cls1, scores.score_cls2, scores.maps)
+    expected = DetectorOutput(
+        chosen,
+        scores.score_cls1,
+        scores.score_cls2,
+        scores.maps,
+        scores.global_probs_cls1[:, 1],
+        scores.global_probs_cls2[:, 1],
+        scores.patch_probs[..., 1],
+    )
     _assert_equal(out, expected)
+    # the evidence the scores are made of: score_clsK = global_clsK + max patch evidence
+    torch.testing.assert_close(out.score_cls1, out.global_cls1 + out.patch_evidence.amax(1))
     size = golden.config["pipeline"]["image_size"]
     assert out.anomaly_map.shape == (len(golden["class_ids"]), size, size)
 

@@ -13,7 +13,7 @@ from PIL import Image
 from synthetic import tiny_model_dir
 from tipsomaly.errors import InvalidOptionError
 from tipsomaly.method.detector import Detector
-from tipsomaly.method.profile import Profile
+from tipsomaly.method.fitting import fit_profile
 from tipsomaly.method.tiling import (
     MAX_AUTO_TILES,
     WINDOW_FLOOR,
@@ -247,7 +247,7 @@ def test_a_12px_defect_on_a_4000x3000_image_stands_out_only_with_tiles(model):
     ratios = {}
     for tile in (70, None):
         det = _detector(model, tile=tile, batch_size=64)
-        profile = Profile.fit(det, references, "tile", calibrate=False, max_bank=2048)
+        profile = fit_profile(det, references, "tile", calibrate=False, max_bank=2048)
         det.set_profiles([profile], "few-shot")
         m = det.predict(big, "tile")[0].anomaly_map_original
         assert m.shape == (3000, 4000)

@@ -24,6 +24,7 @@ from tipsomaly.data.roi import (
 )
 from tipsomaly.method.defects import rle_decode
 from tipsomaly.method.detector import Detector
+from tipsomaly.method.fitting import fit_profile
 from tipsomaly.method.head import BatchScores
 from tipsomaly.metrics import pixel_metrics
 from tipsomaly.runners.evaluate import EvalConfig, Evaluator, roi_pixel_metrics
@@ -189,27 +190,24 @@ def _painted_image() -> np.ndarray:
 
 
 def test_defect_records_of_hand_painted_maps_are_exact(model, tmp_path):
-    det = Detector(model, image_size=SIZE, text_cache=False)
-    _painted_network(det)
     images = tmp_path / "images"
     _save(images / "painted.png", _painted_image())
     roi = np.full((SIZE, SIZE), 255, np.uint8)
     roi[:, 55:] = 0  # the 2 x 10 defect is outside
     roi_path = _save(tmp_path / "roi.png", roi)
-    out = tmp_path / "out"
-    summary = run_predict(
-        det,
-        [images],
-        class_name="tile",
-        out_dir=out,
-        threshold=0.5,
+    det = Detector(
+        model,
+        image_size=SIZE,
+        text_cache=False,
+        pixel_threshold=0.5,
         roi=roi_path,
         min_defect_area=2,
         pixel_size_mm=0.1,
         defects_format="coco",
-        save_maps=True,
-        boxes=True,
     )
+    _painted_network(det)
+    out = tmp_path / "out"
+    summary = run_predict(det, [images], class_name="tile", out_dir=out, save_maps=True, boxes=True)
     assert summary.ok == 1
     row = json.loads((out / "scores.json").read_text())["results"][0]
     defects = row["defects"]
@@ -245,7 +243,7 @@ def test_defect_records_of_hand_painted_maps_are_exact(model, tmp_path):
     assert mask.sum() == 200 + 12 + 1  # inside the ROI only (the speck is in the mask)
     # boxes: drawn around the defects, nothing else changed
     plain = tmp_path / "plain"
-    run_predict(det, [images], class_name="tile", out_dir=plain, threshold=0.5, roi=roi_path)
+    run_predict(det, [images], class_name="tile", out_dir=plain, boxes=False)
     boxed = np.asarray(Image.open(out / "overlays" / "painted.png"), np.int16)
     unboxed = np.asarray(Image.open(plain / "overlays" / "painted.png"), np.int16)
     changed = np.abs(boxed - unboxed).sum(axis=2) > 0
@@ -343,18 +341,17 @@ def test_a_profile_fitted_with_tiles_is_used_with_tiles(model, tmp_path, capsys)
 
 
 def test_tiled_calibration_scores_each_reference_as_a_tiled_prediction(model, tmp_path):
-    from tipsomaly.method.profile import Profile
 
     refs = [_noise(100, 130, seed=30 + i) for i in range(3)]
     det = Detector(model, image_size=SIZE, text_cache=False, tile=60)
-    profile = Profile.fit(det, refs, "tile")
+    profile = fit_profile(det, refs, "tile")
     scores = profile.info["calibration"]["scores"]
     # reference 0 against a bank without its tiles, in few-shot mode
-    others = Profile.fit(det, refs[1:], "tile", calibrate=False)
+    others = fit_profile(det, refs[1:], "tile", calibrate=False)
     det.set_profiles([others], "few-shot")
     alone = det.predict(refs[0], "tile")[0]
     assert scores["few-shot"][0] == pytest.approx(alone.image_score, abs=1e-5)
-    assert profile.thresholds["few-shot"]["pixel"] is not None
+    assert profile.thresholds.get("few-shot", "pixel") is not None
 
 
 # -- eval -------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from .exit_codes import ExitCode
 from .options import (
     HelpFormatter,
     add_settings,
+    check_mode,
     config_from_args,
     ensure_out_dir,
     non_empty,
@@ -90,8 +91,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ..deploy.metadata import is_export_dir
     from ..method.profile import ProfileError, read_record
 
-    if args.mode is not None and not args.profiles:
-        raise InvalidOptionError("--mode needs --profile (without one, the export is zero-shot)")
+    check_mode(args, "the export")
     if args.opset < 18:
         raise InvalidOptionError(f"--opset {args.opset}: torch's exporter writes opset 18 or newer")
     # an export is traced in fp32 on the CPU

@@ -170,6 +170,8 @@ def add_config_option(
         kwargs["nargs"] = OPTION_NARGS[name]
         if name == "profiles":
             kwargs["action"] = "extend"
+    if "help" in overrides and "required" not in kwargs:
+        overrides["help"] = _with_default(overrides["help"], shown, note)
     kwargs.update(overrides)
     flag = meta.get("flag") or "--" + name.replace("_", "-")
     return p.add_argument(flag, dest=name, **kwargs)
@@ -218,6 +220,8 @@ def given_settings(args: argparse.Namespace, config: type = DetectorConfig) -> d
     ``--offline`` included."""
     given: dict[str, Any] = {}
     for spec in dataclasses.fields(config):
+        if not spec.metadata.get("help"):  # not an option (offline: the common flag, below)
+            continue
         value = getattr(args, spec.name, None)
         if value is None or (value is False and spec.default is False):
             continue
@@ -229,6 +233,15 @@ def given_settings(args: argparse.Namespace, config: type = DetectorConfig) -> d
     if getattr(args, "offline", False):
         given["offline"] = True
     return given
+
+
+def check_mode(args: argparse.Namespace, verb: str) -> None:
+    """``--mode`` says how a profile's class is scored: refused without ``--profile`` (an
+    export folder as ``--model`` carries its own mode, checked against it later)."""
+    from ..deploy.metadata import is_export_dir
+
+    if args.mode is not None and not args.profiles and not is_export_dir(args.model):
+        raise InvalidOptionError(f"--mode needs --profile (without one, {verb} is zero-shot)")
 
 
 def config_from_args(

@@ -14,6 +14,7 @@ from .options import (
     HelpFormatter,
     add_config_option,
     add_settings,
+    check_mode,
     config_from_args,
     ensure_out_dir,
     given_settings,
@@ -123,8 +124,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     # options first, inputs next: no model download before we know the settings work and
     # there is something to score
-    if args.mode is not None and not args.profiles:
-        raise InvalidOptionError("--mode needs --profile (without one, predict is zero-shot)")
+    check_mode(args, "predict")
     if args.roi_dir is not None and not Path(args.roi_dir).is_dir():
         raise InvalidOptionError(f"--roi-dir {args.roi_dir}: not a folder")
     config = resolved(config_from_args(args, defaults=DEFAULTS))

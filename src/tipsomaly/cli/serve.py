@@ -37,6 +37,7 @@ from .options import (
     RECORDED,
     HelpFormatter,
     add_settings,
+    check_mode,
     config_from_args,
     given_settings,
     non_empty,
@@ -161,8 +162,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace, stop: _Stop) -> int:
-    if args.mode is not None and not args.profiles:
-        raise InvalidOptionError("--mode needs --profile (without one, serve is zero-shot)")
+    check_mode(args, "serve")
     config = resolved(config_from_args(args, defaults=DEFAULTS))
     profile_classes: list[str] = []
     if config.profiles:

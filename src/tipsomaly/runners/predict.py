@@ -308,6 +308,8 @@ def run_record(detector: Predictor, roi_dir: str | os.PathLike | None = None) ->
         "roi": None if c.roi is None else str(c.roi),
         "roi_dir": None if roi_dir is None else str(roi_dir),
         "max_pixels": c.max_pixels,
+        "device": str(c.device),
+        "dtype": identity.precision,
         "engine": identity.engine,
         "precision": identity.precision,
         "image_score": SCORE_RULES[rule],

@@ -166,8 +166,8 @@ class ExportedDetector(Predictor):
         for name, value in fixed.items():
             if name in given and given[name] != value:
                 raise SetupMismatchError(
-                    f"{name} {given[name]}: the export {folder} was made with {value}; leave it "
-                    "out or export again with the value you want"
+                    f"{name} {given[name]}: the export {folder} was made with {name} {value}; "
+                    "leave it out or export again with the value you want"
                 )
         given.pop("mode", None)
         refused = {
@@ -275,9 +275,9 @@ class ExportedDetector(Predictor):
         for name in class_names:
             if name is not None and name != self.class_name:
                 raise ExportError(
-                    f"{self.folder} was exported for class {self.class_name!r}, not "
-                    f"{name!r}: its text embeddings are for that class only; export again "
-                    f"with --class-name {name!r}"
+                    f"{self.folder} was exported for class {self.class_name!r}, not {name!r} "
+                    "(an export is of one class: its text embeddings are for that class only); "
+                    f"export again with --class-name {name!r}"
                 )
 
     def iter_predict(self, inputs, class_names=None, **kwargs: Any) -> Iterator[Prediction]:  # type: ignore[override]
