@@ -24,7 +24,7 @@ from PIL import Image
 from synthetic import tiny_model_dir
 from tipsomaly.cli.main import main
 from tipsomaly.method.detector import Detector
-from tipsomaly.runners import predict as predict_module
+from tipsomaly.runners import image_outputs as predict_module
 
 SIZE = 70
 

@@ -44,7 +44,6 @@ that image's error row; a full or read-only disk stops the run with
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import logging
 import os
@@ -58,7 +57,6 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .. import __version__
-from ..data.images import ImageLoadError, load_image
 from ..data.inputs import NoInputsError, expand_inputs, folder_class_name, output_names
 from ..data.roi import RoiError, describe_missing, find_roi
 from ..errors import InvalidOptionError, OutputError
@@ -68,26 +66,17 @@ from ..method.profile import ProfileError
 from ..report.overlay import (
     DEFAULT_ALPHA,
     OVERLAY_SCALES,
-    save_map,
-    save_mask,
-    save_overlay,
 )
 from ..report.results import printable
 from ..report.tables import ScoreTable
 from ..validation import choice, in_range
 from . import distributed
 from .distributed import DistInfo
+from .image_outputs import ImageOutputError, discard, remove_outputs, write_images
 
 logger = logging.getLogger(__name__)
 
-OVERLAY_DIR, MASK_DIR, MAP_DIR = "overlays", "masks", "maps"
-OUTPUT_KINDS = ((OVERLAY_DIR, ".png"), (MASK_DIR, ".png"), (MAP_DIR, ".npy"))
-# errors that no other image would escape: the run stops with OutputError
-DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
-
 ClassNames = str | Callable[[Path], str]
-#: ``defects_format``: records in scores.json and defects.csv; ``coco`` adds RLE masks
-DEFECT_FORMATS = ("records", "coco")
 #: how the image score is made, for scores.json's settings
 SCORE_RULES = {
     "untiled": "global (CLS) abnormal evidence + max patch evidence",
@@ -344,7 +333,7 @@ def _run(
     try:
         table.write_json(complete=False, settings=run_settings)  # before any row
         for name in names:  # this run's rows are not written yet: nor are its files
-            _remove_outputs(out, name)
+            remove_outputs(out, name)
         with redirect:
             rois = [inspect.roi_for(f, n) for f, n in zip(files, names, strict=True)]
             sent = [i for i, r in enumerate(rois) if not isinstance(r, str)]
@@ -377,7 +366,7 @@ def _run(
                     if inspect.with_defects:
                         row["defects"] = defects
                     try:
-                        written = _write_images(
+                        written = write_images(
                             pred,
                             out,
                             name,
@@ -387,21 +376,22 @@ def _run(
                             overlay_scale,
                             overlay_alpha,
                             defects if inspect.boxes else None,
+                            detector.config.max_pixels,
                         )
-                    except _ImageOutputError as exc:
+                    except ImageOutputError as exc:
                         row = _error_row(row, str(exc))
                 if row["status"] != "ok":
                     logger.warning("%s", printable(row["error"]))
                 try:
                     table.add(row)
                 except BaseException:
-                    _discard(written)
+                    discard(written)
                     raise
                 for tmp, final in written:  # the row is on disk: now its files
                     try:
                         os.replace(tmp, final)
                     except OSError as exc:
-                        _discard([(tmp, final)])
+                        discard([(tmp, final)])
                         raise OutputError(final, exc) from None
                 bar.update(1)
         complete = True
@@ -541,100 +531,3 @@ def _error_row(row: dict[str, Any], error: str) -> dict[str, Any]:
         if key in row:
             row[key] = None
     return row
-
-
-class _ImageOutputError(Exception):
-    """One image's files could not be written (its row becomes an error row)."""
-
-
-def _tmp_name(final: Path) -> Path:
-    return final.with_name(f".{final.stem}.tmp{final.suffix}")
-
-
-def _remove_outputs(out: Path, name: str) -> None:
-    """Delete an earlier run's overlay, mask and map of ``name`` (and leftover temp files)."""
-    for folder, suffix in OUTPUT_KINDS:
-        final = out / folder / f"{name}{suffix}"
-        for path in (final, _tmp_name(final)):
-            try:
-                path.unlink(missing_ok=True)
-            except IsADirectoryError:
-                pass
-            except OSError as exc:
-                raise OutputError(path, exc) from None
-
-
-def _discard(written: list[tuple[Path, Path]]) -> None:
-    for tmp, _final in written:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-
-
-def _write_images(
-    pred: Prediction,
-    out: Path,
-    name: str,
-    threshold: float | None,
-    save_maps: bool,
-    overlays: bool,
-    scale: str,
-    alpha: float,
-    defects: list[dict] | None = None,
-) -> list[tuple[Path, Path]]:
-    """The per-image files of one scored image (overlay with its ``defects``' boxes, mask
-    inside its ROI, raw map, at original size), written under temporary names: returns
-    ``(temporary, final)`` pairs.
-
-    Raises:
-        _ImageOutputError: this image's files cannot be written (out of memory, a name the
-            file system refuses); nothing of it is left.
-        OutputError: the disk is full or read-only.
-    """
-    amap = pred.anomaly_map_original
-    assert amap is not None
-    logger.debug("%s: image score %.4f", printable(pred.source), pred.image_score)
-    written: list[tuple[Path, Path]] = []
-    final = out
-    try:
-        if save_maps:
-            final = out / MAP_DIR / f"{name}.npy"
-            save_map(_tmp_name(final), amap)
-            written.append((_tmp_name(final), final))
-        if threshold is not None:
-            final = out / MASK_DIR / f"{name}.png"
-            save_mask(_tmp_name(final), amap, threshold, roi=pred.roi)
-            written.append((_tmp_name(final), final))
-        if overlays:
-            final = out / OVERLAY_DIR / f"{name}.png"
-            try:
-                image = load_image(pred.source)
-            except ImageLoadError as exc:  # changed or removed since it was scored
-                logger.warning("no overlay for %s: %s", printable(pred.source), printable(exc))
-            else:
-                span = None
-                if scale == "threshold":
-                    scale = "fixed"
-                    if threshold is not None and threshold > 0:
-                        span = (0.0, 2.0 * float(threshold))
-                save_overlay(
-                    _tmp_name(final),
-                    image,
-                    amap,
-                    alpha=alpha,
-                    scale=scale,
-                    span=span,
-                    boxes=[tuple(d["bbox"]) for d in defects or []],
-                    labels=[f"#{d['id']} {d['peak']:.2f}" for d in defects or []],
-                )
-                written.append((_tmp_name(final), final))
-    except BaseException as exc:
-        _discard([*written, (_tmp_name(final), final)])
-        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
-            raise OutputError(final, exc) from None
-        if isinstance(exc, MemoryError):
-            raise _ImageOutputError(f"cannot write {final}: out of memory") from None
-        if isinstance(exc, (OSError, ValueError)):
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            raise _ImageOutputError(f"cannot write {final}: {reason}") from None
-        raise
-    return written
