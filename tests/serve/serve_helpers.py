@@ -98,10 +98,17 @@ class Server:
 
 def start_server(data: ServeData, *extra: str, env: dict[str, str] | None = None) -> Server:
     """``tipsomaly serve`` with the profile and both classes, on a free port (not waited for)."""
+    return start_serve(
+        data.root, "--profile", str(data.profile), "--classes", "screw", *extra, env=env
+    )
+
+
+def start_serve(root: Path, *args: str, env: dict[str, str] | None = None) -> Server:
+    """``tipsomaly serve ARGS`` on a free port of 127.0.0.1 (not waited for); its output goes
+    to a log file in ``root``."""
     port = free_port()
-    log = data.root / f"serve-{port}.log"
-    cmd = [sys.executable, "-m", "tipsomaly", "serve", "--profile", str(data.profile),
-           "--classes", "screw", "--port", str(port), *extra]  # fmt: skip
+    log = root / f"serve-{port}.log"
+    cmd = [sys.executable, "-m", "tipsomaly", "serve", *args, "--port", str(port)]
     process = subprocess.Popen(
         cmd,
         stdout=log.open("wb"),

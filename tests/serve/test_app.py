@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import struct
 import threading
 import time
@@ -85,9 +86,11 @@ def test_every_answer_equals_the_cli(client, serve_data):
                 assert res["is_anomalous"] == cli["is_anomalous"]
                 assert res["threshold_source"] == "profile"
                 assert res["pixel_threshold"] is not None
+                assert res["defects"] == cli["defects"]  # the profile's pixel threshold
             else:
                 assert res["mode"] == "zero-shot" and res["threshold"] is None
                 assert res["is_anomalous"] is None
+                assert res["defects"] is None and "defects" not in cli  # no pixel threshold
             assert res["overlay_png"] is res["map_npy"] is None
         assert set(body["timing"]) == {"read_ms", "decode_ms", "wait_ms", "render_ms", "total_ms"}
 
@@ -130,9 +133,12 @@ def test_a_threshold_in_the_request_decides(client, serve_data):
     assert {x["threshold_source"] for x in results} == {"request"}
 
 
-def test_info_says_what_is_served(client, serve_data):
+def test_info_says_what_is_served(client, serve_data, detector):
     info = client.get("/v1/info").json()
     assert info["status"] == "ready" and info["image_size"] == SIZE
+    assert info["identity"] == json.loads(json.dumps(detector.identity.to_dict()))
+    assert info["engine"] == "torch" and info["model"] == detector.identity.model["name"]
+    assert info["tiling"] is info["tile"] is info["roi"] is None  # untiled, whole images
     assert info["classes"] == ["screw", "tile"]
     (profile,) = info["profiles"]
     assert profile["class_name"] == "tile" and profile["mode"] == "fused"
@@ -153,6 +159,30 @@ def test_the_page_is_served_with_its_script_and_nothing_from_elsewhere(client):
     assert {"/health", "/v1/info", "/v1/predict"} <= set(schema["paths"])
     for text in (page.text, script.text, client.get("/static/page.css").text):
         assert "http://" not in text and "https://" not in text  # no CDN, no external asset
+
+
+def test_the_servers_thresholds_decide_and_give_defect_records(serve_data):
+    device, dtype = resolve_runtime("auto", "auto")
+    given = Detector(
+        serve_data.model,
+        image_size=SIZE,
+        device=device,
+        dtype=dtype,
+        image_threshold=0.5,
+        pixel_threshold=0.3,
+    )
+    paths = serve_data.images["screw"]
+    expected = given.predict(paths, "screw")
+    assert any(p.defects for p in expected)  # regions to compare, not just []
+    with running(ServeConfig(), lambda: given) as c:
+        info = c.get("/v1/info").json()
+        assert (info["image_threshold"], info["pixel_threshold"]) == (0.5, 0.3)
+        r = c.post("/v1/predict", files=files_part(paths), data={"class_name": "screw"})
+    for res, want in zip(r.json()["results"], expected, strict=True):
+        assert res["threshold"] == 0.5 and res["pixel_threshold"] == 0.3
+        assert res["threshold_source"] == "given"
+        assert res["is_anomalous"] == want.is_anomalous is not None
+        assert res["defects"] == [d.to_dict() for d in want.defects]
 
 
 # -- refusals ---------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """The page in a real browser: headless Chromium driven by Selenium against a real server.
 
 Enter the token, upload two images of the profile's class, wait for the heat maps, and check
-that the scores and decisions shown are the API's (and so the CLI's); move the display
-slider. A screenshot is saved as a test artefact: in ``$TIPSOMALY_TEST_ARTIFACTS`` when set,
-else in the test's temporary folder (kept when the test fails).
+that the scores, decisions and defect records shown are the API's (and so the CLI's) and that
+each defect's box is drawn on the heat map; move the display slider. A screenshot is saved as
+a test artefact: in ``$TIPSOMALY_TEST_ARTIFACTS`` when set, else in the test's temporary
+folder (kept when the test fails).
 
 Needs Debian's ``chromium`` and ``chromium-driver`` (scripts/test.sh installs them where
 apt-get is available) and the ``selenium`` package; skipped with the reason otherwise.
@@ -25,6 +26,9 @@ from selenium.common.exceptions import WebDriverException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 from serve_helpers import TOKEN  # noqa: E402
+
+#: an element's box on the screen: [left, top, width, height] in CSS pixels
+RECT = "const r = arguments[0].getBoundingClientRect(); return [r.left, r.top, r.width, r.height];"
 
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser"))), None)
 DRIVER = shutil.which("chromedriver")
@@ -84,6 +88,28 @@ def test_upload_shows_the_apis_scores_decision_and_heat_map(browser, server, ser
         assert decision.startswith("ANOMALOUS" if want["is_anomalous"] else "normal")
         canvas = card.find_element(By.CSS_SELECTOR, "canvas.overlay")
         assert canvas.get_attribute("width") == str(want["size"][1])  # drawn at the image size
+        # the profile's pixel threshold applies: its defect records are listed and boxed
+        listed = card.find_elements(By.CSS_SELECTOR, "ol.defects li")
+        assert [li.get_attribute("data-bbox") for li in listed] == [
+            ",".join(map(str, d["bbox"])) for d in want["defects"]
+        ]
+        for li, d in zip(listed, want["defects"], strict=True):
+            assert li.text.startswith(f"#{d['id']}") and f"peak {d['peak']:.3f}" in li.text
+        count = card.find_element(By.CSS_SELECTOR, ".defect-count").text
+        assert count.startswith(f"{len(want['defects'])} region")
+        # each box is drawn over the heat map where its region is
+        boxes = card.find_elements(By.CSS_SELECTOR, "svg.boxes g")
+        assert [g.get_attribute("data-bbox") for g in boxes] == [
+            ",".join(map(str, d["bbox"])) for d in want["defects"]
+        ]
+        left, top, width, _ = browser.execute_script(RECT, canvas)
+        k = (width - 2) / want["size"][1]  # screen pixels per image pixel (1 px border)
+        for g, d in zip(boxes, want["defects"], strict=True):
+            x, y, w, h = browser.execute_script(RECT, g.find_element(By.CSS_SELECTOR, "rect"))
+            x0, y0, x1, y1 = d["bbox"]
+            expected_box = (left + 1 + x0 * k, top + 1 + y0 * k, (x1 - x0) * k, (y1 - y0) * k)
+            assert (x, y, w, h) == pytest.approx(expected_box, abs=1.5), (name, d)
+    assert any(expected[n]["defects"] for n in (normal.name, dented.name))  # a box is listed
     assert [c.find_element(By.CSS_SELECTOR, ".name").text for c in cards] == [
         normal.name,
         dented.name,

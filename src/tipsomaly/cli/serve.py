@@ -55,14 +55,20 @@ positive_mb = float_type(0, low_open=True)
 _EPILOG = f"""\
 endpoints:
   GET  /             the inspection page: upload images, pick the class or profile, see
-                     score, decision and heat map side by side; a display-threshold slider
+                     score, decision, heat map and defect boxes side by side; a
+                     display-threshold slider
   GET  /health       200 {{"status": "ready"}} once the model is loaded; 503 while loading
-  GET  /v1/info      model, image size, dtype, device, prompts, profiles, limits, counters
+  GET  /v1/info      identity, model, image size, dtype, device, engine, prompts, tiling,
+                     ROI, profiles, limits, counters
   POST /v1/predict   multipart: one or more `file` parts, `class_name` (default: the one
-                     profile's class), optional `threshold` (image score, [0, 2]),
-                     `return_map` none|png|npy -> JSON: per file image_score, score_cls1,
-                     score_cls2, mode, threshold, is_anomalous, the map if asked; timing
+                     profile's class), optional `threshold` (image score, [0, 2]), optional
+                     `roi` (a mask image for every file; default: --roi), `return_map`
+                     none|png|npy -> JSON: per file image_score, score_cls1, score_cls2,
+                     mode, threshold, is_anomalous, defects (with a pixel threshold), tiles,
+                     the map if asked; timing
   curl -F file=@part.png -F class_name=tile http://127.0.0.1:8000/v1/predict
+the pipeline is predict's: a tiled profile, an ROI mask, an export folder as --model give the
+same scores, maps, decisions and defects as `tipsomaly predict` with those settings.
 batching:
   concurrent requests share forward passes: up to --batch-size images, or what arrived
   within --max-wait-ms of the oldest; one thread runs the model. Over --max-queue waiting
@@ -92,8 +98,10 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         defaults=DEFAULTS,
         recorded_note=RECORDED,
         batch_size={"help": "most images per forward pass (a micro-batch of concurrent requests)"},
-        roi={"help": "region-of-interest mask for every request without its own `roi` part "
-        "(white = inspect)"},
+        roi={
+            "help": "region-of-interest mask for every request without its own `roi` part "
+            "(white = inspect)"
+        },
     )
     p.add_argument(
         "--classes",

@@ -32,7 +32,7 @@ from .routes import STATIC, router
 from .service import Service
 
 if TYPE_CHECKING:
-    from ..method.detector import Detector
+    from ..method.pipeline import Predictor
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 def create_app(
     config: ServeConfig,
-    load: Callable[[], Detector],
+    load: Callable[[], Predictor],
     *,
     on_fatal: Callable[[BaseException], None] | None = None,
 ) -> FastAPI:
@@ -58,8 +58,9 @@ def create_app(
 
     Args:
         config: limits, batching, token and classes (:class:`~.config.ServeConfig`).
-        load: builds the :class:`~tipsomaly.method.detector.Detector`; called once, in a
-            background thread, when the app starts.
+        load: builds the predictor (a :class:`~tipsomaly.method.detector.Detector`, or an
+            export's :class:`~tipsomaly.deploy.inferencers.ExportedDetector`); called once, in
+            a background thread, when the app starts.
         on_fatal: called with the exception if ``load`` fails (``tipsomaly serve`` stops then).
 
     Example:

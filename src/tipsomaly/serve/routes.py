@@ -54,7 +54,7 @@ def health(request: Request):
         batcher = service.batcher
         return Health(
             status="ready",
-            model=service.detector.model.name,
+            model=None if service.identity is None else service.identity.model.get("name"),
             queued=None if batcher is None else batcher.queued,
         )
     body = Health(status=status, error=service.error).model_dump()
@@ -85,6 +85,13 @@ async def predict(
     return_map: Annotated[
         str, Form(description="none, png (overlay + grey map) or npy (float32 map)")
     ] = "none",
+    roi: Annotated[
+        UploadFile | None,
+        File(
+            description="a region-of-interest mask image for every file of the request (white "
+            "= inspect; resized to each image when sizes differ); default: the server's --roi"
+        ),
+    ] = None,
 ):
     """Score each uploaded image; the answers come in the order of the ``file`` parts."""
     start = time.perf_counter()
@@ -96,10 +103,12 @@ async def predict(
     name = service.resolve_class(class_name)
     service.check_room(len(file))  # a full queue: 503 before decoding anything
     uploads = [(upload_label(f.filename, i), await f.read()) for i, f in enumerate(file)]
+    mask_part = None if roi is None else (upload_label(roi.filename or "roi", 0), await roi.read())
     read = time.perf_counter()
+    mask = None if mask_part is None else await run_in_threadpool(service.decode_roi, *mask_part)
     images = await run_in_threadpool(service.decode, uploads)
     decoded = time.perf_counter()
-    futures = service.submit(images, name)
+    futures = service.submit(images, name, mask)
     try:
         answers = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
     except asyncio.CancelledError:  # the client is gone: its images need not be scored
@@ -110,7 +119,15 @@ async def predict(
 
     def render() -> list[dict]:
         return [
-            service.result(label, image, pred, batch, threshold=threshold, return_map=return_map)
+            service.result(
+                label,
+                image,
+                pred,
+                batch,
+                threshold=threshold,
+                return_map=return_map,
+                request_roi=mask is not None,
+            )
             for (label, _), image, (pred, batch) in zip(uploads, images, answers, strict=True)
         ]
 

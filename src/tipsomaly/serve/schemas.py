@@ -35,8 +35,14 @@ class FileResult(BaseModel):
         description="image-score threshold used for is_anomalous: the request's, else the "
         "profile's calibrated one, else none"
     )
-    threshold_source: str | None = Field(description="request, profile or null")
-    pixel_threshold: float | None = Field(description="the profile's calibrated pixel threshold")
+    threshold_source: str | None = Field(
+        description="request (the request's threshold), given (the server's --image-threshold "
+        "or --threshold), profile (calibrated) or null"
+    )
+    pixel_threshold: float | None = Field(
+        description="the pixel threshold of the defect records: the server's --threshold, else "
+        "the profile's calibrated one (null: no defect records)"
+    )
     is_anomalous: bool | None = Field(description="image_score >= threshold (null: no threshold)")
     defects: list[dict[str, Any]] | None = Field(
         None,
@@ -45,6 +51,11 @@ class FileResult(BaseModel):
         "area_px, peak, mean, centroid)",
     )
     tiles: int | None = Field(None, description="tiles scored (tiled detectors), else null")
+    roi: str | None = Field(
+        None,
+        description="the region of interest applied: request (the request's roi part), server "
+        "(the server's --roi) or null (the whole image); the map is 0 outside it",
+    )
     notes: list[str] = Field(default_factory=list, description="remarks (a resized ROI mask)")
     size: list[int] = Field(description="[height, width] of the image, after EXIF orientation")
     batch_images: int = Field(description="images in the forward pass that scored this one")
@@ -118,9 +129,16 @@ class Info(BaseModel):
     pixel_prompts: str | None
     sigma: float | None
     cls: str | None
+    engine: str | None = Field(None, description="torch, onnxruntime or openvino")
     tile: int | str | None = None
     tile_overlap: float | None = None
-    roi: str | None = None
+    tiling: dict[str, Any] | None = Field(None, description="{tile, overlap}; null: untiled")
+    roi: str | None = Field(
+        None, description="the server's ROI mask file (--roi), applied without a roi part"
+    )
+    image_threshold: float | None = Field(None, description="--image-threshold, if given")
+    pixel_threshold: float | None = Field(None, description="--threshold, if given")
+    min_defect_area: int | None = None
     identity: dict[str, Any] | None = Field(
         None, description="what produces the scores (model fingerprint, prompts, tiling...)"
     )

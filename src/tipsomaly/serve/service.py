@@ -8,10 +8,13 @@ embeddings are ready, so ``/health`` can answer 503 meanwhile), then served by o
 Uploads are decoded by :func:`tipsomaly.data.images.load_image` itself, from a private
 temporary file per upload (removed at once): the same header-first pixel limit, decompression-
 bomb handling, EXIF orientation and colour rules as ``tipsomaly predict`` on that file, so the
-service's scores equal the CLI's bit for bit. The decoded RGB images then go to
-:meth:`Detector.predict <tipsomaly.method.detector.Detector.predict>` in micro-batches; images
-of different requests and classes share a forward pass (per-class text embeddings are cached in
-the detector).
+service's scores equal the CLI's bit for bit. An optional ROI mask of a request (its ``roi``
+part) is decoded the same way and read by :func:`tipsomaly.data.roi.as_roi`, as ``predict
+--roi`` reads its file. The decoded images, each with its request's ROI, go to the predictor's
+:meth:`~tipsomaly.method.pipeline.Predictor.predict` (the one pipeline: a
+:class:`~tipsomaly.method.detector.Detector` or an exported graph, tiled or not) in
+micro-batches; images of different requests, classes and ROIs share a forward pass (per-class
+text embeddings are cached in the detector). Decisions and defect records are the pipeline's.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ from PIL import Image
 
 from .. import __version__
 from ..data.images import ImageLoadError, load_image
-from ..errors import InvalidOptionError
+from ..data.roi import RoiError, as_roi
+from ..errors import InvalidOptionError, TipsomalyError
 from ..method.decision import decide
 from ..report.overlay import overlay
 from ..validation import in_range
@@ -42,7 +46,9 @@ from .config import RETURN_MAPS, ServeConfig, check_class_name
 from .errors import BadRequestError, UnavailableError
 
 if TYPE_CHECKING:
-    from ..method.detector import Detector, Prediction
+    from ..identity import Identity
+    from ..method.pipeline import Predictor
+    from ..method.prediction import Prediction
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +106,7 @@ class Service:
     def __init__(
         self,
         config: ServeConfig,
-        load: Callable[[], Detector],
+        load: Callable[[], Predictor],
         *,
         on_fatal: Callable[[BaseException], None] | None = None,
     ) -> None:
@@ -110,7 +116,8 @@ class Service:
         self._lock = threading.Lock()
         self.status = "loading"
         self.error: str | None = None
-        self.detector: Detector | None = None
+        self.detector: Predictor | None = None
+        self.identity: Identity | None = None  # the detector's, read once it is loaded
         self.batcher: MicroBatcher | None = None
         self.started_at = time.time()
         self.load_s: float | None = None
@@ -137,6 +144,7 @@ class Service:
         try:
             detector = self._load()
             detector.warm_up(self._allowed(detector) or ())
+            identity = detector.identity
             batcher = MicroBatcher(
                 self._forward,
                 batch_size=self.config.batch_size,
@@ -155,7 +163,8 @@ class Service:
         with self._lock:
             if self.status == "stopping":  # closed while loading
                 return
-            self.detector, self.batcher = detector, batcher.start()
+            self.detector, self.identity = detector, identity
+            self.batcher = batcher.start()
             self.load_s = time.monotonic() - start
             self.status = "ready"
         logger.info("model ready in %.1f s: serving", self.load_s)
@@ -178,7 +187,7 @@ class Service:
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
-    def check_ready(self) -> Detector:
+    def check_ready(self) -> Predictor:
         """The detector, or :class:`UnavailableError` (503) saying why there is none."""
         status = self.status
         if status == "ready" and self.detector is not None:
@@ -192,7 +201,7 @@ class Service:
         raise UnavailableError("the service is stopping", retry_after=LOADING_RETRY_S)
 
     # -- classes -----------------------------------------------------------------------------
-    def _allowed(self, detector: Detector) -> list[str] | None:
+    def _allowed(self, detector: Predictor) -> list[str] | None:
         names = dict.fromkeys([*self.config.classes, *detector.profile_classes()])
         return list(names) or None
 
@@ -219,8 +228,9 @@ class Service:
             raise BadRequestError(f"class_name is required{hint}")
         try:
             check_class_name(class_name)
-        except InvalidOptionError as exc:
-            raise BadRequestError(str(exc)) from None
+            detector.check_classes([class_name])  # an export scores its own class only
+        except TipsomalyError as exc:
+            raise BadRequestError(_one_line(exc)) from None
         allowed = self.classes
         if allowed is not None and class_name not in allowed:
             raise BadRequestError(
@@ -276,6 +286,28 @@ class Service:
             )
         return images
 
+    def decode_roi(self, label: str, data: bytes) -> np.ndarray:
+        """A request's ``roi`` part → (H, W) bool mask (True = inspect), read as ``predict
+        --roi`` reads its file (:func:`~tipsomaly.data.roi.as_roi` of the decoded image).
+
+        Raises:
+            BadRequestError: naming the part: unreadable, or no white pixel.
+        """
+        try:
+            mask = as_roi(self._decode_one(data))
+        except (ImageLoadError, RoiError) as exc:
+            reason = exc.reason if isinstance(exc, ImageLoadError) else _one_line(exc)
+            raise BadRequestError(
+                f"cannot read the roi part ({label}): {reason}",
+                errors=[{"filename": label, "error": reason}],
+            ) from None
+        if not mask.any():
+            reason = "the ROI mask has no white pixel: nothing would be inspected"
+            raise BadRequestError(
+                f"the roi part ({label}): {reason}", errors=[{"filename": label, "error": reason}]
+            )
+        return mask
+
     def _decode_one(self, data: bytes) -> Image.Image:
         if self._tmp is None:
             raise UnavailableError("the service is not started", retry_after=LOADING_RETRY_S)
@@ -294,23 +326,39 @@ class Service:
         assert self.batcher is not None
         self.batcher.check_room(n)
 
-    def submit(self, images: Sequence[Image.Image], class_name: str) -> list[Future]:
-        """Queue the images (all or none); futures of ``(Prediction, BatchInfo)``.
+    def submit(
+        self, images: Sequence[Image.Image], class_name: str, roi: np.ndarray | None = None
+    ) -> list[Future]:
+        """Queue the images (all or none), each with ``roi`` (None: the server's ``--roi``,
+        else the whole image); futures of ``(Prediction, BatchInfo)``.
 
         Raises:
             UnavailableError: not ready; QueueFullError (503, ``retry_after``) when full.
         """
         self.check_ready()
         assert self.batcher is not None
-        futures = self.batcher.submit([(image, class_name) for image in images])
+        futures = self.batcher.submit([((image, roi), class_name) for image in images])
         with self._lock:
             self.requests += 1
         return futures
 
-    def _forward(self, images: list[Image.Image], classes: list[str]) -> list[Prediction]:
-        """One micro-batch on the model thread: one forward pass for all of them."""
-        assert self.detector is not None
-        return self.detector.predict(images, classes, batch_size=len(images), on_error="record")
+    def _forward(
+        self, items: list[tuple[Image.Image, np.ndarray | None]], classes: list[str]
+    ) -> list[Prediction]:
+        """One micro-batch on the model thread: its images, each with its own ROI, in one
+        forward pass (tiled: each image's tiles in batches of the predictor's batch size, as
+        ``predict`` cuts them)."""
+        detector = self.detector
+        assert detector is not None
+        images = [image for image, _ in items]
+        rois = [roi for _, roi in items]
+        return detector.predict(
+            images,
+            classes,
+            batch_size=None if detector.tile is not None else len(images),
+            on_error="record",
+            roi=None if all(r is None for r in rois) else rois,
+        )
 
     # -- answers -----------------------------------------------------------------------------
     def result(
@@ -322,14 +370,22 @@ class Service:
         *,
         threshold: float | None = None,
         return_map: str = "none",
+        request_roi: bool = False,
     ) -> dict[str, Any]:
-        """One file's answer (the ``results`` entries of ``POST /v1/predict``)."""
+        """One file's answer (the ``results`` entries of ``POST /v1/predict``): the
+        prediction's scores, decision and defect records; ``threshold`` (the request's)
+        replaces the image threshold; ``request_roi``: the request had a ``roi`` part."""
         p = prediction
         ok = p.error is None
         used = threshold if threshold is not None else p.threshold
         source = (
-            "request" if threshold is not None else "profile" if p.threshold is not None else None
+            "request"
+            if threshold is not None
+            else p.threshold_source
+            if p.threshold is not None
+            else None
         )
+        roi = "request" if request_roi else "server" if p.roi is not None else None
         out: dict[str, Any] = {
             "filename": label,
             "class_name": p.class_name,
@@ -343,6 +399,7 @@ class Service:
             "is_anomalous": decide(p.image_score, used) if ok else None,
             "defects": None if p.defects is None else [d.to_dict() for d in p.defects],
             "tiles": p.tiles,
+            "roi": roi if ok else None,
             "notes": list(p.notes),
             "size": [image.height, image.width],
             "batch_images": info.size,
@@ -367,10 +424,11 @@ class Service:
 
     def info(self) -> dict[str, Any]:
         """``GET /v1/info``: what is served and how: the detector's identity and settings
-        (while loading: the settings asked for), its profiles, the limits and counters."""
+        (tiling, ROI, thresholds given; while loading: the settings asked for), its profiles
+        with their decisions, the limits and counters."""
         det = self.detector
         config = det.config if det is not None else self.config.settings
-        identity = det.identity if det is not None else None
+        identity = self.identity if det is not None else None
         profiles: list[dict[str, Any]] = []
         if det is not None:
             for name, path in sorted(det.profile_names().items()):
@@ -409,10 +467,15 @@ class Service:
             "pixel_prompts": settings.get("pixel_prompts"),
             "sigma": settings.get("sigma"),
             "cls": settings.get("cls"),
+            "engine": identity.engine if identity else None,
             "tile": settings.get("tile"),
             "tile_overlap": settings.get("tile_overlap"),
+            "tiling": getattr(config, "tiling", None),
             "roi": settings.get("roi"),
-            "mode": det.mode if det is not None else getattr(config, "mode", None),
+            "image_threshold": getattr(config, "image_threshold", None),
+            "pixel_threshold": getattr(config, "pixel_threshold", None),
+            "min_defect_area": getattr(config, "min_defect_area", None),
+            "mode": det.mode if det is not None else getattr(config, "scoring_mode", None),
             "profiles": profiles,
             "classes": self.classes,
             "limits": {

@@ -1,6 +1,7 @@
 // tipsomaly inspection page: plain JavaScript, no build step, nothing loaded from elsewhere.
-// Uploads go to POST /v1/predict with return_map=png; each card shows the image, the heat map
-// (drawn here from the grey map, only where map >= the display threshold) and the scores.
+// Uploads go to POST /v1/predict with return_map=png (and the ROI mask, if one is chosen); each
+// card shows the image, the heat map (drawn here from the grey map, only where map >= the
+// display threshold) with the defect boxes on it, the scores and the list of defects.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -57,11 +58,15 @@ async function loadInfo() {
   state.info = body;
   const profiles = body.profiles.map((p) => p.class_name).filter(Boolean);
   $("server").textContent = [
-    body.model, body.image_size + " px", body.dtype, body.device,
+    body.model, body.image_size + " px", body.engine, body.dtype, body.device,
     body.prompt_type + " prompts",
+    body.tiling ? "tiles of " + body.tiling.tile + " px" : null,
+    body.roi ? "ROI " + body.roi.split(/[\\/]/).pop() : null,
     profiles.length ? "profiles: " + profiles.join(", ") : "zero-shot",
     "v" + body.version,
-  ].join(" · ");
+  ].filter(Boolean).join(" · ");
+  $("roi-hint").textContent = body.roi
+    ? "optional: replaces the server's ROI" : "optional: white = inspect";
   $("token-field").hidden = !body.auth;
   const list = $("classes");
   list.replaceChildren();
@@ -96,6 +101,65 @@ function pixels(im, w, h) {
   const g = c.getContext("2d");
   g.drawImage(im, 0, 0, w, h);
   return g.getImageData(0, 0, w, h);
+}
+
+function svg(layer, tag, attributes) { // an element of the SVG namespace, as layer's
+  const el = document.createElementNS(layer.namespaceURI, tag);
+  for (const [k, v] of Object.entries(attributes)) el.setAttribute(k, String(v));
+  return el;
+}
+
+// the defect boxes over the heat map, in the image's pixels (vector: sharp at any zoom), white
+// outlined in black as on predict's overlays, labelled "#id peak"
+function drawBoxes(card, r) {
+  const layer = card.el.querySelector("svg.boxes");
+  layer.replaceChildren();
+  const [h, w] = r.size;
+  layer.setAttribute("viewBox", "0 0 " + w + " " + h);
+  const unit = w / 320; // one screen pixel in image pixels (the figure is 320 px wide)
+  for (const d of r.defects || []) {
+    const [x0, y0, x1, y1] = d.bbox;
+    const box = { x: x0, y: y0, width: x1 - x0, height: y1 - y0, fill: "none",
+                  "vector-effect": "non-scaling-stroke" };
+    const g = svg(layer, "g", { "data-id": d.id, "data-bbox": d.bbox.join(",") });
+    g.appendChild(svg(layer, "rect", { ...box, stroke: "#000", "stroke-width": 4 }));
+    g.appendChild(svg(layer, "rect", { ...box, stroke: "#fff", "stroke-width": 2 }));
+    const right = x0 + 52 * unit > w; // a label that would leave the image ends at the box's end
+    const label = svg(layer, "text", {
+      x: right ? x1 : x0, "text-anchor": right ? "end" : "start",
+      y: Math.max(12 * unit, y0 - 3 * unit), "font-size": 12 * unit,
+      "font-weight": 600, fill: "#fff", stroke: "#000", "stroke-width": 3 * unit,
+      "paint-order": "stroke",
+    });
+    label.textContent = "#" + d.id + " " + d.peak.toFixed(2);
+    g.appendChild(label);
+    layer.appendChild(g);
+  }
+}
+
+function listDefects(card, r) {
+  const count = card.el.querySelector(".defect-count");
+  const list = card.el.querySelector(".defects");
+  list.replaceChildren();
+  if (r.defects === null) {
+    count.textContent = "none looked for (no pixel threshold: serve a profile or --threshold)";
+    count.className = "defect-count none";
+    return;
+  }
+  count.textContent = r.defects.length + " region" + (r.defects.length === 1 ? "" : "s") +
+    " of map ≥ " + r.pixel_threshold.toFixed(4);
+  count.className = "defect-count" + (r.defects.length ? " found" : "");
+  for (const d of r.defects) {
+    const li = document.createElement("li");
+    li.dataset.bbox = d.bbox.join(",");
+    const [x0, y0, x1, y1] = d.bbox;
+    const area = d.area_mm2 === null ? d.area_px + " px" : d.area_px + " px, " +
+      d.area_mm2.toPrecision(4) + " mm²";
+    li.textContent = "#" + d.id + "  box " + x0 + "," + y0 + " – " + x1 + "," + y1 +
+      " (" + (x1 - x0) + "×" + (y1 - y0) + ")  ·  " + area + "  ·  peak " +
+      d.peak.toFixed(3) + "  ·  mean " + d.mean.toFixed(3);
+    list.appendChild(li);
+  }
 }
 
 function draw(card) {
@@ -154,6 +218,13 @@ async function fill(card, r) {
   score.dataset.score = String(r.image_score);
   el.querySelector(".cls").textContent =
     r.score_cls1.toFixed(4) + " · " + r.score_cls2.toFixed(4);
+  el.querySelector(".inspected").textContent = [
+    { request: "inside this request's ROI mask", server: "inside the server's ROI" }[r.roi] ||
+      "the whole image",
+    r.tiles ? r.tiles + " tile" + (r.tiles === 1 ? "" : "s") : null,
+    ...r.notes,
+  ].filter(Boolean).join(" · ");
+  listDefects(card, r);
   const d = el.querySelector(".decision");
   if (r.is_anomalous === null) {
     d.textContent = "no threshold: enter one or serve a profile";
@@ -180,6 +251,7 @@ async function fill(card, r) {
   card.base = pixels(im, w, h);
   card.map = pixels(grey, w, h);
   draw(card);
+  drawBoxes(card, r);
   el.dataset.state = "done";
 }
 
@@ -198,6 +270,8 @@ async function score(event) {
       for (const f of part) form.append("file", f, f.name);
       if ($("class-name").value) form.append("class_name", $("class-name").value);
       if ($("threshold").value !== "") form.append("threshold", $("threshold").value);
+      const roi = $("roi").files[0];
+      if (roi) form.append("roi", roi, roi.name);
       form.append("return_map", "png");
       const { res, body } = await fetchJSON("/v1/predict", {
         method: "POST", body: form, headers: authHeaders(),
