@@ -21,8 +21,11 @@ import io
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +37,6 @@ from PIL import Image
 from synthetic import tiny_model_dir
 from tipsomaly.cli.main import main
 from tipsomaly.method.config import DetectorConfig
-from tipsomaly.method.defects import extract_defects
 from tipsomaly.method.detector import Detector
 
 SIZE, TILE, CLASS = "70", "140", "tile"
@@ -305,33 +307,42 @@ def test_torchrun_with_two_processes(world, reference, cell):
     _check(reference[cell], _from_outputs(out), exact=True)
 
 
-# -- serve over HTTP ---------------------------------------------------------------------------------
+# -- serve over HTTP ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def servers(world):
     """One real ``tipsomaly serve`` per (profile, tiling) on 127.0.0.1: the ROI travels with
     each request."""
     pytest.importorskip("fastapi")
-    import serve_helpers as helpers
+    import httpx
 
-    running = {}
+    running: dict[tuple[bool, bool], tuple[subprocess.Popen, str, Path]] = {}
     try:
         for profile in (False, True):
             for tiled in (False, True):
-                port = helpers.free_port()
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", 0))
+                    port = s.getsockname()[1]
                 log = world.root / f"serve-{port}.log"
-                options = world.options(profile, tiled, False)
-                cmd = [sys.executable, "-m", "tipsomaly", "serve", *options, *FP32]
-                cmd += ["--classes", CLASS, "--port", str(port)]
+                cmd = [sys.executable, "-m", "tipsomaly", "serve", *FP32, "--classes", CLASS]
+                cmd += [*world.options(profile, tiled, False), "--port", str(port)]
                 process = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-                running[(profile, tiled)] = helpers.Server(
-                    process, f"http://127.0.0.1:{port}", log
-                )
-        for server in running.values():
-            server.wait_ready(120)
-        yield running
+                running[(profile, tiled)] = (process, f"http://127.0.0.1:{port}", log)
+        deadline = time.monotonic() + 180
+        for process, url, log in running.values():
+            while True:
+                assert process.poll() is None, log.read_text(errors="replace")[-2000:]
+                assert time.monotonic() < deadline, log.read_text(errors="replace")[-2000:]
+                try:
+                    if httpx.get(url + "/health", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.2)
+        yield {key: url for key, (_, url, _) in running.items()}
     finally:
-        for server in running.values():
-            server.stop()
+        for process, _, _ in running.values():
+            process.send_signal(signal.SIGTERM)
+            process.wait(60)
 
 
 @pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
@@ -339,14 +350,14 @@ def test_serve_over_http(world, reference, servers, cell):
     import httpx
 
     profile, tiled, roi = cell
-    server = servers[(profile, tiled)]
+    url = servers[(profile, tiled)]
     got = {}
     for path in sorted(world.images.iterdir()):
         files = [("file", (path.name, path.read_bytes(), "image/png"))]
         if roi:
             files.append(("roi", ("roi.png", world.roi.read_bytes(), "image/png")))
         answer = httpx.post(
-            server.url + "/v1/predict",
+            url + "/v1/predict",
             data={"class_name": CLASS, "return_map": "npy"},
             files=files,
             timeout=120,

@@ -82,27 +82,34 @@ class MemoryBank(nn.Module):
         ``exclude`` (same leading shape as ``queries``, integer): for each query, a source
         index whose entries it may not match (leave-one-out); a query with no entry left gets
         distance 2 (as far as a unit vector can be), which callers should avoid.
+
+        The queries of one image (the last leading dimension: an image's patches, or one CLS
+        token) are searched on their own, so an image's distances do not depend on the other
+        images of its batch: a matrix product's last bits depend on its shape, and a service
+        batches whatever requests arrive together.
         """
         if queries.shape[-1] != self.dim:
             raise ValueError(f"queries have {queries.shape[-1]} dims, the bank {self.dim}")
         lead = queries.shape[:-1]
+        per_image = int(lead[-1]) if len(lead) >= 2 else 1
         q = F.normalize(queries.reshape(-1, self.dim).float(), dim=-1)
         ex = None if exclude is None else exclude.reshape(-1).to(q.device, torch.long)
         best = torch.full((q.shape[0],), -1.0, device=q.device)
         m = len(self)
         # blocks of q_rows × m_cols ≤ chunk floats, with at least ~1000 query rows a block
         m_cols = min(m, max(1, self.chunk // 1024))
-        q_rows = max(1, self.chunk // m_cols)
-        for i in range(0, q.shape[0], q_rows):
-            qi = q[i : i + q_rows]
-            running = best[i : i + q_rows]
-            for j in range(0, m, m_cols):
-                sims = qi @ self.features[j : j + m_cols].T
-                if ex is not None:
-                    same = ex[i : i + q_rows, None] == self.sources[None, j : j + m_cols]
-                    sims = sims.masked_fill(same, -1.0)
-                running = torch.maximum(running, sims.amax(dim=1))
-            best[i : i + q_rows] = running
+        q_rows = min(per_image, max(1, self.chunk // m_cols))
+        for image in range(0, q.shape[0], per_image):
+            for i in range(image, image + per_image, q_rows):
+                rows = slice(i, min(i + q_rows, image + per_image))
+                running = best[rows]
+                for j in range(0, m, m_cols):
+                    sims = q[rows] @ self.features[j : j + m_cols].T
+                    if ex is not None:
+                        same = ex[rows, None] == self.sources[None, j : j + m_cols]
+                        sims = sims.masked_fill(same, -1.0)
+                    running = torch.maximum(running, sims.amax(dim=1))
+                best[rows] = running
         return (1.0 - best.clamp(-1.0, 1.0)).reshape(lead)
 
 
