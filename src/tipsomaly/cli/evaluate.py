@@ -46,9 +46,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument(
         "--data", nargs="+", required=True, metavar="DIR", help="dataset root(s) with meta.json"
     )
-    add_settings(
-        p, EvalConfig, skip=(*NOT_EVALUATED, "roi", "roi_dir"), recorded_note=""
-    )
+    add_settings(p, EvalConfig, skip=(*NOT_EVALUATED, "roi", "roi_dir"), recorded_note="")
     where = p.add_mutually_exclusive_group()
     add_config_option(where, EvalConfig, "roi")
     add_config_option(where, EvalConfig, "roi_dir")

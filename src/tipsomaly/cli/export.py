@@ -155,5 +155,3 @@ def _quoted(text: str) -> str:
     import shlex
 
     return shlex.quote(text)
-
-

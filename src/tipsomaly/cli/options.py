@@ -43,6 +43,7 @@ image_threshold = float_type(0, 2, hint="image_score = global + max patch probab
 unit_interval_open = float_type(0, 1, high_open=True)
 seed_int = int_type(0, 2**64 - 1)
 
+
 def _shown(value: object) -> str:
     """A default as the README writes it: 4 for 4.0, 0.001 for 1e-3."""
     return f"{value:g}" if isinstance(value, float) else str(value)

@@ -229,7 +229,7 @@ def _record(
     s = module.image_size
     profile = detector.profiles.get(class_name)
     mode = module.mode
-    _, image, pixel, source = detector.decision(class_name)
+    _, image, pixel, _ = detector.decision(class_name)
     calibrated = detector.thresholds_for(class_name)
     shapes = {
         "image_score": (["batch"], "float32"),
@@ -247,9 +247,9 @@ def _record(
         if value is None:
             return None
         calib = None if calibrated is None else calibrated.get(mode, kind)
-        if source == "profile" and calib is not None and calib.threshold == value:
+        if calib is not None and calib.threshold == value:  # the profile's, with its promise
             return calib.to_dict()
-        return {"threshold": value}
+        return {"threshold": value}  # given
 
     settings = config.settings()
     return {
@@ -292,7 +292,6 @@ def _record(
         "thresholds": {
             "image": threshold("image", image),
             "pixel": threshold("pixel", pixel),
-            "source": source,
             "decision": "pred_label = image_score >= image threshold; pred_mask = "
             "anomaly_map >= pixel threshold (in the graph, fp32; predict compares the "
             "scores with these values)",

@@ -17,7 +17,8 @@ holds a complete export). The record (schema ``tipsomaly-export``, version
     mode
     profile        null, or the few-shot profile baked in (path, digest, identity, references,
                    bank size)
-    thresholds     {"image", "pixel": calibration or {"threshold"} or null, "source"} of mode
+    thresholds     {"image", "pixel"} of mode: a calibration record (a profile's), {"threshold"}
+                   (given at export: applied as given) or null
     preprocessing  how images become the input (resize rule, scaling, no normalisation)
     parity         max |exported − PyTorch| per output, measured at export time
     versions       tipsomaly, torch, onnx, onnxruntime / openvino, python

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..metrics.regions import foreground_components
+from .decision import decide
 
 __all__ = ["DEFECT_COLUMNS", "DefectRecord", "extract_defects", "rle_decode", "rle_encode"]
 
@@ -184,7 +185,7 @@ BAND_PIXELS = 1 << 20
 
 
 def _above(m: np.ndarray, threshold: float, roi: np.ndarray | None, rows: slice) -> np.ndarray:
-    mask = m[rows] >= threshold
+    mask = decide(m[rows], threshold)
     if roi is not None:
         mask &= np.asarray(roi[rows], dtype=bool)
     return mask

@@ -152,7 +152,8 @@ class Predictor:
     def decision(self, class_name: str) -> tuple[str, float | None, float | None, str | None]:
         """How images of ``class_name`` are judged: (mode, image threshold, pixel threshold,
         source): thresholds given in the config, else its profile's calibrated ones for the
-        mode (``source`` ``"given"`` / ``"profile"``; None without either)."""
+        mode; ``source`` says where the image threshold comes from (``"given"`` /
+        ``"profile"``; None without one)."""
         c = self.config
         thresholds = self.thresholds_for(class_name)
         mode = self.mode if thresholds is not None else "zero-shot"
@@ -163,8 +164,9 @@ class Predictor:
         pixel = c.pixel_threshold
         if pixel is None:
             pixel = calibrated.value(mode, "pixel")
-        given = c.image_threshold is not None or c.pixel_threshold is not None
-        source = "given" if given else "profile" if image is not None or pixel is not None else None
+        source = (
+            "given" if c.image_threshold is not None else "profile" if image is not None else None
+        )
         return mode, image, pixel, source
 
     # -- settings ------------------------------------------------------------------------------

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..method.decision import decide
+
 #: How a map's values become colours: ``fixed`` maps [0, 1] (absolute, comparable across
 #: images; values outside are clipped) and ``per-image`` stretches each map's own min..max.
 SCALES = ("fixed", "per-image")
@@ -246,7 +248,7 @@ def save_mask(
     0/255 8-bit grey PNG at ``path``; returns it."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    above = np.asarray(anomaly_map) >= threshold
+    above = decide(np.asarray(anomaly_map), threshold)
     if roi is not None:
         above &= np.asarray(roi, dtype=bool)
     mask = above.view(np.uint8)  # bool → 0/1, no copy

@@ -196,10 +196,10 @@ class ExportedDetector(Predictor):
         for name in ("device", "dtype", "prompt_type", "profiles", "prompt_file"):
             given.pop(name, None)
         thresholds = record.get("thresholds") or {}
-        if thresholds.get("source") == "given":  # fixed at export: applied unless given now
-            for kind, field in (("image", "image_threshold"), ("pixel", "pixel_threshold")):
-                if thresholds.get(kind) is not None:
-                    given.setdefault(field, thresholds[kind]["threshold"])
+        for kind, field in (("image", "image_threshold"), ("pixel", "pixel_threshold")):
+            value = thresholds.get(kind)
+            if isinstance(value, dict) and "n" not in value:  # given at export, not calibrated
+                given.setdefault(field, value["threshold"])
         checked = ("image_size", "sigma", "cls") + (
             ("tile", "tile_overlap") if self.baked is not None else ()
         )
@@ -255,8 +255,6 @@ class ExportedDetector(Predictor):
         if self.baked is None or class_name != self.class_name:
             return None
         record = self.record["thresholds"] or {}
-        if record.get("source") != "profile":
-            return Thresholds({self.mode: {"image": None, "pixel": None}})
         return Thresholds.from_dict(
             {self.mode: {k: _calibration(record.get(k)) for k in ("image", "pixel")}}
         )
