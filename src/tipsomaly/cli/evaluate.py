@@ -8,6 +8,7 @@ import os
 from ..runners.config import EvalConfig
 from .exit_codes import ExitCode
 from .options import (
+    DECISION_SETTINGS,
     HelpFormatter,
     add_config_option,
     add_settings,
@@ -15,15 +16,6 @@ from .options import (
     ensure_out_dir,
     resolved,
     writing,
-)
-
-#: decisions and defect records are predict's and serve's: eval computes metrics
-NOT_EVALUATED = (
-    "image_threshold",
-    "pixel_threshold",
-    "min_defect_area",
-    "pixel_size_mm",
-    "defects_format",
 )
 
 
@@ -46,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument(
         "--data", nargs="+", required=True, metavar="DIR", help="dataset root(s) with meta.json"
     )
-    add_settings(p, EvalConfig, skip=(*NOT_EVALUATED, "roi", "roi_dir"), recorded_note="")
+    add_settings(p, EvalConfig, skip=(*DECISION_SETTINGS, "roi", "roi_dir"), recorded_note="")
     where = p.add_mutually_exclusive_group()
     add_config_option(where, EvalConfig, "roi")
     add_config_option(where, EvalConfig, "roi_dir")

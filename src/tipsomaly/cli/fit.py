@@ -17,7 +17,9 @@ from ..method.config import (
 from ..validation import float_type
 from .exit_codes import ExitCode
 from .options import (
+    DECISION_SETTINGS,
     DEFAULTS,
+    PROFILE_SETTINGS,
     HelpFormatter,
     add_settings,
     config_from_args,
@@ -30,15 +32,7 @@ from .options import (
 )
 
 #: settings that decide with a profile, not fit one
-NOT_FITTING = (
-    "profiles",
-    "mode",
-    "image_threshold",
-    "pixel_threshold",
-    "min_defect_area",
-    "pixel_size_mm",
-    "defects_format",
-)
+NOT_FITTING = PROFILE_SETTINGS + DECISION_SETTINGS
 
 rate = float_type(0, 1, low_open=True, high_open=True, hint="a fraction, e.g. 0.01 = 1 in 100")
 

@@ -103,6 +103,16 @@ def tile_option(text: str) -> int | str:
 DEFAULTS = {"dtype": INTERACTIVE_DTYPE}
 #: what the help says of the settings a profile (or an export) records
 RECORDED = "with --profile, the profile's; with an export as --model, the export's"
+#: the settings of decisions and defect records (fit, eval and train have no use for them)
+DECISION_SETTINGS = (
+    "image_threshold",
+    "pixel_threshold",
+    "min_defect_area",
+    "pixel_size_mm",
+    "defects_format",
+)
+#: the settings of a verb that uses profiles (fit makes them, train has none)
+PROFILE_SETTINGS = ("profiles", "mode")
 #: ``--max-pixels 0``: no limit (None in the config, where None cannot mean "not given")
 NO_LIMIT = 0
 #: the ``type=`` of each config field given as an option (defaults and help: the configs)

@@ -6,25 +6,21 @@ import argparse
 import logging
 
 from .exit_codes import ExitCode
-from .options import HelpFormatter, add_settings, config_from_args, ensure_out_dir, resolved
+from .options import (
+    DECISION_SETTINGS,
+    PROFILE_SETTINGS,
+    HelpFormatter,
+    add_settings,
+    config_from_args,
+    ensure_out_dir,
+    resolved,
+)
 
 logger = logging.getLogger(__name__)
 
 #: what a training run does not use: it learns the pixel prompts, on whole images
-NOT_TRAINED = (
-    "pixel_prompts",
-    "cls",
-    "tile",
-    "tile_overlap",
-    "roi",
-    "profiles",
-    "mode",
-    "image_threshold",
-    "pixel_threshold",
-    "min_defect_area",
-    "pixel_size_mm",
-    "defects_format",
-)
+NOT_TRAINED = ("pixel_prompts", "cls", "tile", "tile_overlap", "roi")
+NOT_TRAINED += PROFILE_SETTINGS + DECISION_SETTINGS
 
 _EPILOG = """\
 outputs (in --out):
