@@ -29,7 +29,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "RoiError",
-    "RoiFolder",
     "RoiInput",
     "RoiLookup",
     "as_roi",
@@ -174,32 +173,11 @@ def find_roi(
     return None
 
 
-class RoiFolder:
-    """Per-image ROI masks in a folder (``--roi-dir``), found by name (:func:`find_roi`);
-    each of its folders is listed once."""
-
-    def __init__(self, folder: str | os.PathLike) -> None:
-        self.folder = Path(folder)
-        self._listings: dict[Path, dict[str, list[Path]]] = {}
-
-    def find(self, names: Sequence[str], image: str | os.PathLike | None = None) -> Path:
-        """The mask of the first of ``names`` that has one.
-
-        Raises:
-            RoiError: no mask for any name (the message names ``image`` when given), or a
-                name with several masks.
-        """
-        found = find_roi(self.folder, names, self._listings)
-        if found is None:
-            missing = describe_missing(self.folder, names)
-            raise RoiError(missing if image is None else f"{display_path(Path(image))}: {missing}")
-        return found
-
-
 class RoiLookup:
-    """The ROI of each image of a dataset: one mask for every image (``roi``, read once), or
-    one per image in ``roi_dir`` (``<roi_dir>/<path relative to root, no extension>.<ext>``,
-    else ``<roi_dir>/<file stem>.<ext>``); neither: no ROI."""
+    """The ROI of each image: one mask for every image (``roi``, read once), or one per image
+    in ``roi_dir``, found by name (:meth:`find`; in a dataset, :meth:`source`: ``<roi_dir>/<path
+    relative to root, no extension>.<ext>``, else ``<roi_dir>/<file stem>.<ext>``), each of its
+    folders listed once; neither: no ROI."""
 
     def __init__(
         self,
@@ -207,9 +185,9 @@ class RoiLookup:
         roi_dir: str | os.PathLike | None = None,
         root: str | os.PathLike = ".",
     ) -> None:
-        self.roi = roi
-        self.folder = None if roi_dir is None else RoiFolder(roi_dir)
-        self.root = Path(root)
+        self.roi, self.root = roi, Path(root)
+        self.folder = None if roi_dir is None else Path(roi_dir)
+        self._listings: dict[Path, dict[str, list[Path]]] = {}
         self._mask: np.ndarray | None = None  # ``roi``, read once
         self._resized: set = set()  # (mask shape, image shape) pairs already noted
 
@@ -217,8 +195,22 @@ class RoiLookup:
     def active(self) -> bool:
         return self.roi is not None or self.folder is not None
 
+    def find(self, names: Sequence[str], image: str | os.PathLike | None = None) -> Path:
+        """The mask in ``roi_dir`` of the first of ``names`` that has one.
+
+        Raises:
+            RoiError: no mask for any name (the message names ``image`` when given), or a
+                name with several masks.
+        """
+        assert self.folder is not None
+        found = find_roi(self.folder, names, self._listings)
+        if found is None:
+            missing = describe_missing(self.folder, names)
+            raise RoiError(missing if image is None else f"{display_path(Path(image))}: {missing}")
+        return found
+
     def source(self, image_path: str | os.PathLike) -> np.ndarray | Path | None:
-        """Where an image's ROI is: the ``roi`` mask ((h, w) bool), its mask file in
+        """Where a dataset image's ROI is: the ``roi`` mask ((h, w) bool), its mask file in
         ``roi_dir``, or None without either.
 
         Raises:
@@ -232,11 +224,11 @@ class RoiLookup:
             return None
         path = Path(image_path)
         relative = relative_name(path, self.root)
-        return self.folder.find([str(Path(relative).with_suffix("")), path.stem], image=path)
+        return self.find([str(Path(relative).with_suffix("")), path.stem], image=path)
 
     def of(self, image_path: str | os.PathLike, image_hw: tuple[int, int]) -> np.ndarray:
-        """An image's ROI at its size ((H, W) bool; resized with a note, once per pair of
-        sizes, when the mask's size differs), for images with a :meth:`source`.
+        """A dataset image's ROI at its size ((H, W) bool; resized with a note, once per pair
+        of sizes, when the mask's size differs), for images with a :meth:`source`.
 
         Raises:
             RoiError: see :meth:`source`; a mask that cannot be read or is empty.
@@ -247,13 +239,10 @@ class RoiLookup:
         fitted, resized = fit_roi(roi, image_hw)
         if resized and (roi.shape, tuple(image_hw)) not in self._resized:
             self._resized.add((roi.shape, tuple(image_hw)))
+            (h0, w0), (h, w) = roi.shape, image_hw
+            shown = display_path(Path(image_path))
             logger.warning(
-                "ROI mask of %dx%d px resized to the %dx%d image %s (w x h)",
-                roi.shape[1],
-                roi.shape[0],
-                image_hw[1],
-                image_hw[0],
-                display_path(Path(image_path)),
+                "ROI mask of %dx%d px resized to the %dx%d image %s (w x h)", w0, h0, w, h, shown
             )
         return fitted
 

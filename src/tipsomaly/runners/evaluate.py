@@ -239,10 +239,10 @@ class Evaluator:
                         setup.store, class_name, samples, setup.before_compute
                     )
                 except Skip as skip:
-                    logger.warning("%s: class %s skipped: %s", name, class_name, skip.reason)
+                    logger.warning("%s: class %s skipped: %s", name, class_name, skip)
                     assert isinstance(references, DrawnReferences)
                     references.record["classes"].pop(class_name, None)
-                    references.record["skipped"][class_name] = skip.reason
+                    references.record["skipped"][class_name] = str(skip)
                     continue
                 result.counts[class_name] = {
                     "images": len(samples),
@@ -254,15 +254,7 @@ class Evaluator:
                     result.errors.append(
                         {"class": class_name, "path": predictions.paths[index], "error": message}
                     )
-                result.classes[class_name] = metrics_of(
-                    class_name,
-                    predictions,
-                    image_size=s.image_size,
-                    sigma=s.sigma,
-                    tiled=s.tile is not None,
-                    rois=filler.rois,
-                    aupro=s.aupro,
-                )
+                result.classes[class_name] = metrics_of(class_name, predictions, s, filler.rois)
         finally:
             self.network_images += filler.network_images
         result.device = self.device

@@ -38,7 +38,7 @@ from .. import fingerprint
 from ..data.meta import MetaError, Sample, meta_path_for, parse_split
 from ..data.names import display_path, relative_name
 from ..errors import OutputError, TipsomalyError
-from .store import PredictionStore, sub_store
+from .store import PredictionStore, atomic_write, sub_store
 
 if TYPE_CHECKING:
     from ..method.detector import Detector
@@ -69,11 +69,7 @@ class FewShotError(TipsomalyError, ValueError):
 
 
 class Skip(Exception):
-    """A class that cannot be evaluated under the few-shot protocol (``reason``)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    """A class that cannot be evaluated under the few-shot protocol (why: ``str(skip)``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,19 +220,13 @@ def _read_bank_record(folder: Path) -> str | None:
 def _write_bank_record(
     folder: Path, class_name: str, references: Sequence[Sample], bank: str
 ) -> None:
-    record = {
-        "class": class_name,
-        "references": [str(r.image_path) for r in references],
-        "bank": bank,
-    }
-    path = folder / BANK_RECORD
-    tmp = folder / f".{BANK_RECORD}.tmp"
+    paths = [str(r.image_path) for r in references]
+    text = json.dumps({"class": class_name, "references": paths, "bank": bank}, indent=1)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
     except OSError as exc:
-        raise OutputError(path, exc) from None
+        raise OutputError(folder, exc) from None
+    atomic_write(folder / BANK_RECORD, lambda f: f.write(text.encode("utf-8") + b"\n"))
 
 
 def _drop(folder: Path) -> None:

@@ -60,7 +60,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from .. import __version__
 from ..data.images import ImageLoadError, load_image
 from ..data.inputs import NoInputsError, expand_inputs, folder_class_name, output_names
-from ..data.roi import RoiError, RoiFolder
+from ..data.roi import RoiError, RoiLookup
 from ..errors import InvalidOptionError, OutputError
 from ..method.pipeline import Predictor
 from ..method.prediction import NON_FINITE, Prediction
@@ -121,7 +121,7 @@ class PredictSummary:
 class _Inspection:
     """A run's per-image ROI folder and what its rows hold (see the module doc)."""
 
-    roi_dir: RoiFolder | None
+    roi_dir: RoiLookup | None
     coco: bool
     with_defects: bool
     with_roi: bool
@@ -228,7 +228,7 @@ def run_predict(
     logger.info("%d input image(s); writing to %s", len(files), out)
     with_roi = config.roi is not None or roi_dir is not None
     inspect = _Inspection(
-        RoiFolder(roi_dir) if roi_dir is not None else None,
+        RoiLookup(roi_dir=roi_dir) if roi_dir is not None else None,
         config.defects_format == "coco",
         with_defects=config.pixel_threshold is not None or bool(profiled),
         with_roi=with_roi,

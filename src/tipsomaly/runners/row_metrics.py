@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +26,9 @@ import torch
 from ..data.roi import RoiLookup, fit_roi, roi_cells
 from ..metrics import class_metrics
 from .store import ClassPredictions
+
+if TYPE_CHECKING:
+    from .config import EvalConfig
 
 logger = logging.getLogger(__name__)
 
@@ -57,23 +61,16 @@ def row_scores(
 
 
 def metrics_of(
-    class_name: str,
-    predictions: ClassPredictions,
-    *,
-    image_size: int,
-    sigma: float,
-    tiled: bool,
-    rois: RoiLookup,
-    aupro: str = "zsad",
+    class_name: str, predictions: ClassPredictions, settings: EvalConfig, rois: RoiLookup
 ) -> dict[str, float]:
-    """:func:`~tipsomaly.metrics.class_metrics` of a class's rows at model resolution
-    ``image_size`` (see the module doc); ``{}`` (warned) when no image could be evaluated."""
+    """:func:`~tipsomaly.metrics.class_metrics` of a class's rows at the settings' model
+    resolution (see the module doc); ``{}`` (warned) when no image could be evaluated."""
     a = predictions.arrays
     n = len(predictions)
     if n == 0:
         logger.warning("class %s: no image could be evaluated", class_name)
         return {}
-    size = image_size
+    size, tiled = settings.image_size, settings.tile is not None
     valid = each = None
     if rois.active:
         each = [
@@ -92,11 +89,11 @@ def metrics_of(
         if tiled:
             maps = np.ascontiguousarray(a["patch_probs"][..., 0].reshape(n, size, size))
         else:
-            maps = class_maps(torch.from_numpy(a["patch_probs"]), size, sigma)
+            maps = class_maps(torch.from_numpy(a["patch_probs"]), size, settings.sigma)
         if valid is not None:
             maps[~valid] = 0.0
         masks = predictions.masks(size)
-    return class_metrics(score1, score2, a["label"], maps, masks, aupro=aupro, valid=valid)
+    return class_metrics(score1, score2, a["label"], maps, masks, aupro=settings.aupro, valid=valid)
 
 
 def class_maps(
