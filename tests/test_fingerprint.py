@@ -17,9 +17,9 @@ import torch
 
 from tipsomaly import fingerprint
 from tipsomaly.data.meta import Sample
-from tipsomaly.identity import model_id, spec_id
 from tipsomaly.method.text_cache import TextEmbeddingCache
 from tipsomaly.runners import features, store
+from tipsomaly.runners.config import EvalConfig
 
 
 @pytest.fixture(autouse=True)
@@ -255,11 +255,14 @@ def test_store_keys_identify_files_and_model_folders_with_the_helper(tmp_path, m
     model_dir = tmp_path / "model"
     _write(model_dir / "weights.npz", b"w")
     files, folders = _spy(monkeypatch, "file_digest"), _spy(monkeypatch, "files_digest")
-    assert spec_id(str(prompt_file)).endswith("#" + fingerprint.file_digest(prompt_file))
+    settings = EvalConfig(
+        model=str(model_dir), prompt_file=str(prompt_file), pixel_prompts="none", device="cpu"
+    )
+    config = store.prediction_config(settings)
+    assert config["prompt_file"].endswith("#" + fingerprint.file_digest(prompt_file))
     assert files
-    identity = model_id(str(model_dir))
     (call,) = folders
-    assert identity == f"{model_dir.resolve()}#{fingerprint.files_digest(*call)}"
+    assert config["model"] == f"{model_dir.resolve()}#{fingerprint.files_digest(*call)}"
 
 
 def test_the_text_cache_keys_on_the_helper(monkeypatch):

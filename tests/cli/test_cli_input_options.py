@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import shutil
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from synthetic import mvtec_tree, tiny_model_dir
 from tipsomaly.cli.main import main
@@ -92,6 +95,30 @@ def test_train_refuses_paths_outside_the_root_unless_allowed(tmp_path, model, ca
     assert "moved.png" in err and "Traceback" not in err
     assert main([*argv, "--out", str(tmp_path / "ok"), "--allow-outside-root"]) == 0
     assert (tmp_path / "ok" / "prompts_epoch1.safetensors").is_file()
+
+
+def test_train_leaves_out_an_image_over_max_pixels_with_a_warning(tmp_path, model, caplog):
+    data = mvtec_tree(tmp_path / "ds", {"tile": (2, 2)}, size=70)  # 70×70 = 4,900 px
+    meta = json.loads((data / "meta.json").read_text())
+    big = data / meta["test"]["tile"][0]["img_path"]
+    Image.fromarray(np.full((80, 80, 3), 128, np.uint8)).save(big)  # 6,400 px
+    argv = ["train", "-q", "--data", str(data), "--model", model, "--image-size", SIZE]
+    argv += ["--epochs", "1", "--n-prompt", "2", "--device", "cpu"]
+    argv += ["--prompt-type", "object_agnostic"]
+    for n, cache in enumerate(("memory", "none", str(tmp_path / "cache"))):
+        caplog.clear()
+        out = tmp_path / f"out{n}"
+        with caplog.at_level(logging.WARNING, logger="tipsomaly"):
+            assert (
+                main([*argv, "--feature-cache", cache, "--max-pixels", "5000", "--out", str(out)])
+                == 0
+            )
+        left_out = [r.getMessage() for r in caplog.records if str(big) in r.getMessage()]
+        assert left_out and all("5,000" in m or "5000" in m for m in left_out), (cache, left_out)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tipsomaly"):
+        assert main([*argv, "--out", str(tmp_path / "no-limit")]) == 0
+    assert not [r for r in caplog.records if str(big) in r.getMessage()]
 
 
 def test_train_holds_the_output_lock(tmp_path, model, capsys):

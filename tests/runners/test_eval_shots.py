@@ -22,15 +22,14 @@ from tipsomaly.cli.main import main
 from tipsomaly.errors import InvalidOptionError
 from tipsomaly.method.detector import Detector
 from tipsomaly.runners.evaluate import (
-    BANK_RECORD,
     EvalSettings,
     Evaluator,
     FewShotError,
     draw_shots,
     evaluate_datasets,
-    prediction_config,
 )
-from tipsomaly.runners.store import config_key
+from tipsomaly.runners.few_shot import BANK_RECORD
+from tipsomaly.runners.store import config_key, prediction_config
 
 #: class → (train normal, test normal, test anomalous) images
 CLASSES = {"fabric": (5, 4, 4), "tiles": (5, 4, 4)}

@@ -9,7 +9,7 @@ import torch
 
 from tipsomaly.method.detector import Detector
 from tipsomaly.method.pixel_prompts import PixelPrompts
-from tipsomaly.runners.evaluate import class_metrics
+from tipsomaly.metrics import class_metrics
 
 
 def test_per_class_metrics_end_to_end(golden):

@@ -26,8 +26,8 @@ from tipsomaly.method.defects import rle_decode
 from tipsomaly.method.detector import Detector
 from tipsomaly.method.fitting import fit_profile
 from tipsomaly.method.head import BatchScores
-from tipsomaly.metrics import pixel_metrics
-from tipsomaly.runners.evaluate import EvalConfig, Evaluator, roi_pixel_metrics
+from tipsomaly.metrics import pixel_metrics, roi_pixel_metrics
+from tipsomaly.runners.evaluate import EvalConfig, Evaluator
 from tipsomaly.runners.predict import run_predict
 from tipsomaly.runners.store import sample_keys
 

@@ -342,7 +342,7 @@ def test_eval_equals_metrics_computed_directly_from_the_detector(model, data, tm
     them, the metrics called directly; eval (through its store, twice) must agree."""
     from tipsomaly.data.dataset import AnomalyDataset
     from tipsomaly.data.meta import read_meta
-    from tipsomaly.runners.evaluate import class_metrics
+    from tipsomaly.metrics import class_metrics
     from tipsomaly.tips.model import load_model_dir
 
     detector = Detector(load_model_dir(model), image_size=56, sigma=2.0)

@@ -30,7 +30,8 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         "metrics for both CLS tokens and pixel metrics per class. Changing only --aupro, "
         "--sigma or --cls reuses the stored predictions without running the network. "
         "--shots K runs the few-shot protocol: K normal images per class from the dataset's "
-        "train split as references (results.json lists them).",
+        "train split as references; --profile DIR... scores each class with a profile against "
+        "it (results.json lists both).",
         epilog="exit status: 0 done, 3 some images could not be read (listed), 1 an option, "
         "model, dataset or output error. Every option is checked before the model loads.",
         formatter_class=HelpFormatter,
@@ -70,14 +71,15 @@ def run(args: argparse.Namespace) -> int:
         config = {"settings": settings.record(), "environment": environment()}
         config["settings"]["data"] = list(args.data)
         config["settings"]["mode"] = settings.scoring_mode  # the one used, not None
-        if settings.shots:
-            config["few_shot"] = few_shot_record(results)
+        for field in ("few_shot", "profiles"):
+            if any(getattr(r, field, None) for r in results):
+                config[field] = references_record(results, field)
         config.update(inspection_record(settings))
         with writing(args.out):
             files = write_results(results, args.out, config, args.cls)
     print(render_text(results, args.cls))
-    if settings.shots:
-        print(few_shot_note(results))
+    if settings.shots or settings.profiles:
+        print(references_note(results))
     print("written: " + ", ".join(str(f) for f in files))
     failed = sum(len(r.errors) for r in results)
     return ExitCode.SOME_FAILED if failed else ExitCode.OK
@@ -112,29 +114,42 @@ def inspection_record(settings) -> dict:
     return out
 
 
-def few_shot_record(results) -> dict:
-    """``results.json``'s ``config.few_shot``: per dataset, each class's reference images
-    (relative to the dataset root, in draw order) and bank digest, and the classes skipped."""
+#: the entries of a result's ``few_shot`` / ``profiles`` that results.json records per dataset
+#: (its mode, shots and seed are in the settings)
+RECORDED = {"few_shot": ("classes", "skipped"), "profiles": ("classes", "zero_shot")}
+
+
+def references_record(results, field: str) -> dict:
+    """``results.json``'s ``config.few_shot`` or ``config.profiles``: per dataset, what each
+    class was scored against (few-shot: its reference images, relative to the dataset root in
+    draw order, and bank digest, and the classes skipped; profiles: its profile folder and
+    bank digest, and the classes without one, scored zero-shot)."""
     return {
-        r.name: {"classes": r.few_shot["classes"], "skipped": r.few_shot["skipped"]}
+        r.name: {k: getattr(r, field)[k] for k in RECORDED[field]}
         for r in results
-        if getattr(r, "few_shot", None)
+        if getattr(r, field, None)
     }
 
 
-def few_shot_note(results) -> str:
-    """One line per dataset: the protocol, and any class left out (with why)."""
+def references_note(results) -> str:
+    """One line per dataset: the few-shot protocol and any class left out (with why), or the
+    classes scored against profiles and those scored zero-shot."""
     lines = []
     for r in results:
-        shot = getattr(r, "few_shot", None)
-        if not shot:
-            continue
-        line = (
-            f"{r.name}: {shot['mode']}, {shot['shots']} reference image(s) per class from the "
-            f"train split (seed {shot['shot_seed']}; listed in results.json)"
-        )
-        if shot["skipped"]:
-            skipped = "; ".join(f"{c}: {why}" for c, why in shot["skipped"].items())
-            line += f"; skipped: {skipped}"
-        lines.append(line)
+        shot, given = getattr(r, "few_shot", None), getattr(r, "profiles", None)
+        if shot:
+            line = (
+                f"{r.name}: {shot['mode']}, {shot['shots']} reference image(s) per class from "
+                f"the train split (seed {shot['shot_seed']}; listed in results.json)"
+            )
+            if shot["skipped"]:
+                skipped = "; ".join(f"{c}: {why}" for c, why in shot["skipped"].items())
+                line += f"; skipped: {skipped}"
+            lines.append(line)
+        if given:
+            line = f"{r.name}: {given['mode']} against the profiles of "
+            line += ", ".join(given["classes"]) or "no class"
+            if given["zero_shot"]:
+                line += f"; zero-shot (no profile): {', '.join(given['zero_shot'])}"
+            lines.append(line)
     return "\n".join(lines)

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TipsomalyError
-from .names import display_path
+from .names import display_path, relative_name
 
 logger = logging.getLogger(__name__)
 
@@ -111,19 +111,12 @@ class Sample:
     def to_entry(self, root: PathLike) -> dict[str, Any]:
         """The ``meta.json`` entry of this sample (paths relative to ``root`` when inside it)."""
         return {
-            "img_path": _relative(self.image_path, Path(root)),
-            "mask_path": _relative(self.mask_path, Path(root)) if self.mask_path else "",
+            "img_path": relative_name(self.image_path, Path(root)),
+            "mask_path": relative_name(self.mask_path, Path(root)) if self.mask_path else "",
             "cls_name": self.class_name,
             "specie_name": self.specie_name,
             "anomaly": int(self.anomaly),
         }
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return path.as_posix()
 
 
 @dataclass

@@ -9,8 +9,9 @@ surrogates (``surrogateescape``): such a ``str`` still opens the file, but no UT
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
-__all__ = ["display_path"]
+__all__ = ["display_path", "relative_name"]
 
 PathLike = str | os.PathLike[str]
 
@@ -37,3 +38,12 @@ def display_path(path: PathLike | bytes) -> str:
     except UnicodeEncodeError:
         return raw.encode("utf-8", "backslashreplace").decode("utf-8")
     return data.decode("utf-8", "backslashreplace")
+
+
+def relative_name(path: PathLike, root: PathLike) -> str:
+    """``path`` relative to ``root`` with ``/`` separators, or all of it when it is not below
+    ``root`` (as written, neither resolved)."""
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return Path(path).as_posix()

@@ -13,6 +13,7 @@ with the ROI (maps zeroed outside it, image score from ROI evidence only) is doc
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,18 +23,21 @@ from PIL import Image
 
 from ..errors import TipsomalyError
 from .images import IMAGE_EXTENSIONS, ImageLoadError, load_image
-from .names import display_path
+from .names import display_path, relative_name
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "RoiError",
     "RoiInput",
+    "RoiLookup",
     "as_roi",
     "boxes_touching",
-    "check_roi_file",
     "describe_missing",
     "find_roi",
     "fit_roi",
     "load_roi",
+    "read_roi",
     "roi_cells",
 ]
 
@@ -52,6 +56,22 @@ def load_roi(path: str | os.PathLike) -> np.ndarray:
         ImageLoadError: the file cannot be read (named).
     """
     return as_roi(load_image(path))
+
+
+def read_roi(roi: RoiInput) -> np.ndarray:
+    """An ROI mask that must inspect something → (H, W) bool.
+
+    Raises:
+        RoiError: a file that cannot be read, or a mask without a white pixel (named).
+    """
+    try:
+        mask = as_roi(roi)
+    except ImageLoadError as exc:
+        raise RoiError(f"ROI mask: {exc}") from None
+    if not mask.any():
+        shown = display_path(Path(roi)) if isinstance(roi, (str, os.PathLike)) else "given"
+        raise RoiError(f"ROI mask {shown} has no white pixel: nothing to inspect")
+    return mask
 
 
 def as_roi(roi: RoiInput) -> np.ndarray:
@@ -153,21 +173,81 @@ def find_roi(
     return None
 
 
+class RoiLookup:
+    """The ROI of each image: one mask for every image (``roi``, read once), or one per image
+    in ``roi_dir``, found by name (:meth:`find`; in a dataset, :meth:`source`: ``<roi_dir>/<path
+    relative to root, no extension>.<ext>``, else ``<roi_dir>/<file stem>.<ext>``), each of its
+    folders listed once; neither: no ROI."""
+
+    def __init__(
+        self,
+        roi: str | os.PathLike | None = None,
+        roi_dir: str | os.PathLike | None = None,
+        root: str | os.PathLike = ".",
+    ) -> None:
+        self.roi, self.root = roi, Path(root)
+        self.folder = None if roi_dir is None else Path(roi_dir)
+        self._listings: dict[Path, dict[str, list[Path]]] = {}
+        self._mask: np.ndarray | None = None  # ``roi``, read once
+        self._resized: set = set()  # (mask shape, image shape) pairs already noted
+
+    @property
+    def active(self) -> bool:
+        return self.roi is not None or self.folder is not None
+
+    def find(self, names: Sequence[str], image: str | os.PathLike | None = None) -> Path:
+        """The mask in ``roi_dir`` of the first of ``names`` that has one.
+
+        Raises:
+            RoiError: no mask for any name (the message names ``image`` when given), or a
+                name with several masks.
+        """
+        assert self.folder is not None
+        found = find_roi(self.folder, names, self._listings)
+        if found is None:
+            missing = describe_missing(self.folder, names)
+            raise RoiError(missing if image is None else f"{display_path(Path(image))}: {missing}")
+        return found
+
+    def source(self, image_path: str | os.PathLike) -> np.ndarray | Path | None:
+        """Where a dataset image's ROI is: the ``roi`` mask ((h, w) bool), its mask file in
+        ``roi_dir``, or None without either.
+
+        Raises:
+            RoiError: no mask for the image (or several), or an ``roi`` that cannot be read.
+        """
+        if self.roi is not None:
+            if self._mask is None:
+                self._mask = read_roi(self.roi)
+            return self._mask
+        if self.folder is None:
+            return None
+        path = Path(image_path)
+        relative = relative_name(path, self.root)
+        return self.find([str(Path(relative).with_suffix("")), path.stem], image=path)
+
+    def of(self, image_path: str | os.PathLike, image_hw: tuple[int, int]) -> np.ndarray:
+        """A dataset image's ROI at its size ((H, W) bool; resized with a note, once per pair
+        of sizes, when the mask's size differs), for images with a :meth:`source`.
+
+        Raises:
+            RoiError: see :meth:`source`; a mask that cannot be read or is empty.
+        """
+        source = self.source(image_path)
+        assert source is not None
+        roi = source if isinstance(source, np.ndarray) else read_roi(source)
+        fitted, resized = fit_roi(roi, image_hw)
+        if resized and (roi.shape, tuple(image_hw)) not in self._resized:
+            self._resized.add((roi.shape, tuple(image_hw)))
+            (h0, w0), (h, w) = roi.shape, image_hw
+            shown = display_path(Path(image_path))
+            logger.warning(
+                "ROI mask of %dx%d px resized to the %dx%d image %s (w x h)", w0, h0, w, h, shown
+            )
+        return fitted
+
+
 def describe_missing(folder: str | os.PathLike, names: Sequence[str]) -> str:
     """The error text for an image without a mask in ``folder``."""
     tried = " or ".join(f"{display_path(n)}.*" for n in dict.fromkeys(names))
     return f"no ROI mask for it in {display_path(Path(folder))} (looked for {tried})"
-
-
-def check_roi_file(path: str | os.PathLike) -> np.ndarray:
-    """Read an ``--roi`` file once, before any model loads: the mask, or :class:`RoiError`
-    naming the file and the problem (unreadable, or no white pixel: nothing to inspect)."""
-    try:
-        roi = load_roi(path)
-    except ImageLoadError as exc:
-        raise RoiError(f"--roi: {exc}") from None
-    if not roi.any():
-        raise RoiError(
-            f"--roi: {display_path(Path(path))} has no white pixel: nothing would be inspected"
-        )
-    return roi

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from ..data.images import ImageInput, ImageLoadError, load_image, preprocess, to_pil
-from ..data.roi import RoiInput, as_roi, boxes_touching, fit_roi, roi_cells
+from ..data.roi import RoiInput, as_roi, boxes_touching, fit_roi, read_roi, roi_cells
 from ..identity import Identity
 from .config import DetectorConfig
 from .decision import Thresholds
@@ -109,7 +109,7 @@ class Predictor:
 
     def __init__(self, config: DetectorConfig) -> None:
         self.config = config
-        self._roi = None if config.roi is None else _checked_roi(config.roi)
+        self._roi = None if config.roi is None else read_roi(config.roi)
 
     # -- what an engine supplies -----------------------------------------------------------
     def score(self, images: torch.Tensor, class_names: Sequence[str]) -> DetectorOutput:
@@ -534,23 +534,6 @@ class Predictor:
 
 
 _END = object()
-
-
-def _checked_roi(spec: Any) -> np.ndarray:
-    """The config's ROI, read once: (H, W) bool with a white pixel.
-
-    Raises:
-        RoiError: unreadable, or no white pixel.
-    """
-    from ..data.roi import RoiError
-
-    try:
-        mask = as_roi(spec)
-    except ImageLoadError as exc:
-        raise RoiError(f"ROI mask: {exc}") from None
-    if not mask.any():
-        raise RoiError(f"ROI mask {spec} has no white pixel: nothing to inspect")
-    return mask
 
 
 def _finite(*tensors: torch.Tensor) -> bool:

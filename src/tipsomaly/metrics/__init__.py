@@ -8,17 +8,20 @@ tables) and :func:`aupro_mvtec` (the official MVTec AD evaluation).
 from .pro import aupro_mvtec, aupro_zsad, zsad_thresholds
 from .ranking import auroc, average_precision, f1_max, ranking_metrics
 from .regions import label_regions
-from .summary import image_metrics, pixel_metrics
+from .roi import roi_pixel_metrics
+from .summary import class_metrics, image_metrics, pixel_metrics
 
 __all__ = [
     "aupro_mvtec",
     "aupro_zsad",
     "auroc",
     "average_precision",
+    "class_metrics",
     "f1_max",
     "image_metrics",
     "label_regions",
     "pixel_metrics",
     "ranking_metrics",
+    "roi_pixel_metrics",
     "zsad_thresholds",
 ]

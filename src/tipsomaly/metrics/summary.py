@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from ._arrays import as_maps, as_scores
 from ._split import split_scores
 from .pro import aupro_mvtec_from_split, aupro_zsad
 from .ranking import ranking_from_split
+from .roi import roi_pixel_metrics
 
 AUPRO_KINDS = ("zsad", "mvtec")
 
@@ -59,3 +62,32 @@ def pixel_metrics(maps: object, masks: object, aupro: str = "zsad") -> dict[str,
         "pixel_aupro": pro,
         "pixel_f1-max": values["f1-max"],
     }
+
+
+def class_metrics(
+    scores_cls1: np.ndarray,
+    scores_cls2: np.ndarray,
+    labels: np.ndarray,
+    maps: np.ndarray | None = None,
+    masks: np.ndarray | None = None,
+    aupro: str = "zsad",
+    valid: np.ndarray | None = None,
+) -> dict[str, float]:
+    """Metrics of one class: image metrics for both CLS tokens, pixel metrics when masks exist.
+
+    scores_cls*: (n,) image scores; labels: (n,) 0/1; maps, masks: (n, S, S) or None;
+    valid: (n, S, S) bool, the pixels the pixel metrics count (an ROI,
+    :func:`~.roi.roi_pixel_metrics`), or None for all. Keys as in golden.json:
+    ``image_auroc_cls1`` … ``image_f1-max_cls2``, ``pixel_auroc``, ``pixel_ap``,
+    ``pixel_aupro``, ``pixel_f1-max``.
+    """
+    out: dict[str, float] = {}
+    for tag, scores in (("cls1", scores_cls1), ("cls2", scores_cls2)):
+        for name, value in image_metrics(scores, labels).items():
+            out[f"{name}_{tag}"] = value
+    if maps is not None and masks is not None:
+        if valid is None:
+            out.update(pixel_metrics(maps, masks, aupro=aupro))
+        else:
+            out.update(roi_pixel_metrics(maps, masks, valid, aupro=aupro))
+    return out

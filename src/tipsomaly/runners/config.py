@@ -63,7 +63,8 @@ class EvalConfig(DetectorConfig):
     (:func:`~tipsomaly.method.config.default_pixel_prompts`). ``device``/``dtype`` are names;
     the CLI passes the resolved ones so that ``results.json`` records what was used.
     ``shots`` > 0 runs the few-shot protocol (K train normal images per class, drawn with
-    ``shot_seed``, scored in :attr:`scoring_mode`); see :mod:`tipsomaly.runners.evaluate`.
+    ``shot_seed``, scored in :attr:`scoring_mode`); ``profiles``: each class with a profile is
+    scored against it in :attr:`scoring_mode`; see :mod:`tipsomaly.runners.few_shot`.
     """
 
     pixel_prompts: str | os.PathLike | None = option(
@@ -85,9 +86,9 @@ class EvalConfig(DetectorConfig):
     )
     mode: str | None = option(
         None,
-        "how images are scored with --shots: zero-shot (the prompts only), few-shot (distance "
-        "to the references only) or fused (their mean); default: fused with --shots, zero-shot "
-        "without",
+        "how images are scored with --shots or --profile: zero-shot (the prompts only), "
+        "few-shot (distance to the references only) or fused (their mean); default: fused with "
+        "either, zero-shot without",
         choices=MODES,
     )
     roi: str | os.PathLike | None = option(

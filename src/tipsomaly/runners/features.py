@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from .. import fingerprint
 from ..data.dataset import AnomalyDataset, collate_samples, make_loader
+from ..data.images import DEFAULT_MAX_PIXELS, MaxPixels
 from ..data.meta import Sample
 from ..errors import TipsomalyError
 from ..tips.model import TipsModel
@@ -146,9 +147,11 @@ class DiskFeatures(FeatureStore):
 class LiveFeatures(FeatureStore):
     """No cache: read the images and run the backbone at every :meth:`get`."""
 
-    def __init__(self, model: TipsModel, samples: list[Sample], image_size: int) -> None:
+    def __init__(
+        self, model: TipsModel, samples: list[Sample], image_size: int, max_pixels: MaxPixels
+    ) -> None:
         self.model, self.samples, self.image_size = model, samples, image_size
-        self.dataset = AnomalyDataset(samples, image_size)
+        self.dataset = AnomalyDataset(samples, image_size, max_pixels=max_pixels)
 
     def get(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         batch = collate_samples([self.dataset[i] for i in indices])
@@ -166,9 +169,12 @@ def _encode_all(
     batch_size: int,
     progress: bool,
     desc: str,
+    max_pixels: MaxPixels,
 ):
-    """Yield (sample position, patches (N, D) fp32 CPU, mask (S, S) bool) for readable samples."""
-    loader = make_loader(AnomalyDataset(samples, image_size), batch_size=batch_size)
+    """Yield (sample position, patches (N, D) fp32 CPU, mask (S, S) bool) for readable samples
+    (an image over ``max_pixels`` pixels is not readable: left out, warned)."""
+    dataset = AnomalyDataset(samples, image_size, max_pixels=max_pixels)
+    loader = make_loader(dataset, batch_size=batch_size)
     with tqdm(total=len(samples), desc=desc, unit="img", disable=not progress) as bar:
         for batch in loader:
             for err in batch["errors"]:
@@ -217,6 +223,7 @@ def build_features(
     batch_size: int = 8,
     progress: bool = True,
     desc: str = "features",
+    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
 ) -> FeatureStore:
     """The feature store of ``samples`` for a frozen ``model`` at ``image_size``.
 
@@ -227,18 +234,18 @@ def build_features(
         cache_dtype: ``"fp32"`` or ``"fp16"`` (half the memory/disk; the training loss then
             sees features rounded to fp16).
         batch_size: images per backbone forward pass while filling the cache.
+        max_pixels: images over this many pixels are left out (warned); None: no limit.
     """
     if cache_dtype not in CACHE_DTYPES:
         raise ValueError(f"cache_dtype must be one of {list(CACHE_DTYPES)}, got {cache_dtype!r}")
     dtype = CACHE_DTYPES[cache_dtype]
     samples = list(samples)
     if str(cache) == "none":
-        return LiveFeatures(model, samples, image_size)
+        return LiveFeatures(model, samples, image_size, max_pixels)
+    encode = (batch_size, progress, desc, max_pixels)
     if str(cache) == "memory":
-        return _build_memory(model, samples, image_size, dtype, batch_size, progress, desc)
-    return _build_disk(
-        model, samples, image_size, Path(cache), dtype, cache_dtype, batch_size, progress, desc
-    )
+        return _build_memory(model, samples, image_size, dtype, *encode)
+    return _build_disk(model, samples, image_size, Path(cache), dtype, cache_dtype, *encode)
 
 
 def _build_memory(
@@ -249,13 +256,15 @@ def _build_memory(
     batch_size: int,
     progress: bool,
     desc: str,
+    max_pixels: MaxPixels,
 ) -> MemoryFeatures:
     n = len(samples)
     grid = image_size // model.patch_size
     patches = torch.empty(n, grid * grid, model.embed_dim, dtype=dtype)  # filled in place
     masks = torch.zeros(n, image_size, image_size, dtype=torch.bool)
     kept: list[int] = []
-    for index, p, m in _encode_all(model, samples, image_size, batch_size, progress, desc):
+    encoded = _encode_all(model, samples, image_size, batch_size, progress, desc, max_pixels)
+    for index, p, m in encoded:
         patches[index] = p
         masks[index] = m
         kept.append(index)
@@ -277,6 +286,7 @@ def _build_disk(
     batch_size: int,
     progress: bool,
     desc: str,
+    max_pixels: MaxPixels,
 ) -> DiskFeatures:
     from safetensors.torch import save_file
 
@@ -298,7 +308,7 @@ def _build_disk(
         len(missing),
     )
     todo = [samples[i] for i in missing]
-    for k, p, m in _encode_all(model, todo, image_size, batch_size, progress, desc):
+    for k, p, m in _encode_all(model, todo, image_size, batch_size, progress, desc, max_pixels):
         index = missing[k]
         path = files[index]
         assert path is not None  # samples without a file are never computed

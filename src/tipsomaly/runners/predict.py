@@ -58,7 +58,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .. import __version__
 from ..data.inputs import NoInputsError, expand_inputs, folder_class_name, output_names
-from ..data.roi import RoiError, describe_missing, find_roi
+from ..data.roi import RoiError, RoiLookup
 from ..errors import InvalidOptionError, OutputError
 from ..method.pipeline import Predictor
 from ..method.prediction import NON_FINITE, Prediction
@@ -110,24 +110,21 @@ class PredictSummary:
 class _Inspection:
     """A run's per-image ROI folder and what its rows hold (see the module doc)."""
 
-    roi_dir: Path | None
+    roi_dir: RoiLookup | None
     coco: bool
     with_defects: bool
     with_roi: bool
     boxes: bool = False
-    listings: dict = field(default_factory=dict)  # roi_dir's folders, each listed once
 
     def roi_for(self, file: Path, name: str) -> Any:
         """The ROI mask file of one input from ``roi_dir``, None without ``roi_dir``, or a
         ``str``: why its image has none (it becomes an error row)."""
         if self.roi_dir is None:
             return None
-        names = [name, file.stem]
         try:
-            found = find_roi(self.roi_dir, names, self.listings)
+            return self.roi_dir.find([name, file.stem])
         except RoiError as exc:
             return str(exc)
-        return found if found is not None else describe_missing(self.roi_dir, names)
 
 
 # -- the run --------------------------------------------------------------------------------
@@ -220,7 +217,7 @@ def run_predict(
     logger.info("%d input image(s); writing to %s", len(files), out)
     with_roi = config.roi is not None or roi_dir is not None
     inspect = _Inspection(
-        Path(roi_dir) if roi_dir is not None else None,
+        RoiLookup(roi_dir=roi_dir) if roi_dir is not None else None,
         config.defects_format == "coco",
         with_defects=config.pixel_threshold is not None or bool(profiled),
         with_roi=with_roi,

@@ -2,10 +2,12 @@
 metric-only reruns are free, and nothing stored can go stale.
 
 Keys. The store of one configuration lives under ``predictions/<config key>/``; the config key
-(:func:`config_key`) hashes the settings that change the network's outputs, with every file
-among them (model weights, also those ``model.json`` names outside its folder, pixel prompts,
-prompt file) identified by a digest of its bytes. Inside it, every stored row carries two keys
-(:func:`sample_keys`):
+(:func:`store_key`) hashes the settings that change the network's outputs
+(:func:`prediction_config`), with every file among them (model weights, also those
+``model.json`` names outside its folder, pixel prompts, prompt file, ROI masks when tiled)
+identified by a digest of its bytes. Rows scored against references (drawn few-shot
+references, given profiles) live in a store below it (:func:`sub_store`). Inside a store,
+every stored row carries two keys (:func:`sample_keys`):
 
 * ``pred_key`` = (class name, SHA-256 of the image file's bytes): what the network saw;
 * ``key`` = ``pred_key`` + (label, SHA-256 of the mask file's bytes): the whole row.
@@ -35,14 +37,19 @@ import logging
 import os
 import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import fingerprint
 from ..errors import OutputError
+from ..identity import model_id, spec_id
+
+if TYPE_CHECKING:
+    from .config import EvalConfig
 
 logger = logging.getLogger(__name__)
 
@@ -107,16 +114,97 @@ def config_key(config: dict) -> str:
     return fingerprint.digest([FORMAT, config], 16)
 
 
+def store_key(settings: EvalConfig) -> str:
+    """The folder name of the store of ``settings``: :func:`config_key` of
+    :func:`prediction_config`."""
+    return config_key(prediction_config(settings))
+
+
+def prediction_config(settings: EvalConfig) -> dict[str, Any]:
+    """The settings that change the network's outputs (not sigma, cls or aupro).
+
+    Files are identified by a digest of their bytes: the model's weights (for a model
+    directory, every file in it and every file its ``model.json`` names, also outside it),
+    the pixel prompts and the prompt file. ``dtype`` is the resolved one (``auto`` → the
+    dtype this machine would use). With ``shots`` > 0, ``few_shot`` adds shots, seed and the
+    scoring mode (each class's references are keyed below it, :func:`sub_store`). Tiled rows
+    hold smoothed maps, and the ROI decides which tiles are scored: ``tiling`` adds tile,
+    overlap, sigma and the ROI. Zero-shot untiled settings give the keys they always gave,
+    so existing stores resume.
+    """
+    config: dict[str, Any] = {
+        "model": model_id(settings.model),
+        "pixel_prompts": spec_id(settings.pixel_prompts) if settings.pixel_prompts else None,
+        "prompt_type": settings.prompt_type,
+        "prompt_file": spec_id(settings.prompt_file) if settings.prompt_file else None,
+        "image_size": settings.image_size,
+        "dtype": _resolved_dtype(settings.dtype, settings.device),
+    }
+    if settings.shots:
+        config["few_shot"] = {
+            "shots": settings.shots,
+            "shot_seed": settings.shot_seed,
+            "mode": settings.scoring_mode,
+        }
+    if settings.tile is not None:
+        config["tiling"] = {
+            "tile": settings.tile,
+            "overlap": settings.tile_overlap,
+            "sigma": settings.sigma,
+            "roi": roi_identity(settings),
+        }
+    return config
+
+
+def roi_identity(settings: EvalConfig) -> str | None:
+    """The ROI masks as an id: a file's path and digest, or a folder's and the digest of
+    every image file below it; None without an ROI."""
+    from ..data.images import is_image_file
+
+    if settings.roi is not None:
+        return spec_id(str(settings.roi))
+    if settings.roi_dir is not None:
+        root = Path(settings.roi_dir).resolve()
+        files = [p for p in root.rglob("*") if p.is_file() and is_image_file(p)]
+        return f"{root}#{fingerprint.files_digest(files)}"
+    return None
+
+
+def _resolved_dtype(dtype: str, device: str) -> str:
+    from ..tips.runtime import resolve_device, resolve_dtype
+
+    try:
+        return str(resolve_dtype(dtype, resolve_device(device))).removeprefix("torch.")
+    except (ValueError, RuntimeError):  # reported when the model is built, if it ever is
+        return str(dtype)
+
+
+def sub_store(store: PredictionStore, kind: str, *parts: Any) -> PredictionStore:
+    """The store below ``store`` of rows scored against something more (``kind``: what,
+    ``parts``: its identity, e.g. a class name and its references' digests):
+    ``<store>/<kind>-<digest of kind and parts>``."""
+    return PredictionStore(store.root / f"{kind}-{fingerprint.digest([kind, *parts], 16)}")
+
+
 # -- files ------------------------------------------------------------------------------------
 def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
-    """Write ``path`` whole or not at all: a temporary file in its folder, then renamed."""
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Write ``path`` whole or not at all (``write`` fills a binary file): a temporary file in
+    its folder, then renamed.
+
+    Raises:
+        OutputError: it cannot be written (named).
+    """
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
         raise OutputError(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -387,6 +387,7 @@ def _stores(
             batch_size=config.batch_size,
             progress=config.progress,
             desc=desc,
+            max_pixels=config.max_pixels,
         )
 
     eval_store = None
