@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib
 import json
 import logging
 import math
+import pkgutil
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,8 @@ from goldens import golden_dirs
 from tipsomaly import validation
 from tipsomaly.cli import main as main_module
 from tipsomaly.cli.main import build_parser, main
-from tipsomaly.errors import InvalidOptionError, TipsomalyError
+from tipsomaly.data.images import ImageLoadError
+from tipsomaly.errors import InvalidOptionError, OutputError, TipsomalyError
 from tipsomaly.tips.config import ConfigError, read_model_json
 
 GOLDEN = golden_dirs()[0]
@@ -144,6 +147,35 @@ def test_errors_keep_their_builtin_base():
     with pytest.raises(ValueError):
         validation.positive_int(0)
     assert issubclass(InvalidOptionError, TipsomalyError)
+    assert issubclass(ImageLoadError, TipsomalyError) and issubclass(ImageLoadError, OSError)
+
+
+def _subclasses(cls: type) -> set[type]:
+    found = set(cls.__subclasses__())
+    for sub in list(found):
+        found |= _subclasses(sub)
+    return found
+
+
+def test_every_concrete_error_keeps_a_builtin_base():
+    """errors.py's promise, for every error class of the package (those without subclasses of
+    their own): a builtin base besides Exception, so that callers catching it keep working."""
+    import tipsomaly
+
+    for module in pkgutil.walk_packages(tipsomaly.__path__, "tipsomaly."):
+        if not module.name.endswith("__main__"):
+            importlib.import_module(module.name)
+    concrete = [c for c in _subclasses(TipsomalyError) if not c.__subclasses__()]
+    assert ImageLoadError in concrete and OutputError in concrete
+    plain = [
+        f"{c.__module__}.{c.__qualname__}"
+        for c in concrete
+        if not any(
+            b.__module__ == "builtins" and b not in (Exception, BaseException, object)
+            for b in c.__mro__
+        )
+    ]
+    assert not plain, f"errors with no builtin base: {plain}"
 
 
 def test_argparse_adapters_report_through_argparse():

@@ -29,11 +29,12 @@ The rules follow the reference TipsOmaly code (``Image.open(p).convert("RGB")``,
 
 * **Pixel limit.** A file whose header declares more than ``max_pixels`` pixels (default
   :data:`DEFAULT_MAX_PIXELS`, 100 megapixels; each call may set its own, as
-  :class:`~tipsomaly.method.config.DetectorConfig`'s ``max_pixels`` does; ``None`` = no limit) is refused before any pixel is decoded, with an
-  :class:`ImageLoadError` naming the file, its size and the limit. A tiny compressed file can
-  declare a huge image (a 164 KB PNG of 13000×13000 px decodes to 0.5 GB of RGB and needs
-  several GB downstream). Pillow's own decompression-bomb warning and error never escape: the
-  error becomes the same :class:`ImageLoadError`.
+  :class:`~tipsomaly.method.config.DetectorConfig`'s ``max_pixels`` does; ``None`` = no limit)
+  is refused before any pixel is decoded, with an :class:`ImageLoadError` naming the file, its
+  size and the limit. A tiny compressed file can declare a huge image (a 164 KB PNG of
+  13000×13000 px decodes to 0.5 GB of RGB and needs several GB downstream). Pillow's own
+  decompression-bomb warning and error never escape: the error becomes the same
+  :class:`ImageLoadError`.
 * **Failures.** Every per-file failure (missing, unreadable, not an image, truncated, too large,
   out of memory, a name the file system cannot encode) is an :class:`ImageLoadError` for that
   file, so a batch goes on. Messages describe the problem and never quote the file's content.
@@ -124,11 +125,14 @@ def _megapixels(n: int) -> str:
     return f"{n / 1e6:.1f} megapixels"
 
 
-class ImageLoadError(TipsomalyError):
+class ImageLoadError(TipsomalyError, OSError):
     """An image or mask file could not be read.
 
     The message is ``cannot load image 'PATH': reason``, the path shown with
-    :func:`display_path` (so it can always be written to a UTF-8 table).
+    :func:`display_path` (so it can always be written to a UTF-8 table). An ``OSError`` too
+    (a file that cannot be read), as every tipsomaly error keeps its builtin base; its
+    ``errno``, ``strerror`` and ``filename`` are None (``path`` names the file), so that its
+    ``str`` stays the message.
 
     Attributes:
         path: the file.
