@@ -240,6 +240,36 @@ def test_bad_options_are_one_line_and_exit_1(
     assert not (tmp_path / "o").exists()  # refused before any output (or model) was made
 
 
+def _tile_argv(verb: str, model_dir: Path, images: Path, tmp_path: Path) -> list[str]:
+    """The verbs that take --tile, with what they need besides it."""
+    out = str(tmp_path / "o")
+    given = {
+        "predict": [str(images), "--class-name", "x", "--out", out],
+        "fit": [str(images), "--class-name", "x", "--out", out],
+        "export": ["--class-name", "x", "--out", out],
+        "eval": ["--data", str(tmp_path / "no-data"), "--out", out],
+        "serve": ["--port", "0"],
+    }[verb]
+    return [verb, *given, "--model", str(model_dir)]
+
+
+@pytest.mark.parametrize("verb", ["predict", "fit", "serve", "export", "eval"])
+def test_a_tile_smaller_than_a_patch_is_refused_before_the_model_loads(
+    verb, model_dir, description, images, tmp_path, capsys
+):
+    patch = description["vision"]["patch_size"]
+    argv = _tile_argv(verb, model_dir, images, tmp_path)
+    rc, err = run([*argv, "--tile", str(patch - 1)], capsys)
+    line = one_line_error(err)
+    assert rc == 1, line
+    assert f"--tile must be at least {patch} (the model's patch size)" in line, line
+    assert f"got {patch - 1}" in line
+    assert not (tmp_path / "o").exists()
+    # one patch is enough: the run goes on (and stops at the weights this model folder lacks)
+    rc, err = run([*argv, "--tile", str(patch)], capsys)
+    assert rc != 0 and "--tile" not in err
+
+
 @pytest.mark.parametrize("verb", ["predict", "eval", "train"])
 def test_cuda_on_a_machine_without_cuda(verb, model_dir, images, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import InvalidOptionError, OutputError, TipsomalyError
 from ..method.config import INTERACTIVE_DTYPE, RECORDED_SETTINGS, DetectorConfig
-from ..validation import float_type, int_type, multiple_of, text_type
+from ..validation import float_type, int_type, multiple_of, text_type, tile_side
 from .exit_codes import ExitCode
 
 if TYPE_CHECKING:
@@ -42,6 +42,7 @@ pixel_threshold = float_type(0, 1, hint="the maps are abnormal probabilities in 
 image_threshold = float_type(0, 2, hint="image_score = global + max patch probability, in [0, 2]")
 unit_interval_open = float_type(0, 1, high_open=True)
 seed_int = int_type(0, 2**64 - 1)
+
 
 def _shown(value: object) -> str:
     """A default as the README writes it: 4 for 4.0, 0.001 for 1e-3."""
@@ -258,8 +259,9 @@ def config_from_args(
 
 def resolved(config: C) -> C:
     """``config`` with its device and dtype resolved on this machine, after the checks that
-    need the model's description (the image size against its patch size), before any model
-    loads. An export folder as the model: only the device and dtype an export runs with.
+    need the model's description (the image size a multiple of its patch size, a tile no
+    smaller than one patch), before any model loads. An export folder as the model: only the
+    device and dtype an export runs with.
 
     Raises:
         InvalidOptionError: naming the option (``--device cuda: ...``).
@@ -273,6 +275,7 @@ def resolved(config: C) -> C:
         multiple_of(
             config.image_size, "--image-size", vision.patch_size, what="the model's patch size"
         )
+        tile_side(config.tile, "--tile", at_least=vision.patch_size, what="the model's patch size")
     device, dtype = resolve_runtime(config.device, config.dtype)
     return config.replace(device=str(device), dtype=dtype_name(dtype))
 
