@@ -41,7 +41,7 @@ from pathlib import Path
 
 T0 = time.time()  # before any heavy import: the worker's start, for the "start" column
 ROOT = Path(__file__).resolve().parents[1]
-GOLDEN = ROOT.parent / "shared" / "golden" / "tips-tiny"
+GOLDEN = ROOT / "tests" / "fixtures" / "golden" / "tips-tiny"  # the repository's copy
 RESULTS = ("results.json", "results.csv", "results.md")
 COLUMNS = ("start", "join", "model", "plan", "fwd", "io", "wait", "final", "other")
 

@@ -68,7 +68,8 @@ from tipsomaly.tips.presets import get_preset  # noqa: E402
 from tipsomaly.tips.runtime import cpu_has_native_bf16  # noqa: E402
 from tipsomaly.tips.tokenizer import Tokenizer  # noqa: E402
 
-TOKENIZER = ROOT.parent / "shared" / "golden" / "tips-tiny" / "tokenizer.model"
+# The repository's own golden fixture: a plain clone runs the benchmark.
+TOKENIZER = ROOT / "tests" / "fixtures" / "golden" / "tips-tiny" / "tokenizer.model"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 

@@ -37,7 +37,7 @@ from tipsomaly.tips.presets import get_preset
 from tipsomaly.tips.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
-GOLDEN_TOKENIZER = REPO.parent / "shared" / "golden" / "tips-tiny" / "tokenizer.model"
+GOLDEN_TOKENIZER = REPO / "tests" / "fixtures" / "golden" / "tips-tiny" / "tokenizer.model"
 
 
 def random_model(name: str, tokenizer: Path, device: str) -> TipsModel:

@@ -12,6 +12,13 @@ from PIL import Image
 from goldens import golden_dirs
 
 
+def tiny_vision(golden: Path | None = None) -> dict:
+    """The vision description (``patch_size``, ``embed_dim``, ...) of the model that
+    :func:`tiny_model_dir` writes: tests size their inputs from it, never from one case."""
+    golden = golden or golden_dirs()[0]
+    return dict(json.loads((golden / "golden.json").read_text())["vision"])
+
+
 def tiny_model_dir(dest: Path, golden: Path | None = None) -> Path:
     """A model directory (model.json + npz + tokenizer) holding a golden case's tiny model."""
     golden = golden or golden_dirs()[0]

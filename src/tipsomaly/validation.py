@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import numbers
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -159,17 +160,28 @@ def non_empty(value: Any, name: str = "") -> str:
 
 
 # -- argparse adapters -------------------------------------------------------------------------
-def tile_side(value: Any, name: str = "tile") -> int | str | None:
+def tile_side(
+    value: Any, name: str = "tile", *, at_least: int = 1, what: str = ""
+) -> int | str | None:
     """A tile setting: None (untiled), ``"auto"`` or a side in pixels (a whole number >= 1,
-    also given as text); returns None, ``"auto"`` or the int."""
+    also given as text or as a numpy integer); returns None, ``"auto"`` or the int.
+
+    ``at_least`` (``what`` says what it is, e.g. the model's patch size) is the smallest side
+    accepted: a tile smaller than one patch cannot hold a single patch of the image.
+    """
     if value is None or value == "auto":
         return value
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise InvalidOptionError(
             f"{_subject(name)}must be a side in pixels (an integer >= 1) or 'auto', got "
             f"{_show(value)}"
+        )
+    if value < at_least:
+        of = f"{at_least} ({what})" if what else str(at_least)
+        raise InvalidOptionError(
+            f"{_subject(name)}must be at least {of} pixels or 'auto', got {int(value)}"
         )
     return int(value)
 

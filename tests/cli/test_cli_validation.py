@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib
 import json
 import logging
 import math
+import pkgutil
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,8 @@ from goldens import golden_dirs
 from tipsomaly import validation
 from tipsomaly.cli import main as main_module
 from tipsomaly.cli.main import build_parser, main
-from tipsomaly.errors import InvalidOptionError, TipsomalyError
+from tipsomaly.data.images import ImageLoadError
+from tipsomaly.errors import InvalidOptionError, OutputError, TipsomalyError
 from tipsomaly.tips.config import ConfigError, read_model_json
 
 GOLDEN = golden_dirs()[0]
@@ -144,6 +147,35 @@ def test_errors_keep_their_builtin_base():
     with pytest.raises(ValueError):
         validation.positive_int(0)
     assert issubclass(InvalidOptionError, TipsomalyError)
+    assert issubclass(ImageLoadError, TipsomalyError) and issubclass(ImageLoadError, OSError)
+
+
+def _subclasses(cls: type) -> set[type]:
+    found = set(cls.__subclasses__())
+    for sub in list(found):
+        found |= _subclasses(sub)
+    return found
+
+
+def test_every_concrete_error_keeps_a_builtin_base():
+    """errors.py's promise, for every error class of the package (those without subclasses of
+    their own): a builtin base besides Exception, so that callers catching it keep working."""
+    import tipsomaly
+
+    for module in pkgutil.walk_packages(tipsomaly.__path__, "tipsomaly."):
+        if not module.name.endswith("__main__"):
+            importlib.import_module(module.name)
+    concrete = [c for c in _subclasses(TipsomalyError) if not c.__subclasses__()]
+    assert ImageLoadError in concrete and OutputError in concrete
+    plain = [
+        f"{c.__module__}.{c.__qualname__}"
+        for c in concrete
+        if not any(
+            b.__module__ == "builtins" and b not in (Exception, BaseException, object)
+            for b in c.__mro__
+        )
+    ]
+    assert not plain, f"errors with no builtin base: {plain}"
 
 
 def test_argparse_adapters_report_through_argparse():
@@ -206,6 +238,36 @@ def test_bad_options_are_one_line_and_exit_1(
     for word in words:
         assert word in line, line
     assert not (tmp_path / "o").exists()  # refused before any output (or model) was made
+
+
+def _tile_argv(verb: str, model_dir: Path, images: Path, tmp_path: Path) -> list[str]:
+    """The verbs that take --tile, with what they need besides it."""
+    out = str(tmp_path / "o")
+    given = {
+        "predict": [str(images), "--class-name", "x", "--out", out],
+        "fit": [str(images), "--class-name", "x", "--out", out],
+        "export": ["--class-name", "x", "--out", out],
+        "eval": ["--data", str(tmp_path / "no-data"), "--out", out],
+        "serve": ["--port", "0"],
+    }[verb]
+    return [verb, *given, "--model", str(model_dir)]
+
+
+@pytest.mark.parametrize("verb", ["predict", "fit", "serve", "export", "eval"])
+def test_a_tile_smaller_than_a_patch_is_refused_before_the_model_loads(
+    verb, model_dir, description, images, tmp_path, capsys
+):
+    patch = description["vision"]["patch_size"]
+    argv = _tile_argv(verb, model_dir, images, tmp_path)
+    rc, err = run([*argv, "--tile", str(patch - 1)], capsys)
+    line = one_line_error(err)
+    assert rc == 1, line
+    assert f"--tile must be at least {patch} (the model's patch size)" in line, line
+    assert f"got {patch - 1}" in line
+    assert not (tmp_path / "o").exists()
+    # one patch is enough: the run goes on (and stops at the weights this model folder lacks)
+    rc, err = run([*argv, "--tile", str(patch)], capsys)
+    assert rc != 0 and "--tile" not in err
 
 
 @pytest.mark.parametrize("verb", ["predict", "eval", "train"])
@@ -278,17 +340,50 @@ def test_model_json_schema_names_the_file_and_the_field(
         assert word in message, message
 
 
+# (change to a valid description, words of the error given the unchanged description); the
+# values are derived from the description, so that the rule is broken whatever its sizes.
+CROSS_FIELD_CASES = [
+    (
+        lambda d: d["vision"].update(num_heads=d["vision"]["embed_dim"] + 1),
+        lambda d: [
+            f"vision.embed_dim ({d['vision']['embed_dim']})",
+            f"num_heads ({d['vision']['embed_dim'] + 1})",
+        ],
+    ),
+    (
+        lambda d: d["text"].update(num_heads=d["text"]["hidden_size"] + 1),
+        lambda d: [
+            f"text.hidden_size ({d['text']['hidden_size']})",
+            f"num_heads ({d['text']['hidden_size'] + 1})",
+        ],
+    ),
+    (
+        lambda d: d["vision"].update(pos_embed_image_size=d["vision"]["pos_embed_image_size"] + 1),
+        lambda d: ["multiple of patch_size"],
+    ),
+    (
+        lambda d: d["text"].update(hidden_size=2 * d["text"]["hidden_size"]),
+        lambda d: ["vision.embed_dim", "text.hidden_size"],
+    ),
+    (lambda d: d.update(temperature="hot"), lambda d: ["temperature", "number"]),
+    (lambda d: d.update(temperature=0), lambda d: ["temperature", "> 0"]),
+    (lambda d: d.update(vision=[1, 2]), lambda d: ["vision", "expected an object"]),
+    (lambda d: d["vision"].pop("depth"), lambda d: ["missing key", "'depth'"]),
+]
+
+
 @pytest.mark.parametrize(
     "change,words",
-    [
-        (lambda d: d["vision"].update(num_heads=5), ["vision.embed_dim (64)", "num_heads (5)"]),
-        (lambda d: d["text"].update(num_heads=3), ["text.hidden_size (64)", "num_heads (3)"]),
-        (lambda d: d["vision"].update(pos_embed_image_size=57), ["multiple of patch_size"]),
-        (lambda d: d["text"].update(hidden_size=128), ["vision.embed_dim", "text.hidden_size"]),
-        (lambda d: d.update(temperature="hot"), ["temperature", "number"]),
-        (lambda d: d.update(temperature=0), ["temperature", "> 0"]),
-        (lambda d: d.update(vision=[1, 2]), ["vision", "expected an object"]),
-        (lambda d: d["vision"].pop("depth"), ["missing key", "'depth'"]),
+    CROSS_FIELD_CASES,
+    ids=[
+        "vision-heads",
+        "text-heads",
+        "pos-embed-size",
+        "tower-widths",
+        "temperature-type",
+        "temperature-zero",
+        "vision-not-object",
+        "missing-depth",
     ],
 )
 def test_model_json_cross_field_rules(change, words, description, tmp_path):
@@ -299,13 +394,14 @@ def test_model_json_cross_field_rules(change, words, description, tmp_path):
     with pytest.raises(ConfigError) as info:
         read_model_json(path)
     assert str(path) in str(info.value)
-    for word in words:
+    for word in words(description):
         assert word in str(info.value)
 
 
-def test_golden_descriptions_pass_the_schema():
-    vision, text, _ = read_model_json(GOLDEN / "golden.json")  # descriptive keys allowed
-    assert vision.patch_size == 14 and text.hidden_size == vision.embed_dim
+def test_golden_descriptions_pass_the_schema(golden):
+    vision, text, _ = read_model_json(golden.dir / "golden.json")  # descriptive keys allowed
+    assert vision.patch_size == golden.config["vision"]["patch_size"]
+    assert text.hidden_size == vision.embed_dim == golden.config["vision"]["embed_dim"]
 
 
 def test_a_broken_model_json_is_one_line_from_the_cli(model_dir, images, tmp_path, capsys):

@@ -7,7 +7,7 @@ import csv
 import pytest
 import torch
 
-from synthetic import mvtec_tree, tiny_model_dir
+from synthetic import mvtec_tree, tiny_model_dir, tiny_vision
 from tipsomaly.cli.main import main
 from tipsomaly.method.pixel_prompts import PixelPrompts
 
@@ -27,7 +27,7 @@ def _argv(setup, out, *extra):
         "--data", str(data),
         "--out", str(out),
         "--model", str(model),
-        "--image-size", "70",
+        "--image-size", str(5 * tiny_vision()["patch_size"]),
         "--batch-size", "3",
         "--prompt-type", "object_agnostic",
         "--device", "cpu",
@@ -52,7 +52,7 @@ def test_train_resume_and_evaluate(setup, tmp_path, capsys):
         last = out / "prompts_epoch2.safetensors"
         assert capsys.readouterr().out.strip() == str(last)
         prompts = PixelPrompts.load(last)
-        assert prompts.preambles.shape == (2, 4, 64)
+        assert prompts.preambles.shape == (2, 4, tiny_vision()["embed_dim"])
         assert prompts.metadata["cache_dtype"] == "fp16"
         assert prompts.metadata["epochs_done"] == "2"
         assert prompts.metadata["train_images"] == "8"

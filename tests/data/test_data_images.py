@@ -18,6 +18,7 @@ from tipsomaly.data.images import (
     resize_mask,
     to_rgb,
 )
+from tipsomaly.errors import TipsomalyError
 
 RNG = np.random.default_rng(0)
 
@@ -218,6 +219,18 @@ def test_image_load_error_pickles(tmp_path):
 
     err = pickle.loads(pickle.dumps(ImageLoadError(tmp_path / "x.png", "boom")))
     assert err.reason == "boom" and "x.png" in str(err)
+    assert isinstance(err, OSError) and err.path == tmp_path / "x.png"
+
+
+def test_image_load_error_keeps_its_builtin_base(tmp_path):
+    """Like every tipsomaly error (errors.py), it keeps a builtin base: OSError, a file that
+    cannot be read; callers catching OSError catch it, its message stays the same."""
+    assert issubclass(ImageLoadError, TipsomalyError) and issubclass(ImageLoadError, OSError)
+    with pytest.raises(OSError) as info:
+        load_image(tmp_path / "nowhere.png")
+    assert type(info.value) is ImageLoadError
+    assert str(info.value) == f"cannot load image '{tmp_path / 'nowhere.png'}': file not found"
+    assert info.value.errno is None and info.value.path == tmp_path / "nowhere.png"
 
 
 # --------------------------------------------------------------------------- preprocess

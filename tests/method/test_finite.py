@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import logging
 
 import numpy as np
@@ -17,8 +18,7 @@ from tipsomaly.method.pixel_prompts import PixelPromptError, PixelPrompts, load_
 from tipsomaly.method.text_cache import TextEmbeddingCache
 from tipsomaly.runners.predict import run_predict
 
-WIDTH = 64  # the tiny golden model's width
-SIZE = 56
+WIDTH = 64  # prompt files that meet no model: any width
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +26,19 @@ def model_dir(tmp_path_factory):
     return tiny_model_dir(tmp_path_factory.mktemp("finite") / "model")
 
 
-def _prompts() -> PixelPrompts:
-    return PixelPrompts(torch.randn(2, 8, WIDTH, generator=torch.Generator().manual_seed(0)))
+def _vision(model_dir) -> dict:
+    return json.loads((model_dir / "model.json").read_text())["vision"]
+
+
+def _size(model_dir) -> int:
+    """A model input size of 4 patches a side (no need for the case's own size)."""
+    return 4 * _vision(model_dir)["patch_size"]
+
+
+def _prompts(model_dir) -> PixelPrompts:
+    """Finite pixel prompts of the tiny model's width."""
+    width = _vision(model_dir)["embed_dim"]
+    return PixelPrompts(torch.randn(2, 8, width, generator=torch.Generator().manual_seed(0)))
 
 
 # -- pixel prompts ------------------------------------------------------------------------------
@@ -96,7 +107,9 @@ def test_bad_cache_entries_are_dropped_and_recomputed(model_dir, tmp_path, caplo
     from safetensors.torch import load_file, save_file
 
     cache = TextEmbeddingCache(tmp_path / "text")
-    first = Detector(model_dir, image_size=SIZE, text_cache=cache, pixel_prompts=_prompts())
+    first = Detector(
+        model_dir, image_size=_size(model_dir), text_cache=cache, pixel_prompts=_prompts(model_dir)
+    )
     fixed, learned = first.class_text("screw"), first.pixel_text()
     entries = _entries(tmp_path / "text")
     assert len(entries) == 2
@@ -104,7 +117,9 @@ def test_bad_cache_entries_are_dropped_and_recomputed(model_dir, tmp_path, caplo
         bad = corrupt(load_file(str(path))["embeddings"].clone())
         save_file({"embeddings": bad}, str(path))
 
-    second = Detector(model_dir, image_size=SIZE, text_cache=cache, pixel_prompts=_prompts())
+    second = Detector(
+        model_dir, image_size=_size(model_dir), text_cache=cache, pixel_prompts=_prompts(model_dir)
+    )
     with caplog.at_level(logging.WARNING, logger="tipsomaly.method.text_cache"):
         assert torch.equal(second.class_text("screw"), fixed)
         assert torch.equal(second.pixel_text(), learned)
@@ -138,7 +153,9 @@ def _poison_image(detector: Detector, index: int) -> None:
 
 
 def test_a_non_finite_score_makes_that_image_an_error(model_dir, tmp_path):
-    detector = Detector(model_dir, image_size=SIZE, text_cache=False, pixel_prompts=_prompts())
+    detector = Detector(
+        model_dir, image_size=_size(model_dir), text_cache=False, pixel_prompts=_prompts(model_dir)
+    )
     _poison_image(detector, 1)
     images = [np.full((40, 50, 3), v, np.uint8) for v in (60, 120, 180)]
     predictions = detector.predict(images, "screw", on_error="record")
@@ -152,7 +169,9 @@ def test_a_non_finite_score_makes_that_image_an_error(model_dir, tmp_path):
 
 
 def test_predict_writes_an_error_row_for_a_non_finite_score(model_dir, tmp_path):
-    detector = Detector(model_dir, image_size=SIZE, text_cache=False, pixel_prompts=_prompts())
+    detector = Detector(
+        model_dir, image_size=_size(model_dir), text_cache=False, pixel_prompts=_prompts(model_dir)
+    )
     _poison_image(detector, 0)
     folder = tmp_path / "images"
     folder.mkdir()

@@ -32,12 +32,16 @@ def _detector(golden, learned: bool = True, cls: str = "cls1") -> Detector:
     )
 
 
-def _head(golden, learned: bool = True, cls: str = "cls1") -> TipsomalyHead:
-    """A head built from the text tower directly, without a Detector."""
+def _head(
+    golden, learned: bool = True, cls: str = "cls1", class_names: list[str] | None = None
+) -> TipsomalyHead:
+    """A head built from the text tower directly, without a Detector (by default for the case's
+    classes)."""
     pipeline = golden.config["pipeline"]
     model, prompts = golden.model(), load_prompts(pipeline["prompt_type"])
+    names = pipeline["class_names"] if class_names is None else class_names
     with torch.no_grad():
-        fixed = torch.stack([class_embeddings(model, prompts, c) for c in pipeline["class_names"]])
+        fixed = torch.stack([class_embeddings(model, prompts, c) for c in names])
         preambles = torch.from_numpy(golden["learnable_prompts"])
         pixel = learned_embeddings(model, prompts, preambles) if learned else None
     return TipsomalyHead(model, fixed, pixel, sigma=pipeline["sigma"], cls=cls)
@@ -121,13 +125,18 @@ def test_forward_changes_no_state(golden):
 
 
 def test_one_class_needs_no_index_and_several_do(golden):
-    head = _head(golden)
+    pipeline = golden.config["pipeline"]
+    names = list(pipeline["class_names"])
+    if len(names) == 1:  # a one-class case: a second class makes the head need an index
+        names.append(pipeline.get("learnable_class_name", "object"))
+    head = _head(golden, class_names=names)
     images = _images(golden)[:3]
-    with pytest.raises(ValueError, match="holds 2 classes: give class_index"):
+    with pytest.raises(ValueError, match=f"holds {len(names)} classes: give class_index"):
         head(images)
+    last = len(names) - 1
     with torch.no_grad():
-        expected = head(images, torch.ones(3, dtype=torch.long))
-        head.set_text(head.class_text[1], head.pixel_text)  # (2, D): one class
+        expected = head(images, torch.full((len(images),), last, dtype=torch.long))
+        head.set_text(head.class_text[last], head.pixel_text)  # (2, D): one class
         _assert_equal(head(images), expected)
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from synthetic import tiny_model_dir
+from synthetic import tiny_model_dir, tiny_vision
 from tipsomaly.method.detector import Detector
 from tipsomaly.method.pixel_prompts import PixelPrompts
 from tipsomaly.method.text_cache import TextEmbeddingCache
@@ -20,8 +20,11 @@ def model_dir(tmp_path):
 
 
 def _detector(model_dir, cache, **kw):
-    prompts = PixelPrompts(torch.randn(2, 8, 64, generator=torch.Generator().manual_seed(0)))
-    return Detector(model_dir, image_size=56, text_cache=cache, pixel_prompts=prompts, **kw)
+    vision = tiny_vision()  # the model of tiny_model_dir: its width, a 4x4 patch grid
+    generator = torch.Generator().manual_seed(0)
+    prompts = PixelPrompts(torch.randn(2, 8, vision["embed_dim"], generator=generator))
+    size = 4 * vision["patch_size"]
+    return Detector(model_dir, image_size=size, text_cache=cache, pixel_prompts=prompts, **kw)
 
 
 def test_second_run_reads_the_cache_without_the_text_tower(model_dir, tmp_path):

@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from synthetic import tiny_model_dir
+from synthetic import tiny_model_dir, tiny_vision
 from tipsomaly.errors import InvalidOptionError
+from tipsomaly.method.config import DetectorConfig
 from tipsomaly.method.detector import Detector
 from tipsomaly.method.fitting import fit_profile
 from tipsomaly.method.tiling import (
@@ -20,15 +21,16 @@ from tipsomaly.method.tiling import (
     MapMerger,
     auto_tile_size,
     axis_starts,
-    check_tile,
     crop_tiles,
     merge_maps,
     plan_tiles,
     resize_map,
     tile_window,
 )
+from tipsomaly.validation import tile_side
 
-SIZE = 70  # the golden tiny model's image size
+PATCH = tiny_vision()["patch_size"]
+SIZE = 5 * PATCH  # the tiny model's input: a 5x5 patch grid
 
 
 @pytest.fixture(scope="module")
@@ -91,14 +93,27 @@ def test_auto_tile_size_keeps_native_resolution_until_64_tiles():
 )  # fmt: skip
 def test_bad_tile_settings_are_refused_before_the_model_loads(tile, overlap, match):
     with pytest.raises(InvalidOptionError, match=match):
-        check_tile(tile, overlap)
+        DetectorConfig(tile=tile, tile_overlap=overlap)
     with pytest.raises(InvalidOptionError, match=match):
         Detector("/nonexistent/model", tile=tile, tile_overlap=overlap)
 
 
-def test_check_tile_accepts_auto_none_and_digits():
-    assert check_tile(None) is None and check_tile("auto") == "auto"
-    assert check_tile("140") == 140 and check_tile(np.int64(70)) == 70
+def test_tile_settings_accept_auto_none_and_digits():
+    assert tile_side(None) is None and tile_side("auto") == "auto"
+    assert tile_side("140") == 140 and tile_side(np.int64(70)) == 70
+    tile = DetectorConfig(tile=np.int64(70)).tile
+    assert tile == 70 and type(tile) is int
+
+
+def test_a_tile_smaller_than_a_patch_is_refused(model):
+    """A tile holds at least one patch of the image: smaller, it is refused (InvalidOptionError
+    naming the tile and the patch size); one patch is accepted."""
+    with pytest.raises(InvalidOptionError) as info:
+        _detector(model, tile=PATCH - 1)
+    assert str(info.value) == (
+        f"tile must be at least {PATCH} (the patch size) pixels or 'auto', got {PATCH - 1}"
+    )
+    assert _detector(model, tile=PATCH).config.tile == PATCH
 
 
 # -- blending -----------------------------------------------------------------------------------
@@ -245,7 +260,7 @@ def test_a_12px_defect_on_a_4000x3000_image_stands_out_only_with_tiles(model):
     y, x = 1500, 2100
     big[y : y + 12, x : x + 12] = (20, 20, 20)
     ratios = {}
-    for tile in (70, None):
+    for tile in (SIZE, None):  # tiles of the model input side: native resolution
         det = _detector(model, tile=tile, batch_size=64)
         profile = fit_profile(det, references, "tile", calibrate=False, max_bank=2048)
         det.set_profiles([profile], "few-shot")
@@ -258,5 +273,5 @@ def test_a_12px_defect_on_a_4000x3000_image_stands_out_only_with_tiles(model):
         if tile is not None:
             peak = np.unravel_index(m.argmax(), m.shape)
             assert abs(peak[0] - (y + 6)) <= 20 and abs(peak[1] - (x + 6)) <= 20
-    assert ratios[70] > 5, ratios
+    assert ratios[SIZE] > 5, ratios
     assert ratios[None] < 1.05, ratios

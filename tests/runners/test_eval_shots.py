@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from synthetic import tiny_model_dir
+from synthetic import tiny_model_dir, tiny_vision
 from tipsomaly.cli.main import main
 from tipsomaly.errors import InvalidOptionError
 from tipsomaly.method.detector import Detector
@@ -34,7 +34,7 @@ from tipsomaly.runners.store import config_key, prediction_config
 #: class → (train normal, test normal, test anomalous) images
 CLASSES = {"fabric": (5, 4, 4), "tiles": (5, 4, 4)}
 TEST_IMAGES = sum(g + b for _, g, b in CLASSES.values())
-SIZE = 56
+SIZE = 4 * tiny_vision()["patch_size"]  # a 4x4 patch grid
 
 
 def texture_tree(root: Path, classes: dict, size: int = 64, seed: int = 0) -> Path:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from synthetic import mvtec_tree, tiny_model_dir
+from synthetic import mvtec_tree, tiny_model_dir, tiny_vision
 from tipsomaly.data.meta import read_meta
 from tipsomaly.method.detector import Detector
 from tipsomaly.method.pixel_prompts import PixelPrompts
@@ -22,7 +22,8 @@ from tipsomaly.runners.train import TrainConfig, TrainError, train
 from tipsomaly.tips.model import load_model
 
 CLASSES = {"bottle": (2, 3), "wood_grain": (2, 3)}  # 10 images, 6 with drawn defects
-SIZE = 70
+PATCH, WIDTH = tiny_vision()["patch_size"], tiny_vision()["embed_dim"]
+SIZE = 5 * PATCH  # a 5x5 patch grid
 FAST_PROMPTS = "object_agnostic"  # one sentence per state: fast steps (the golden test covers
 # the full industrial ensembles)
 
@@ -109,11 +110,11 @@ def test_checkpoints_carry_metadata_and_work_in_the_detector(setup, reference):
         "prompts_epoch2.safetensors",
     ]
     prompts = PixelPrompts.load(reference.last_checkpoint)
-    assert prompts.preambles.shape == (2, 8, 64)
+    assert prompts.preambles.shape == (2, 8, WIDTH)
     assert torch.equal(prompts.preambles, reference.prompts.preambles)
     meta = prompts.metadata
     expected = {
-        "width": "64",
+        "width": str(WIDTH),
         "n_prompt": "8",
         "prompt_type": FAST_PROMPTS,
         "prompt_method": "concat",
@@ -206,7 +207,7 @@ def test_disk_cache_is_reused_and_follows_file_changes(setup, tmp_path, monkeypa
     for got, want in zip(disk.get(rows), memory.get(rows), strict=True):
         assert torch.equal(got, want)
     patches, masks = memory.get(rows)
-    assert patches.shape == (3, (SIZE // 14) ** 2, 64) and masks.dtype == torch.bool
+    assert patches.shape == (3, (SIZE // PATCH) ** 2, WIDTH) and masks.dtype == torch.bool
     assert masks.shape == (3, SIZE, SIZE) and masks.any()
     (folder,) = tmp_path.iterdir()
     assert f"-s{SIZE}-" in folder.name and "cache_fp32" in folder.name

@@ -12,29 +12,32 @@ import torch
 from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
 from safetensors.numpy import save_file
 
-from goldens import golden_dirs
 from tipsomaly.tips import model as model_module
 from tipsomaly.tips.model import build_model, read_model_description
 from tipsomaly.tips.presets import get_preset
 from tipsomaly.tips.weights import WeightsUnavailableError, weights_dir
 
-GOLDEN = golden_dirs()[0]
+
+def _publish(repo, case) -> None:
+    """Put ``case``'s weights in ``repo`` as the hub has them: one model.safetensors (hub key
+    layout), the temperature in config.json."""
+    config = case.config
+    with (
+        np.load(case.dir / config["vision"]["npz"]) as v,
+        np.load(case.dir / config["text"]["npz"]) as t,
+    ):
+        arrays = {f"vision_encoder.{k}": v[k] for k in v.files}
+        key = config["text"].get("temperature_key", "temperature")
+        arrays.update({f"text_encoder.{k}": t[k] for k in t.files if k != key})
+    save_file(arrays, str(repo / "model.safetensors"))
+    (repo / "config.json").write_text(json.dumps({"temperature": 0.05, "img_size": 448}))
 
 
 @pytest.fixture
 def fake_hub(tmp_path, monkeypatch):
-    """A hub repo in a folder: model.safetensors (golden weights, hub key layout), config.json."""
+    """A hub repo in a folder (empty until :func:`_publish` fills it) and the download calls."""
     repo = tmp_path / "repo"
     repo.mkdir()
-    config = json.loads((GOLDEN / "golden.json").read_text())
-    with (
-        np.load(GOLDEN / config["vision"]["npz"]) as v,
-        np.load(GOLDEN / config["text"]["npz"]) as t,
-    ):
-        arrays = {f"vision_encoder.{k}": v[k] for k in v.files}
-        arrays.update({f"text_encoder.{k}": t[k] for k in t.files if k != "temperature"})
-    save_file(arrays, str(repo / "model.safetensors"))
-    (repo / "config.json").write_text(json.dumps({"temperature": 0.05, "img_size": 448}))
     calls = []
 
     def download(repo_id, filename, local_files_only=False):
@@ -52,16 +55,19 @@ def fake_hub(tmp_path, monkeypatch):
 
 def test_hub_checkpoint_loads_like_the_npz_files(fake_hub, golden):
     repo, calls = fake_hub
+    _publish(repo, golden)
     weights_dir().mkdir(parents=True, exist_ok=True)
-    shutil.copy(GOLDEN / "tokenizer.model", weights_dir() / "tokenizer.model")
+    tokenizer = golden.config["text"].get("tokenizer", "tokenizer.model")
+    shutil.copy(golden.dir / tokenizer, weights_dir() / "tokenizer.model")
     files = model_module._hub_files(get_preset("v2-b14"), offline=False)
     assert files.combined == repo / "model.safetensors" and files.temperature == 0.05
     assert files.tokenizer == weights_dir() / "tokenizer.model"  # the repo has none: shared one
-    vision, text = read_model_description(GOLDEN / "golden.json")
+    vision, text = read_model_description(golden.dir / "golden.json")
     hub_model = build_model(vision, text, files)
     images = torch.from_numpy(golden["images"][:2])
     with torch.no_grad():
         got = hub_model.encode_image(images).patches
+    assert got.shape == golden["patches"][:2].shape
     assert float(np.abs(got.numpy() - golden["patches"][:2]).max()) <= golden.tol["features_abs"]
     assert hub_model.temperature == 0.05
     assert ("google/tipsv2-b14", "model.safetensors", False) in calls

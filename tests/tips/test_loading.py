@@ -18,14 +18,19 @@ from tipsomaly.tips.model import TipsModel
 GOLDEN = golden_dirs()[0]
 
 
-def _model_dir(tmp_path, vision=None, text=None):
-    """A model directory built from the first golden case (model.json + npz + tokenizer)."""
-    config = json.loads((GOLDEN / "golden.json").read_text())
+def _vision(case=GOLDEN) -> dict:
+    return json.loads((case / "golden.json").read_text())["vision"]
+
+
+def _model_dir(tmp_path, vision=None, text=None, case=GOLDEN):
+    """A model directory built from a golden case (model.json + npz + tokenizer); the first
+    case by default."""
+    config = json.loads((case / "golden.json").read_text())
     d = tmp_path / "model"
     d.mkdir()
-    shutil.copy(GOLDEN / config["vision"]["npz"], d / "vision.npz")
-    shutil.copy(GOLDEN / config["text"]["npz"], d / "text.npz")
-    shutil.copy(GOLDEN / config["text"].get("tokenizer", "tokenizer.model"), d / "tokenizer.model")
+    shutil.copy(case / config["vision"]["npz"], d / "vision.npz")
+    shutil.copy(case / config["text"]["npz"], d / "text.npz")
+    shutil.copy(case / config["text"].get("tokenizer", "tokenizer.model"), d / "tokenizer.model")
     vision_cfg = {**config["vision"], "npz": "vision.npz", **(vision or {})}
     text_cfg = {**config["text"], "npz": "text.npz", "tokenizer": "tokenizer.model", **(text or {})}
     (d / "model.json").write_text(json.dumps({"vision": vision_cfg, "text": text_cfg}))
@@ -33,16 +38,15 @@ def _model_dir(tmp_path, vision=None, text=None):
 
 
 def test_model_directory_loads_like_the_golden_case(tmp_path, golden):
-    d = _model_dir(tmp_path)
+    d = _model_dir(tmp_path, case=golden.dir)
     model = load_model(d)
-    reference = golden.model() if golden.dir == GOLDEN else None
-    images = torch.rand(2, 3, 28, 42)  # non-square
+    patch = golden.config["vision"]["patch_size"]
+    images = torch.rand(2, 3, 2 * patch, 3 * patch)  # non-square
     with torch.no_grad():
         out = model.encode_image(images)
-        assert out.patches.shape == (2, 2 * 3, model.embed_dim)
-        if reference is not None:
-            ref = reference.encode_image(images)
-            torch.testing.assert_close(out.patches, ref.patches, rtol=0, atol=0)
+        assert out.patches.shape == (2, 2 * 3, golden.config["vision"]["embed_dim"])
+        ref = golden.model().encode_image(images)
+        torch.testing.assert_close(out.patches, ref.patches, rtol=0, atol=0)
 
 
 def test_mismatched_keys_are_listed_in_one_error(tmp_path):
@@ -61,7 +65,7 @@ def test_mismatched_keys_are_listed_in_one_error(tmp_path):
 
 
 def test_wrong_description_reports_shapes(tmp_path):
-    d = _model_dir(tmp_path, vision={"depth": 3})
+    d = _model_dir(tmp_path, vision={"depth": _vision()["depth"] + 1})
     with pytest.raises(CheckpointError, match="missing"):
         load_model(d)
 
@@ -123,7 +127,8 @@ def test_inference_dtype(tmp_path):
     d = _model_dir(tmp_path)
     model32 = load_model(d)
     model16 = load_model(d, dtype=torch.bfloat16)
-    images = torch.rand(2, 3, 70, 70)
+    side = 5 * _vision()["patch_size"]
+    images = torch.rand(2, 3, side, side)
     with torch.no_grad():
         a = model32.encode_image(images).patches
         b = model16.encode_image(images).patches

@@ -8,13 +8,10 @@ the code builds, with the preset's recorded figures and with the golden checkpoi
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 
-from goldens import golden_dirs
 from tipsomaly.tips.presets import PRESETS
 from tipsomaly.tips.text import TextTransformer
 from tipsomaly.tips.vision import VisionTransformer
@@ -34,17 +31,26 @@ SIZES = {
 }
 
 
-def vision_count(d: int, depth: int, hidden: int, swiglu: bool, grid: int) -> int:
+def vision_count(
+    d: int,
+    depth: int,
+    hidden: int,
+    swiglu: bool,
+    grid: int,
+    patch: int = PATCH,
+    registers: int = 1,
+    layer_scale: bool = True,
+) -> int:
     """Every array of a vision checkpoint, by hand."""
-    patch_embed = 3 * PATCH * PATCH * d + d  # conv weight + bias
-    tokens = d + d + d  # cls token, one register token, the (unused) mask token
+    patch_embed = 3 * patch * patch * d + d  # conv weight + bias
+    tokens = d + registers * d + d  # cls token, the register tokens, the (unused) mask token
     pos_embed = (1 + grid * grid) * d  # cls position + a grid x grid table
     attention = (3 * d * d + 3 * d) + (d * d + d)  # fused qkv, output projection
     if swiglu:
         ffn = (d * 2 * hidden + 2 * hidden) + (hidden * d + d)  # w12, w3
     else:
         ffn = (d * hidden + hidden) + (hidden * d + d)  # fc1, fc2
-    norms_and_scales = 2 * (2 * d) + 2 * d  # norm1, norm2 (weight + bias), ls1, ls2
+    norms_and_scales = 2 * (2 * d) + (2 * d if layer_scale else 0)  # norm1, norm2, ls1, ls2
     block = attention + ffn + norms_and_scales
     return patch_embed + tokens + pos_embed + depth * block + 2 * d  # + final norm
 
@@ -122,16 +128,26 @@ def test_hand_counts_agree_with_the_published_sizes(name):
     assert abs(n_vision / 1e6 - vision_m) / vision_m < 0.04
 
 
-def test_golden_checkpoint_arrays_have_the_hand_counted_size():
-    golden = golden_dirs()[0]
-    config = json.loads((golden / "golden.json").read_text())
-    v, t = config["vision"], config["text"]
-    with np.load(golden / v["npz"]) as z:
+def test_golden_checkpoint_arrays_have_the_hand_counted_size(golden):
+    v, t = golden.config["vision"], golden.config["text"]
+    with np.load(golden.dir / v["npz"]) as z:
         vision_file = sum(z[k].size for k in z.files)
-    with np.load(golden / t["npz"]) as z:
-        text_file = sum(z[k].size for k in z.files if k != t["temperature_key"])
+    with np.load(golden.dir / t["npz"]) as z:
+        text_file = sum(z[k].size for k in z.files if k != t.get("temperature_key", "temperature"))
     d = v["embed_dim"]
     hidden = int(d * v["mlp_ratio"])
+    swiglu = "".join(ch for ch in v.get("ffn", "mlp").lower() if ch.isalnum()).startswith("swiglu")
+    if swiglu:  # SwiGLU keeps 2/3 of the MLP width, rounded up to a multiple of 8 (g/14)
+        hidden = (int(hidden * 2 / 3) + 7) // 8 * 8
     grid = v["pos_embed_image_size"] // v["patch_size"]
-    assert vision_file == vision_count(d, v["depth"], hidden, v["ffn"] == "swiglu", grid)
+    assert vision_file == vision_count(
+        d,
+        v["depth"],
+        hidden,
+        swiglu,
+        grid,
+        patch=v["patch_size"],
+        registers=v.get("num_register_tokens", 1),
+        layer_scale=v.get("layer_scale", True),
+    )
     assert text_file == text_count(t["hidden_size"], t["num_layers"], t["mlp_dim"], t["vocab_size"])

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import InvalidOptionError, OutputError, TipsomalyError
 from ..method.config import INTERACTIVE_DTYPE, RECORDED_SETTINGS, DetectorConfig
-from ..validation import float_type, int_type, multiple_of, text_type
+from ..validation import float_type, int_type, multiple_of, text_type, tile_side
 from .exit_codes import ExitCode
 
 if TYPE_CHECKING:
@@ -282,8 +282,9 @@ def config_from_args(
 
 def resolved(config: C) -> C:
     """``config`` with its device and dtype resolved on this machine, after the checks that
-    need the model's description (the image size against its patch size), before any model
-    loads. An export folder as the model: only the device and dtype an export runs with.
+    need the model's description (the image size a multiple of its patch size, a tile no
+    smaller than one patch), before any model loads. An export folder as the model: only the
+    device and dtype an export runs with.
 
     Raises:
         InvalidOptionError: naming the option (``--device cuda: ...``).
@@ -297,6 +298,7 @@ def resolved(config: C) -> C:
         multiple_of(
             config.image_size, "--image-size", vision.patch_size, what="the model's patch size"
         )
+        tile_side(config.tile, "--tile", at_least=vision.patch_size, what="the model's patch size")
     device, dtype = resolve_runtime(config.device, config.dtype)
     return config.replace(device=str(device), dtype=dtype_name(dtype))
 

@@ -125,11 +125,14 @@ def _megapixels(n: int) -> str:
     return f"{n / 1e6:.1f} megapixels"
 
 
-class ImageLoadError(TipsomalyError):
+class ImageLoadError(TipsomalyError, OSError):
     """An image or mask file could not be read.
 
     The message is ``cannot load image 'PATH': reason``, the path shown with
-    :func:`display_path` (so it can always be written to a UTF-8 table).
+    :func:`display_path` (so it can always be written to a UTF-8 table). An ``OSError`` too
+    (a file that cannot be read), as every tipsomaly error keeps its builtin base; its
+    ``errno``, ``strerror`` and ``filename`` are None (``path`` names the file), so that its
+    ``str`` stays the message.
 
     Attributes:
         path: the file.

@@ -35,7 +35,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from ..errors import TipsomalyError
@@ -214,12 +214,14 @@ def read_metadata(folder: str | os.PathLike) -> dict[str, Any]:
     return record
 
 
-def _inside_folder(name: str) -> bool:
-    """A relative path that stays inside the export folder (no ``..``, not absolute)."""
-    p = Path(name)
-    return (
-        bool(name)
-        and not p.is_absolute()
-        and not name.startswith(("/", "\\"))
-        and (".." not in p.parts)
-    )
+def _inside_folder(name: object) -> bool:
+    """A non-empty relative path that stays inside the export folder: no ``..``, not
+    absolute, no root and no drive, read as a POSIX and as a Windows path (a record written on
+    one system may be read on the other; ``C:model.onnx`` is relative to drive C's folder)."""
+    if not isinstance(name, str) or not name:
+        return False
+    for flavour in (PurePosixPath, PureWindowsPath):
+        p = flavour(name)
+        if p.is_absolute() or p.root or p.drive or ".." in p.parts:
+            return False
+    return True

@@ -24,7 +24,7 @@ from ..identity import SCORING_KEYS, Identity, diff
 from ..tips.model import TipsModel, load_model
 from ..tips.runtime import resolve_device, resolve_dtype
 from ..tips.vision import VisionFeatures
-from ..validation import multiple_of
+from ..validation import multiple_of, tile_side
 from .config import DetectorConfig
 from .decision import Thresholds
 from .head import BatchScores, DetectorOutput, TipsomalyHead
@@ -105,6 +105,7 @@ class Detector(Predictor):
             self.model = load_model(model, device=device, dtype=dtype, offline=config.offline)
         self.patch_size = self.model.patch_size
         multiple_of(config.image_size, "image_size", self.patch_size, what="the patch size")
+        tile_side(config.tile, "tile", at_least=self.patch_size, what="the patch size")
         self.prompts: PromptSet = load_prompts(config.prompt_type, config.prompt_file)
         self.pixel_prompts: PixelPrompts | None = None
         if config.pixel_prompts is not None:

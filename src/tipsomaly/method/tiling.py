@@ -36,15 +36,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 from ..data.images import preprocess
+from .config import DEFAULT_OVERLAP  # the setting's default: one definition, in the config
 
 __all__ = [
-    "DEFAULT_OVERLAP",
     "MAX_AUTO_TILES",
     "WINDOW_FLOOR",
     "Box",
@@ -52,7 +51,6 @@ __all__ = [
     "TileGrid",
     "auto_tile_size",
     "axis_starts",
-    "check_tile",
     "crop_tiles",
     "merge_maps",
     "plan_tiles",
@@ -60,15 +58,11 @@ __all__ = [
     "tile_window",
 ]
 
-#: neighbouring tiles share at least this fraction of a tile
-DEFAULT_OVERLAP = 0.25
 #: ``tile="auto"`` grows the tile (from the model input's side) until the grid has at most this
 #: many tiles
 MAX_AUTO_TILES = 64
 #: the blending window's value at a tile's edge (relative to 1 at its centre)
 WINDOW_FLOOR = 1e-3
-#: the largest overlap accepted (0.9 already scores each pixel ~100 times)
-MAX_OVERLAP = 0.9
 
 
 class Box(NamedTuple):
@@ -109,30 +103,6 @@ class TileGrid:
         """(rows, columns) of tiles."""
         rows = len({b.y0 for b in self.boxes})
         return rows, len(self.boxes) // max(rows, 1)
-
-
-def check_tile(tile: object, overlap: float = DEFAULT_OVERLAP) -> int | str | None:
-    """Validate a ``tile`` setting (None, ``"auto"`` or a side >= 1 in pixels) and ``overlap``
-    (in [0, :data:`MAX_OVERLAP`]); return ``tile`` as an int, ``"auto"`` or None.
-
-    Raises:
-        InvalidOptionError: naming the setting and what it accepts.
-    """
-    from ..errors import InvalidOptionError
-
-    if isinstance(overlap, bool) or not isinstance(overlap, (int, float)):
-        raise InvalidOptionError(f"tile_overlap must be a number, got {overlap!r}")
-    if not 0.0 <= float(overlap) <= MAX_OVERLAP:
-        raise InvalidOptionError(f"tile_overlap must be in [0, {MAX_OVERLAP}], got {overlap}")
-    if tile is None or tile == "auto":
-        return tile  # type: ignore[return-value]
-    if isinstance(tile, str) and tile.strip().isdigit():
-        tile = int(tile)
-    if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 1:
-        raise InvalidOptionError(
-            f"tile must be a side in pixels (an integer >= 1) or 'auto', got {tile!r}"
-        )
-    return int(tile)
 
 
 def axis_starts(length: int, tile: int, overlap: float = DEFAULT_OVERLAP) -> list[int]:
