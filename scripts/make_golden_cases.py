@@ -169,7 +169,7 @@ def make_case(out: Path, name: str, seed: int) -> Path:
     from tipsomaly.method.detector import Detector
     from tipsomaly.method.pixel_prompts import PixelPrompts
     from tipsomaly.method.prompts import class_embeddings, learned_embeddings, load_prompts
-    from tipsomaly.runners.evaluate import class_metrics
+    from tipsomaly.metrics import class_metrics
     from tipsomaly.runners.train import LOSS_NAMES, make_optimizer, pixel_prompt_losses
     from tipsomaly.tips.config import TextConfig, VisionConfig
     from tipsomaly.tips.model import load_model_dir
