@@ -150,13 +150,19 @@ def reference(kind, raw, numel, offset, size, stride, little) -> np.ndarray | No
     if count > torch_pickle.MAX_ELEMENTS:
         return None
     values = np.frombuffer(raw, dtype=("<" if little else ">") + code).astype(code)
-    out = np.empty(count, dtype=code)
-    for flat, index in enumerate(np.ndindex(*size)):
-        position = offset + sum(int(i) * int(s) for i, s in zip(index, stride, strict=True))
-        if position >= numel:
+    if count == 0:  # nothing to read (and np.ndindex would materialise a huge dimension's range)
+        try:
+            out = np.empty(size, dtype=code)
+        except (ValueError, OverflowError):  # a shape numpy cannot hold, even empty
             return None
-        out[flat] = values[position]
-    out = out.reshape(size)
+    else:
+        out = np.empty(count, dtype=code)
+        for flat, index in enumerate(np.ndindex(*size)):
+            position = offset + sum(int(i) * int(s) for i, s in zip(index, stride, strict=True))
+            if position >= numel:
+                return None
+            out[flat] = values[position]
+        out = out.reshape(size)
     if kind == "BFloat16Storage":
         return (out.astype(np.uint32) << 16).view(np.float32)
     if kind == "BoolStorage":
