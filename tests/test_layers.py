@@ -3,7 +3,7 @@
 The layer rule (lowest first; a module may import its own top-level package and the layers below
 it, never a layer above it nor a different package of its own layer)::
 
-    errors → validation, fingerprint, resources → tips → data, metrics → method → report
+    errors → validation, fingerprint, files, resources → tips → data, metrics → method → report
     → deploy → runners → serve → cli
 
 Every ``import``/``from … import`` statement counts, wherever it is: module level, under
@@ -31,7 +31,7 @@ ROOT_PACKAGE = "tipsomaly"
 #: Top-level modules and packages of tipsomaly, lowest layer first; one tuple per layer.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors",),
-    ("validation", "fingerprint", "resources"),
+    ("validation", "fingerprint", "files", "resources"),
     ("tips",),
     ("data", "metrics", "identity"),
     ("method",),

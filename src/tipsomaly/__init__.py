@@ -26,7 +26,8 @@ the CLI's ``--help`` do not import PyTorch)::
 
 Layers, from the bottom up (each imports only from those below it; tests/test_layers.py):
 
-- :mod:`tipsomaly.errors`, then :mod:`tipsomaly.validation`, :mod:`tipsomaly.fingerprint`.
+- :mod:`tipsomaly.errors`, then :mod:`tipsomaly.validation`, :mod:`tipsomaly.fingerprint`,
+  :mod:`tipsomaly.files`.
 - :mod:`tipsomaly.tips`    the TIPS backbone: towers, tokenizer, presets, weights.
 - :mod:`tipsomaly.data`, :mod:`tipsomaly.metrics`  datasets and evaluation metrics.
 - :mod:`tipsomaly.method`  the TipsOmaly method: config, prompts, pixel prompts, maps, head,

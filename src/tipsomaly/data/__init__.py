@@ -10,8 +10,9 @@
 - :mod:`~tipsomaly.data.inputs`   PATH arguments → image files → output names (``predict``).
 - :mod:`~tipsomaly.data.names`    :func:`display_path`: any path as UTF-8-safe text.
 
-This layer imports only :mod:`tipsomaly.errors` below it (``tests/test_layers.py`` checks the
-order), never :mod:`tipsomaly.metrics` beside it nor a layer above.
+This layer imports only :mod:`tipsomaly.errors` and :mod:`tipsomaly.files` below it
+(``tests/test_layers.py`` checks the order), never :mod:`tipsomaly.metrics` beside it nor a
+layer above.
 
 Names are imported on first use. PyTorch is imported only by :mod:`~tipsomaly.data.dataset` and by
 the tensor helpers of :mod:`~tipsomaly.data.images` when called: reading ``meta.json``, scanning a

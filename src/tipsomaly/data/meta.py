@@ -37,13 +37,13 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import TipsomalyError
+from ..files import atomic_path
 from .names import display_path, relative_name
 
 logger = logging.getLogger(__name__)
@@ -566,15 +566,8 @@ def write_meta(
             escaped,
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".meta-", suffix=".json.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; meta.json is an ordinary shared file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     n = sum(len(v) for split in data.values() if isinstance(split, Mapping) for v in split.values())
     logger.info("wrote %s (%d entries)", _shown(path), n)
     return path

@@ -39,6 +39,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from ..errors import TipsomalyError
+from ..files import atomic_path
 
 __all__ = [
     "EXPORT_JSON",
@@ -122,9 +123,8 @@ def write_metadata(folder: str | os.PathLike, record: dict[str, Any]) -> Path:
     missing = [k for k in _REQUIRED if k not in record]
     if missing:
         raise ValueError(f"export record lacks {', '.join(missing)}")
-    tmp = out / f".{EXPORT_JSON}.tmp"
-    tmp.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, out / EXPORT_JSON)
+    with atomic_path(out / EXPORT_JSON) as tmp:
+        tmp.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return out / EXPORT_JSON
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import TipsomalyError
+from ..files import atomic_path
 from .names import BUNDLED_PIXEL_PROMPTS
 from .torch_pickle import read_torch_file
 
@@ -75,9 +76,9 @@ class PixelPrompts:
         meta.update(
             n_prompt=str(self.n_prompt), width=str(self.width), format="tipsomaly-pixel-prompts-1"
         )
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({"preambles": self.preambles.detach().float().contiguous().cpu()}, str(tmp), meta)
-        os.replace(tmp, path)
+        tensors = {"preambles": self.preambles.detach().float().contiguous().cpu()}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), meta)
         return path
 
     @classmethod

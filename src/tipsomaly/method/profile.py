@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from ..errors import SetupMismatchError, TipsomalyError
+from ..files import atomic_path
 from ..fingerprint import digest, file_digest, tensor_digest
 from .decision import Thresholds
 from .memory_bank import MemoryBank, ReferenceBank
@@ -140,14 +141,13 @@ class Profile:
             "cls2": self.bank.cls2.features,
             "cls_sources": self.bank.cls1.sources.to(torch.int32),
         }
-        tmp = out / f".{BANK_FILE}.tmp"
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-        os.replace(tmp, out / BANK_FILE)
+        with atomic_path(out / BANK_FILE) as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
         info = dict(self.info)
         if self.roi is not None:  # the profile holds its own copy: it travels with it
             if Path(self.roi).resolve() != (out / ROI_FILE).resolve():
-                shutil.copyfile(self.roi, out / f".{ROI_FILE}.tmp")
-                os.replace(out / f".{ROI_FILE}.tmp", out / ROI_FILE)
+                with atomic_path(out / ROI_FILE) as tmp:
+                    shutil.copyfile(self.roi, tmp)
             info["settings"] = {**info.get("settings", {}), "roi": ROI_FILE}
         record = {
             "format": PROFILE_FORMAT,
@@ -166,9 +166,8 @@ class Profile:
             "versions": {"tipsomaly": __version__, "torch": torch.__version__},
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
-        tmp = out / f".{PROFILE_JSON}.tmp"
-        tmp.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-        os.replace(tmp, out / PROFILE_JSON)
+        with atomic_path(out / PROFILE_JSON) as tmp:
+            tmp.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
         self.path = out
         if self.roi is not None:
             self.roi = str(out / ROI_FILE)

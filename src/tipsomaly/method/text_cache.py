@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .. import fingerprint
+from ..files import atomic_path
 from ..tips.weights import cache_dir
 
 logger = logging.getLogger(__name__)
@@ -84,9 +85,8 @@ class TextEmbeddingCache:
             return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            save_file({"embeddings": embeddings.detach().float().cpu().contiguous()}, str(tmp))
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                save_file({"embeddings": embeddings.detach().float().cpu().contiguous()}, str(tmp))
         except OSError as exc:  # a read-only or full cache must not stop a run
             logger.warning("could not cache text embeddings in %s (%s)", path, exc)
 

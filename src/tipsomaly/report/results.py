@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import OutputError
+from ..files import atomic_write_text
 
 INDUSTRIAL = ("mvtec", "visa", "mpdd", "btad", "ksdd", "sdd", "dagm", "dtd")
 MEDICAL = ("headct", "brainmri", "br35h", "isic", "colondb", "clinicdb", "tn3k", "kvasir", "endo")
@@ -201,21 +202,6 @@ def render_text(results: Sequence[DatasetResult], cls: str, markdown: bool = Fal
     return printable("\n\n".join(parts) + "\n")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """``path`` whole or not at all (temp file, then renamed); disk errors as OutputError."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except OSError as exc:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        raise OutputError(path, exc) from None
-
-
 def results_payload(results: Sequence[DatasetResult], config: dict) -> dict:
     """What ``results.json`` holds: the configuration (with the device actually used and the
     AUPRO definition named) and every dataset's metrics, counts and errors."""
@@ -267,7 +253,7 @@ def write_results(
     except OSError as exc:
         raise OutputError(out, exc) from None
     md = out / "results.md"
-    _write_atomic(md, "# tipsomaly eval\n\n" + render_text(results, cls, markdown=True))
+    atomic_write_text(md, "# tipsomaly eval\n\n" + render_text(results, cls, markdown=True))
     keys = sorted({k for r in results for m in [*r.classes.values(), r.mean] for k in m})
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -282,10 +268,10 @@ def write_results(
                 + [_num(metrics.get(k)) for k in keys]
             )
     csv_path = out / "results.csv"
-    _write_atomic(csv_path, buffer.getvalue())
+    atomic_write_text(csv_path, buffer.getvalue())
     json_path = out / "results.json"
     payload = _jsonable(results_payload(results, config))
-    _write_atomic(json_path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(json_path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
     return [md, csv_path, json_path]
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OutputError
+from ..files import atomic_write_text
 from ..method.defects import DEFECT_COLUMNS
 from .results import printable
 
@@ -230,9 +231,10 @@ class ScoreTable:
             "columns": self.columns,
             "results": [{k: _json_value(v) for k, v in r.items()} for r in self.rows],
         }
-        _write_json_atomic(self.json_path, doc)
+        atomic_write_text(self.json_path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
         if self.coco_path is not None:
-            _write_json_atomic(self.coco_path, coco_results(self.rows))
+            coco = json.dumps(coco_results(self.rows), indent=2, allow_nan=False) + "\n"
+            atomic_write_text(self.coco_path, coco)
         return self.json_path
 
     def close(self) -> None:
@@ -246,17 +248,3 @@ class ScoreTable:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _write_json_atomic(path: Path, doc: Any) -> None:
-    """``doc`` as indented JSON at ``path``: a temp file, then renamed (OutputError)."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        raise OutputError(path, exc) from None

@@ -34,6 +34,7 @@ from ..data.dataset import AnomalyDataset, collate_samples, make_loader
 from ..data.images import DEFAULT_MAX_PIXELS, MaxPixels
 from ..data.meta import Sample
 from ..errors import TipsomalyError
+from ..files import atomic_path
 from ..tips.model import TipsModel
 
 logger = logging.getLogger(__name__)
@@ -312,10 +313,9 @@ def _build_disk(
         index = missing[k]
         path = files[index]
         assert path is not None  # samples without a file are never computed
-        tmp = path.with_name(path.name + ".tmp")
         meta = {"format": FORMAT, "image": str(samples[index].image_path)}
-        save_file({"patches": p.to(dtype).contiguous(), "mask": m.contiguous()}, str(tmp), meta)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file({"patches": p.to(dtype).contiguous(), "mask": m.contiguous()}, str(tmp), meta)
         readable.add(index)
     order = sorted(readable)
     if not order:

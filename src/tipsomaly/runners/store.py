@@ -35,17 +35,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import fingerprint
 from ..errors import OutputError
+from ..files import atomic_write
 from ..identity import model_id, spec_id
 
 if TYPE_CHECKING:
@@ -189,30 +189,6 @@ def sub_store(store: PredictionStore, kind: str, *parts: Any) -> PredictionStore
 # -- files ------------------------------------------------------------------------------------
 def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
     atomic_write(path, lambda f: np.savez(f, **arrays))
-
-
-def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Write ``path`` whole or not at all (``write`` fills a binary file): a temporary file in
-    its folder, then renamed.
-
-    Raises:
-        OutputError: it cannot be written (named).
-    """
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise OutputError(path, exc) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise OutputError(path, exc) from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _safe_name(name: str) -> str:

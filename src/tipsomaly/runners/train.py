@@ -22,7 +22,6 @@ import csv
 import json
 import logging
 import math
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..data.meta import read_meta
+from ..files import atomic_path
 from ..method.losses import LossTerms, segmentation_loss
 from ..method.maps import anomaly_maps, upsample
 from ..method.pixel_prompts import PixelPromptError, PixelPrompts
@@ -150,9 +150,8 @@ def save_train_state(
         "adam.step": torch.as_tensor(state["step"], dtype=torch.float32).reshape(1).cpu(),
         "generator": generator.get_state(),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), {"epoch": str(epoch), "format": "tipsomaly-train-state-1"})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), {"epoch": str(epoch), "format": "tipsomaly-train-state-1"})
     return path
 
 

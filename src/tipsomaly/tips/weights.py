@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import http.client
 import json
 import logging
 import os
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -17,6 +15,8 @@ import urllib.request
 from pathlib import Path
 
 from ..errors import TipsomalyError
+from ..files import atomic_path
+from ..fingerprint import file_digest
 from ..validation import in_range
 
 logger = logging.getLogger(__name__)
@@ -95,14 +95,6 @@ def weights_dir() -> Path:
     return cache_dir() / "weights"
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class ChecksumRegistry:
     """``checksums.json`` beside the cached files: name → SHA-256 recorded at first download."""
 
@@ -125,25 +117,9 @@ class ChecksumRegistry:
     def record(self, name: str, sha256: str) -> None:
         data = self.read()
         data[name] = sha256
-        _atomic_write_text(self.path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-    def forget(self, name: str) -> None:
-        data = self.read()
-        if data.pop(name, None) is not None:
-            _atomic_write_text(self.path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.path) as tmp:
+            tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def download(
@@ -292,17 +268,12 @@ def fetch(
     return dest
 
 
-_verified: dict[tuple[str, int, int], str] = {}
-
-
 def verify(
     path: Path, registry: ChecksumRegistry | None = None, expected_sha256: str | None = None
 ) -> str:
     """Check ``path`` against ``expected_sha256`` or its recorded SHA-256 (recording it if new)."""
     registry = registry or ChecksumRegistry(path.parent)
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    sha = _verified.get(key) or sha256_of(path)  # hash once per process per file version
+    sha = file_digest(path)  # hashed once per process per file version
     expected = (expected_sha256 or registry.get(path.name) or "").lower()
     if expected and sha != expected:
         raise ChecksumError(
@@ -312,5 +283,4 @@ def verify(
     if not expected:
         logger.info("recording SHA-256 of %s", path)
         registry.record(path.name, sha)
-    _verified[key] = sha
     return sha
