@@ -20,7 +20,6 @@ import dataclasses
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import InvalidOptionError, SetupMismatchError
@@ -429,13 +428,4 @@ def resolve_pixel_prompts(value: Any, model: object, dataset: str | None = None)
             return None
         if value == AUTO:
             return default_pixel_prompts(model, dataset)
-    return value
-
-
-def recorded_path(value: Any, folder: Path) -> Any:
-    """A recorded file setting read back: relative paths are relative to ``folder``."""
-    if isinstance(value, str) and value and not os.path.isabs(value):
-        candidate = folder / value
-        if candidate.exists():
-            return str(candidate)
     return value

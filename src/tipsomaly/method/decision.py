@@ -76,7 +76,3 @@ class Thresholds:
                 for mode, kinds in record.items()
             }
         )
-
-    def only(self, mode: str) -> Thresholds:
-        """These thresholds for one mode only (what an export keeps)."""
-        return Thresholds({mode: dict(self.by_mode.get(mode, {}))})

@@ -29,7 +29,7 @@ from .config import DetectorConfig
 from .decision import Thresholds
 from .head import BatchScores, DetectorOutput, TipsomalyHead
 from .memory_bank import ReferenceDistances
-from .pipeline import LoadedImage, Predictor, TiledEvidence
+from .pipeline import Predictor
 from .pixel_prompts import PixelPrompts, load_pixel_prompts
 from .prediction import NON_FINITE, Prediction
 from .profile import Profile, ProfileMismatchError, load_profiles
@@ -42,9 +42,7 @@ __all__ = [
     "NON_FINITE",
     "BatchScores",
     "Detector",
-    "LoadedImage",
     "Prediction",
-    "TiledEvidence",
     "reference_distances",
 ]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -194,7 +193,3 @@ def load_pixel_prompts(spec: str | os.PathLike | PixelPrompts) -> PixelPrompts:
             ".safetensors / .pth file"
         )
     return PixelPrompts.load(path)
-
-
-def metadata_json(prompts: PixelPrompts) -> str:
-    return json.dumps(prompts.metadata, sort_keys=True)

@@ -28,13 +28,7 @@ from ..data.meta import DatasetMeta, Sample, read_meta
 from ..data.roi import RoiLookup
 from ..method.config import AUTO, default_pixel_prompts
 from ..method.detector import Detector
-from ..report.results import (
-    INDUSTRIAL,
-    MEDICAL,
-    TABLE_METRICS,
-    DatasetResult,
-    domain_of,
-)
+from ..report.results import DatasetResult
 from ..tips.runtime import resolve_device
 from . import distributed
 from .config import EvalConfig, EvalSettings
@@ -56,17 +50,12 @@ from .store import PredictionStore, store_key
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "INDUSTRIAL",
-    "MEDICAL",
-    "TABLE_METRICS",
-    "DatasetResult",
     "EvalConfig",
     "EvalResult",
     "EvalSettings",
     "Evaluator",
     "FewShotError",
     "ShotDraw",
-    "domain_of",
     "draw_shots",
     "environment",
     "evaluate_datasets",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import MissingExtraError, TipsomalyError
+from ..errors import TipsomalyError
 
 
 class ServiceError(TipsomalyError):
@@ -59,7 +59,6 @@ class QueueFullError(UnavailableError):
 
 __all__ = [
     "BadRequestError",
-    "MissingExtraError",
     "QueueFullError",
     "ServiceError",
     "TooLargeError",
