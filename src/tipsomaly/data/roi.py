@@ -33,7 +33,6 @@ __all__ = [
     "RoiLookup",
     "as_roi",
     "boxes_touching",
-    "describe_missing",
     "find_roi",
     "fit_roi",
     "load_roi",
@@ -205,7 +204,8 @@ class RoiLookup:
         assert self.folder is not None
         found = find_roi(self.folder, names, self._listings)
         if found is None:
-            missing = describe_missing(self.folder, names)
+            tried = " or ".join(f"{display_path(n)}.*" for n in dict.fromkeys(names))
+            missing = f"no ROI mask for it in {display_path(self.folder)} (looked for {tried})"
             raise RoiError(missing if image is None else f"{display_path(Path(image))}: {missing}")
         return found
 
@@ -245,9 +245,3 @@ class RoiLookup:
                 "ROI mask of %dx%d px resized to the %dx%d image %s (w x h)", w0, h0, w, h, shown
             )
         return fitted
-
-
-def describe_missing(folder: str | os.PathLike, names: Sequence[str]) -> str:
-    """The error text for an image without a mask in ``folder``."""
-    tried = " or ".join(f"{display_path(n)}.*" for n in dict.fromkeys(names))
-    return f"no ROI mask for it in {display_path(Path(folder))} (looked for {tried})"

@@ -52,13 +52,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: the states of :attr:`Service.status`
-STATES = ("loading", "ready", "failed", "stopping")
 #: seconds a client is told to wait while the model loads
 LOADING_RETRY_S = 5
 #: distinct class names served when any name is accepted (no --classes, no profile): each costs
 #: a text-tower pass and a cache entry, so a client cannot grow them without bound
 MAX_OPEN_CLASSES = 256
+#: the settings ``/v1/info`` reports as ``limits``
+LIMITS = ("batch_size", "max_wait_ms", "max_queue", "max_files", "max_upload_bytes", "max_pixels")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -378,13 +378,8 @@ class Service:
         p = prediction
         ok = p.error is None
         used = threshold if threshold is not None else p.threshold
-        source = (
-            "request"
-            if threshold is not None
-            else p.threshold_source
-            if p.threshold is not None
-            else None
-        )
+        source = p.threshold_source if p.threshold is not None else None
+        source = "request" if threshold is not None else source
         roi = "request" if request_roi else "server" if p.roi is not None else None
         out: dict[str, Any] = {
             "filename": label,
@@ -431,17 +426,11 @@ class Service:
         identity = self.identity if det is not None else None
         profiles: list[dict[str, Any]] = []
         if det is not None:
-            for name, path in sorted(det.profile_names().items()):
-                mode, image, pixel, _ = det.decision(name)
-                profiles.append(
-                    {
-                        "class_name": name,
-                        "path": path,
-                        "mode": mode,
-                        "threshold": image,
-                        "pixel_threshold": pixel,
-                    }
-                )
+            keys = ("class_name", "path", "mode", "threshold", "pixel_threshold")
+            profiles = [
+                dict(zip(keys, (name, path, *det.decision(name)[:3]), strict=True))
+                for name, path in sorted(det.profile_names().items())
+            ]
         elif config is not None:
             profiles = [{"class_name": None, "path": str(p)} for p in config.profiles]
         c = self.config
@@ -478,17 +467,10 @@ class Service:
             "mode": det.mode if det is not None else getattr(config, "scoring_mode", None),
             "profiles": profiles,
             "classes": self.classes,
-            "limits": {
-                "batch_size": c.batch_size,
-                "max_wait_ms": c.max_wait_ms,
-                "max_queue": c.max_queue,
-                "max_files": c.max_files,
-                "max_upload_bytes": c.max_upload_bytes,
-                "max_pixels": c.max_pixels,
-            },
+            "limits": {k: getattr(c, k) for k in LIMITS},
             "auth": c.token is not None,
             "stats": stats,
         }
 
 
-__all__ = ["STATES", "Service", "map_npy", "map_png", "upload_label"]
+__all__ = ["Service", "map_npy", "map_png", "upload_label"]
