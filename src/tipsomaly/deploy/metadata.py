@@ -38,7 +38,7 @@ import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-from ..errors import TipsomalyError
+from ..errors import TipsomalyError, first_line
 from ..files import atomic_path
 
 __all__ = [
@@ -183,10 +183,7 @@ def read_metadata(folder: str | os.PathLike) -> dict[str, Any]:
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        text = str(exc).strip().splitlines()
-        raise ExportError(
-            f"{path}: unreadable ({text[0] if text else type(exc).__name__})"
-        ) from None
+        raise ExportError(f"{path}: unreadable ({first_line(exc)})") from None
     record = upgrade_to_latest(record, path)
     missing = [k for k in _REQUIRED if k not in record]
     if missing:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import TipsomalyError
+from ..errors import TipsomalyError, one_line
 from ..files import atomic_path
 from .names import BUNDLED_PIXEL_PROMPTS
 from .torch_pickle import read_torch_file
@@ -100,14 +100,14 @@ class PixelPrompts:
             raise
         except (SafetensorError, OSError, ValueError) as exc:
             raise PixelPromptError(
-                f"{path} is not a readable safetensors file: {_one_line(exc)}"
+                f"{path} is not a readable safetensors file: {one_line(exc)}"
             ) from None
         except Exception as exc:  # noqa: BLE001 - e.g. a dtype torch cannot hold (F4, U64)
-            raise PixelPromptError(f"{path}: unreadable pixel prompts ({_one_line(exc)})") from None
+            raise PixelPromptError(f"{path}: unreadable pixel prompts ({one_line(exc)})") from None
         except BaseException as exc:  # a panic inside the Rust reader, never a user's ^C
             if type(exc).__name__ != "PanicException":
                 raise
-            raise PixelPromptError(f"{path}: unreadable pixel prompts ({_one_line(exc)})") from None
+            raise PixelPromptError(f"{path}: unreadable pixel prompts ({one_line(exc)})") from None
         check_preambles(preambles, str(path))
         metadata.setdefault("source", str(path))
         return cls(preambles.float(), metadata)
@@ -162,11 +162,6 @@ def check_preambles(preambles: torch.Tensor, source: str) -> None:
             f"{source}: {bad} of {p.numel()} pixel-prompt values are NaN or infinite; "
             "use other prompts or train them again"
         )
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def bundled_path(name: str) -> Path:

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from ..errors import SetupMismatchError, TipsomalyError
+from ..errors import SetupMismatchError, TipsomalyError, first_line
 from ..files import atomic_path
 from ..fingerprint import digest, file_digest, tensor_digest
 from .decision import Thresholds
@@ -183,9 +183,7 @@ class Profile:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        folder = Path(folder)
-        if folder.is_file() and folder.name == PROFILE_JSON:
-            folder = folder.parent
+        folder = _folder(folder)
         record = read_record(folder)
         bank_path = folder / BANK_FILE
         try:
@@ -202,7 +200,7 @@ class Profile:
         try:
             t = load_file(str(bank_path))
         except (SafetensorError, OSError, ValueError) as exc:
-            raise ProfileError(f"{bank_path}: unreadable bank ({_one_line(exc)})") from None
+            raise ProfileError(f"{bank_path}: unreadable bank ({first_line(exc)})") from None
         bank = _bank_from_tensors(t, bank_path, torch.device(device))
         thresholds = Thresholds.from_dict(record["thresholds"])
         info = {k: v for k, v in record.items() if k not in _RECORD_OWN}
@@ -221,11 +219,6 @@ class Profile:
 _RECORD_OWN = {"format", "class_name", "mode", "identity", "thresholds", "fusion"}
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 def profile_settings(profile: Any, folder: Path | None = None) -> tuple[dict[str, Any], str]:
     """The settings a profile was fitted with (``profile.json``'s ``settings``: model, size,
     prompts, sigma, CLS token, tiling, ROI; its files as paths that exist here) and its name.
@@ -241,9 +234,7 @@ def profile_settings(profile: Any, folder: Path | None = None) -> tuple[dict[str
     elif isinstance(profile, dict):
         recorded, name = profile.get("settings") or {}, str(folder)
     else:
-        folder = Path(profile)
-        if folder.is_file() and folder.name == PROFILE_JSON:
-            folder = folder.parent
+        folder = _folder(profile)
         recorded, name = read_record(folder).get("settings") or {}, str(folder)
     settings = dict(recorded)
     if isinstance(profile, Profile) and profile.roi is not None:
@@ -254,15 +245,19 @@ def profile_settings(profile: Any, folder: Path | None = None) -> tuple[dict[str
     return settings, name
 
 
+def _folder(path: str | os.PathLike) -> Path:
+    """A profile's folder, also when given its ``profile.json``."""
+    path = Path(path)
+    return path.parent if path.is_file() and path.name == PROFILE_JSON else path
+
+
 def read_record(folder: str | os.PathLike) -> dict[str, Any]:
     """``profile.json`` of a profile folder, checked against its schema (no bank read).
 
     Raises:
         ProfileError: no such profile, or an unreadable or malformed ``profile.json``.
     """
-    folder = Path(folder)
-    if folder.is_file() and folder.name == PROFILE_JSON:
-        folder = folder.parent
+    folder = _folder(folder)
     meta_path = folder / PROFILE_JSON
     if not meta_path.is_file():
         what = (
@@ -274,7 +269,7 @@ def read_record(folder: str | os.PathLike) -> dict[str, Any]:
     try:
         record = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ProfileError(f"{meta_path}: unreadable profile ({_one_line(exc)})") from None
+        raise ProfileError(f"{meta_path}: unreadable profile ({first_line(exc)})") from None
     _check_record(record, meta_path)
     return record
 

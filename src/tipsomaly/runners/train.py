@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..data.meta import read_meta
+from ..errors import one_line
 from ..files import atomic_path
 from ..method.losses import LossTerms, segmentation_loss
 from ..method.maps import anomaly_maps, upsample
@@ -169,7 +170,7 @@ def load_train_state(path: Path, optimizer: torch.optim.Adam, generator: torch.G
         tensors = load_file(str(path))
     except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, ...: any broken file
         raise TrainError(
-            f"cannot resume: {path} is unreadable ({_one_line(exc)}); delete it and the "
+            f"cannot resume: {path} is unreadable ({one_line(exc)}); delete it and the "
             "prompts of the same epoch to resume from the epoch before"
         ) from None
     (param,) = optimizer.param_groups[0]["params"]
@@ -210,13 +211,8 @@ def load_train_state(path: Path, optimizer: torch.optim.Adam, generator: torch.G
         generator.set_state(tensors["generator"])
     except (RuntimeError, ValueError) as exc:
         raise TrainError(
-            f"cannot resume: {path} holds an invalid generator state ({_one_line(exc)})"
+            f"cannot resume: {path} holds an invalid generator state ({one_line(exc)})"
         ) from None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def completed_epochs(out: Path) -> int:
@@ -347,7 +343,7 @@ def _check_resume(out: Path, identity: dict) -> int:
     try:
         saved = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise TrainError(f"cannot resume: {path} is unreadable ({_one_line(exc)})") from None
+        raise TrainError(f"cannot resume: {path} is unreadable ({one_line(exc)})") from None
     if not isinstance(saved, dict):
         raise TrainError(f"cannot resume: {path} does not hold the settings of a run")
     changed = [f"{k}: {saved.get(k)!r} → {v!r}" for k, v in identity.items() if saved.get(k) != v]

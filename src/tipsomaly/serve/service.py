@@ -37,7 +37,7 @@ from PIL import Image
 from .. import __version__
 from ..data.images import ImageLoadError, load_image
 from ..data.roi import RoiError, as_roi
-from ..errors import InvalidOptionError, TipsomalyError
+from ..errors import InvalidOptionError, TipsomalyError, first_line
 from ..method.decision import decide
 from ..report.overlay import overlay
 from ..validation import in_range
@@ -59,11 +59,6 @@ LOADING_RETRY_S = 5
 MAX_OPEN_CLASSES = 256
 #: the settings ``/v1/info`` reports as ``limits``
 LIMITS = ("batch_size", "max_wait_ms", "max_queue", "max_files", "max_upload_bytes", "max_pixels")
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def upload_label(name: str | None, index: int) -> str:
@@ -154,7 +149,7 @@ class Service:
         except Exception as exc:  # noqa: BLE001 - reported by /health and to on_fatal
             with self._lock:
                 self.status = "failed"
-                self.error = _one_line(exc)
+                self.error = first_line(exc)
             if self._on_fatal is not None:
                 self._on_fatal(exc)  # the caller reports it (tipsomaly serve: one line, exit 1)
             else:
@@ -230,7 +225,7 @@ class Service:
             check_class_name(class_name)
             detector.check_classes([class_name])  # an export scores its own class only
         except TipsomalyError as exc:
-            raise BadRequestError(_one_line(exc)) from None
+            raise BadRequestError(first_line(exc)) from None
         allowed = self.classes
         if allowed is not None and class_name not in allowed:
             raise BadRequestError(
@@ -296,7 +291,7 @@ class Service:
         try:
             mask = as_roi(self._decode_one(data))
         except (ImageLoadError, RoiError) as exc:
-            reason = exc.reason if isinstance(exc, ImageLoadError) else _one_line(exc)
+            reason = exc.reason if isinstance(exc, ImageLoadError) else first_line(exc)
             raise BadRequestError(
                 f"cannot read the roi part ({label}): {reason}",
                 errors=[{"filename": label, "error": reason}],
