@@ -157,11 +157,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("tipsomaly: interrupted; no profile written", file=sys.stderr)
         return ExitCode.INTERRUPTED
-    _report(summary, args)
+    _report(summary)
     return ExitCode.SOME_FAILED if summary.failed else ExitCode.OK
 
 
-def _report(summary: Any, args: argparse.Namespace) -> None:
+def _report(summary: Any) -> None:
     profile = summary.profile
     bank = profile.info["bank"]
     coreset = f" (coreset of {bank['patches_before_coreset']})" if bank["coreset"] else ""

@@ -300,7 +300,7 @@ def resolved(config: C) -> C:
         )
         tile_side(config.tile, "--tile", at_least=vision.patch_size, what="the model's patch size")
     device, dtype = resolve_runtime(config.device, config.dtype)
-    return config.replace(device=str(device), dtype=dtype_name(dtype))
+    return config.replace(device=str(device), dtype=dtype)  # the config names a torch dtype
 
 
 def open_predictor(config: DetectorConfig, given: dict[str, Any]) -> Predictor:
@@ -362,10 +362,3 @@ def writing(path: str | os.PathLike) -> Iterator[None]:
         raise
     except OSError as exc:
         raise OutputError(exc.filename or path, exc) from exc
-
-
-def dtype_name(dtype: Any) -> str:
-    """``fp32`` / ``bf16`` / ``fp16`` for a torch dtype (the names the options use)."""
-    return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(
-        str(dtype).removeprefix("torch."), str(dtype).removeprefix("torch.")
-    )

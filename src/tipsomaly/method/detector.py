@@ -58,13 +58,8 @@ class Detector(Predictor):
         text_cache: keep text embeddings on disk (``<cache>/text``) so that the next run with
             the same model and prompts skips the text tower; ``False`` computes them per run.
         **settings: any :class:`~.config.DetectorConfig` field, with its default when left
-            out: ``pixel_prompts`` (``"auto"``: trained-on-mvtec for l14h, none for other
-            backbones; or a :class:`PixelPrompts`), ``prompt_type``, ``prompt_file``,
-            ``image_size`` (a multiple of 14; paper: 518), ``sigma``, ``cls``, ``device``,
-            ``dtype`` (names or torch objects), ``batch_size``, ``tile`` / ``tile_overlap``,
-            ``roi``, ``profiles`` (``profile=`` also accepted; folders or :class:`Profile`),
-            ``mode``, ``image_threshold`` / ``pixel_threshold``, ``min_defect_area``,
-            ``pixel_size_mm``, ``max_pixels``, ``offline``.
+            out; also objects: a :class:`PixelPrompts`, :class:`Profile` s (``profile=`` also
+            accepted), a torch device and dtype.
 
     See :mod:`~.pipeline` for what tiles and regions of interest do to the scores. A profile is
     used only with the setup that fitted it (checked: model, size, prompts, sigma, CLS token,
@@ -88,8 +83,7 @@ class Detector(Predictor):
         **settings: Any,
     ) -> None:
         if "profile" in settings:  # the singular, as the CLI option reads
-            profile = settings.pop("profile")
-            settings.setdefault("profiles", () if profile is None else profile)
+            settings.setdefault("profiles", settings.pop("profile"))
         if settings.get("profiles") is None:
             settings["profiles"] = ()
         loaded = model if isinstance(model, TipsModel) else None
