@@ -75,9 +75,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     )
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument(
-        "--class-name",
-        type=non_empty,
-        help='what the images show, e.g. "hazelnut" or "metal nut"',
+        "--class-name", type=non_empty, help='what the images show, e.g. "hazelnut" or "metal nut"'
     )
     who.add_argument(
         "--class-from-folder",

@@ -236,13 +236,7 @@ def _find_split(data: Mapping[str, Any], split: str, path: Path) -> str:
 
 
 def _parse_entry(
-    raw: Any,
-    *,
-    where: str,
-    key: str,
-    root: Path,
-    problems: list[str],
-    boundary: Path | None = None,
+    raw: Any, *, where: str, key: str, root: Path, problems: list[str], boundary: Path | None = None
 ) -> Sample | None:
     """Validate one entry; append problems (prefixed with ``where``) and return a Sample or None."""
     if not isinstance(raw, Mapping):

@@ -38,13 +38,7 @@ from .text_cache import TextEmbeddingCache
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "NON_FINITE",
-    "BatchScores",
-    "Detector",
-    "Prediction",
-    "reference_distances",
-]
+__all__ = ["NON_FINITE", "BatchScores", "Detector", "Prediction", "reference_distances"]
 
 _DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 

@@ -142,10 +142,7 @@ def rebuild_strided(
         )
     itemsize = storage.dtype.itemsize
     view = np.lib.stride_tricks.as_strided(
-        storage[offset:],
-        shape=size,
-        strides=tuple(s * itemsize for s in stride),
-        writeable=False,
+        storage[offset:], shape=size, strides=tuple(s * itemsize for s in stride), writeable=False
     )
     return np.array(view, dtype=storage.dtype.newbyteorder("="))
 

@@ -184,8 +184,7 @@ class TrainConfig(DetectorConfig):
         choices=CACHE_DTYPE_CHOICES,
     )
     resume: bool = option(
-        False,
-        "continue after the last complete epoch in --out (same settings; --epochs may grow)",
+        False, "continue after the last complete epoch in --out (same settings; --epochs may grow)"
     )
     eval_data: str | os.PathLike | None = option(
         None, "dataset root evaluated after each epoch (pixel metrics)", metavar="DIR"

@@ -118,11 +118,7 @@ class DrawnReferences:
     field = "few_shot"
 
     def __init__(
-        self,
-        settings: EvalConfig,
-        draw: ShotDraw,
-        root: Path,
-        detector: Callable[[], Detector],
+        self, settings: EvalConfig, draw: ShotDraw, root: Path, detector: Callable[[], Detector]
     ) -> None:
         self.settings, self.draw, self.root, self._detector = settings, draw, root, detector
         self.record: dict[str, Any] = {

@@ -63,10 +63,7 @@ from ..errors import InvalidOptionError, OutputError
 from ..method.pipeline import Predictor
 from ..method.prediction import NON_FINITE, Prediction
 from ..method.profile import ProfileError
-from ..report.overlay import (
-    DEFAULT_ALPHA,
-    OVERLAY_SCALES,
-)
+from ..report.overlay import DEFAULT_ALPHA, OVERLAY_SCALES
 from ..report.results import printable
 from ..report.tables import ScoreTable
 from ..validation import choice, in_range

@@ -104,8 +104,7 @@ async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
     return JSONResponse(
-        {"detail": f"internal error ({type(exc).__name__}); see the server's log"},
-        status_code=500,
+        {"detail": f"internal error ({type(exc).__name__}); see the server's log"}, status_code=500
     )
 
 

@@ -57,10 +57,4 @@ class QueueFullError(UnavailableError):
     """More images wait for the model than the queue holds: 503 with ``Retry-After``."""
 
 
-__all__ = [
-    "BadRequestError",
-    "QueueFullError",
-    "ServiceError",
-    "TooLargeError",
-    "UnavailableError",
-]
+__all__ = ["BadRequestError", "QueueFullError", "ServiceError", "TooLargeError", "UnavailableError"]

@@ -152,8 +152,7 @@ def build_model(
     """
     if files.combined is not None:
         parts = split_prefixed(
-            read_safetensors(files.combined),
-            {"vision": "vision_encoder.", "text": "text_encoder."},
+            read_safetensors(files.combined), {"vision": "vision_encoder.", "text": "text_encoder."}
         )
         vision_arrays, text_arrays = parts["vision"], parts["text"]
         if parts[""]:

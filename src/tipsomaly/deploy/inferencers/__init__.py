@@ -20,13 +20,7 @@ from .base import ExportedDetector, open_runner
 from .onnx import OnnxRunner
 from .openvino import OpenVinoRunner
 
-__all__ = [
-    "ExportedDetector",
-    "OnnxRunner",
-    "OpenVinoRunner",
-    "load_inferencer",
-    "open_runner",
-]
+__all__ = ["ExportedDetector", "OnnxRunner", "OpenVinoRunner", "load_inferencer", "open_runner"]
 
 
 def load_inferencer(

@@ -40,10 +40,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["DEFAULT_RUNTIME", "RUNTIMES", "ExportedDetector", "GraphRunner", "open_runner"]
 
 #: each runtime, the graph formats it reads, and the extra that installs it
-RUNTIMES = {
-    "onnxruntime": (("onnx",), "onnx"),
-    "openvino": (("onnx", "openvino"), "openvino"),
-}
+RUNTIMES = {"onnxruntime": (("onnx",), "onnx"), "openvino": (("onnx", "openvino"), "openvino")}
 #: the runtime a format runs on unless told otherwise
 DEFAULT_RUNTIME = {"onnx": "onnxruntime", "openvino": "openvino"}
 #: the outputs a version-1 graph lacks (it scores whole images without an ROI only)
@@ -159,10 +156,7 @@ class ExportedDetector(Predictor):
         if recorded.get("roi"):
             recorded["roi"] = str(folder / recorded["roi"])
         given = {k: v for k, v in given.items() if v is not None}
-        fixed = {
-            "prompt_type": recorded.get("prompt_type"),
-            "mode": self._mode,
-        }
+        fixed = {"prompt_type": recorded.get("prompt_type"), "mode": self._mode}
         for name, value in fixed.items():
             if name in given and given[name] != value:
                 raise SetupMismatchError(
