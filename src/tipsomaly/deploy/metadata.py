@@ -202,10 +202,9 @@ def read_metadata(folder: str | os.PathLike) -> dict[str, Any]:
     size = record["settings"].get("image_size")
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise ExportError(f"{path}: bad image_size {size!r}")
-    for key in ("roi",):  # files the export holds: names inside its folder, nothing else
-        name = record["settings"].get(key)
-        if name is not None and not _inside_folder(name):
-            raise ExportError(f"{path}: settings.{key} {name!r} must name a file in {folder}")
+    roi = record["settings"].get("roi")  # a file the export holds: a name inside its folder
+    if roi is not None and not _inside_folder(roi):
+        raise ExportError(f"{path}: settings.roi {roi!r} must name a file in {folder}")
     if not isinstance(record["class_name"], str) or not record["class_name"]:
         raise ExportError(f"{path}: bad class_name {record['class_name']!r}")
     return record
