@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..errors import InvalidOptionError, TipsomalyError
+from ..validation import env_seconds
 from .lock import OutputLock
 
 logger = logging.getLogger(__name__)
@@ -96,16 +97,7 @@ def timeout_s() -> float:
     Raises:
         InvalidOptionError: the variable is not a positive number.
     """
-    value = os.environ.get(TIMEOUT_ENV, "").strip()
-    if not value:
-        return DEFAULT_TIMEOUT_S
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = float("nan")
-    if not seconds > 0 or seconds == float("inf"):
-        raise InvalidOptionError(f"{TIMEOUT_ENV}={value!r}: give a positive number of seconds")
-    return seconds
+    return env_seconds(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)
 
 
 @dataclass(frozen=True)

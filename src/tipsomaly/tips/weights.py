@@ -17,7 +17,7 @@ from pathlib import Path
 from ..errors import TipsomalyError
 from ..files import atomic_path
 from ..fingerprint import file_digest
-from ..validation import in_range
+from ..validation import env_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -51,14 +51,7 @@ def download_timeout() -> float:
     """Seconds a download waits to connect and then for each read: ``$TIPSOMALY_DOWNLOAD_TIMEOUT``
     or 30. A value that is not a positive number raises
     :class:`~tipsomaly.errors.InvalidOptionError`."""
-    text = os.environ.get(TIMEOUT_ENV, "").strip()
-    if not text:
-        return DEFAULT_TIMEOUT
-    try:
-        value = float(text)
-    except ValueError:
-        value = text  # type: ignore[assignment]  # in_range names it as not a number
-    return in_range(value, TIMEOUT_ENV, 0, None, low_open=True, hint="seconds")
+    return env_seconds(TIMEOUT_ENV, DEFAULT_TIMEOUT)
 
 
 def _host(url: str) -> str:
