@@ -13,32 +13,14 @@ Output layout under ``out_dir``::
     defects.csv           one row per defect record (with a pixel threshold; see below)
     defects_coco.json     the defects as COCO results with RLE masks (defects_format="coco")
 
-Decisions and defects are the predictor's (:mod:`tipsomaly.method.pipeline`): with an image
-threshold (its config's, or a profile's calibrated one) each row has ``is_anomalous``; with a
-pixel threshold every image's defect records (connected regions of ``map >= threshold``
-inside its ROI: box, area, peak, mean, centroid) are the ``defects`` entry of its
-``scores.json`` row, its lines of ``defects.csv``, and with ``boxes`` numbered boxes on its
-overlay.
+Decisions, defect records, tiling and the ROI are the predictor's
+(:mod:`tipsomaly.method.pipeline`); ``roi_dir`` gives each image its own ROI instead
+(``<roi_dir>/<name>.<ext>``, else ``<roi_dir>/<stem>.<ext>``; an image without one is an error
+row). ``<name>`` is the image's output name (:func:`~tipsomaly.data.inputs.output_names`: its
+path below the inputs' common folder, without extension), the table's ``name`` column.
 
-ROI: the predictor's (its config's ``roi``, one mask for every image), or per image from
-``roi_dir`` (``<roi_dir>/<name>.<ext>``, else ``<roi_dir>/<stem>.<ext>``): maps are 0 outside
-it and scores take only its evidence; an image whose folder mask is missing is an error row; a
-mask of another size is resized (the row's ``note`` says so). Tiling is the predictor's
-setting too; ``scores.json``'s settings record both, with the predictor's identity.
-
-Naming rule: ``<name>`` is the image's path relative to the deepest folder holding every
-input, without its extension, so the outputs mirror the input folders (``a/x.png`` and
-``b/x.png`` give ``a/x`` and ``b/x``). When two inputs would still share a name (``x.png``
-and ``x.jpg`` in one folder) they keep their extension (``x.png``, ``x.jpg``); any clash left
-gets ``-<8 hex digits of the path's SHA-1>``. The ``name`` column of the table holds it.
-
-Integrity: one run at a time writes into ``out_dir`` (:class:`~.lock.OutputLock`; a second one
-fails naming the first). An image's overlay, mask and map are written under temporary names,
-its row is appended to ``scores.csv``, and only then are they renamed into place, so an
-output file never exists without its row (the earlier run's files of the run's names are removed
-when it starts). A per-image failure while writing (out of memory, an unwritable name) becomes
-that image's error row; a full or read-only disk stops the run with
-:class:`~tipsomaly.errors.OutputError`.
+Integrity: one run at a time writes into ``out_dir`` (:class:`~.lock.OutputLock`), and an
+output file never exists without its row (:mod:`.image_outputs`).
 """
 
 from __future__ import annotations
