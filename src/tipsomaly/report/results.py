@@ -117,11 +117,8 @@ def dataset_rows(result: DatasetResult, cls: str) -> list[list[str]]:
     """Rows ``class, n, six metrics (%)`` for each class and the mean, image metrics of ``cls``."""
     rows = []
     for name, metrics in list(result.classes.items()) + [("mean", result.mean)]:
-        n = (
-            str(sum(c["evaluated"] for c in result.counts.values()))
-            if name == "mean"
-            else str(result.counts[name]["evaluated"])
-        )
+        counts = result.counts.values() if name == "mean" else [result.counts[name]]
+        n = str(sum(c["evaluated"] for c in counts))
         rows.append([name, n] + [_pct(metrics.get(_key(m, cls))) for m in TABLE_METRICS])
     return rows
 
@@ -163,23 +160,15 @@ def format_table(
     return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
 
 
-def dataset_header() -> list[str]:
-    return ["class", "n"] + [HEADERS[m] for m in TABLE_METRICS]
-
-
-def summary_header() -> list[str]:
-    return ["dataset", "domain"] + [HEADERS[m] for m in TABLE_METRICS]
-
-
 def render_text(results: Sequence[DatasetResult], cls: str, markdown: bool = False) -> str:
     """Every dataset's per-class table, then the summary when there are several datasets."""
-    parts = []
+    parts, headers = [], [HEADERS[m] for m in TABLE_METRICS]
     for r in results:
         title = f"## {r.name}" if markdown else f"{r.name}  ({r.root})"
         parts.append(
             printable(title)
             + "\n\n"
-            + format_table(dataset_header(), dataset_rows(r, cls), markdown)
+            + format_table(["class", "n", *headers], dataset_rows(r, cls), markdown)
         )
         if r.errors:
             parts.append(
@@ -190,9 +179,8 @@ def render_text(results: Sequence[DatasetResult], cls: str, markdown: bool = Fal
             )
     if len(results) > 1:
         title = "## Summary" if markdown else "summary"
-        parts.append(
-            title + "\n\n" + format_table(summary_header(), summary_rows(results, cls), markdown)
-        )
+        table = format_table(["dataset", "domain", *headers], summary_rows(results, cls), markdown)
+        parts.append(f"{title}\n\n{table}")
     definitions = sorted({r.aupro for r in results})
     note = (
         f"Values in %. Image metrics from the {cls} token's scores (both are in the CSV/JSON); "
@@ -226,10 +214,7 @@ def results_payload(results: Sequence[DatasetResult], config: dict) -> dict:
                 "classes": r.classes,
                 "mean": r.mean,
                 "counts": r.counts,
-                "errors": [
-                    {"class": e.get("class"), "path": e.get("path"), "error": e.get("error")}
-                    for e in r.errors
-                ],
+                "errors": [{k: e.get(k) for k in ("class", "path", "error")} for e in r.errors],
             }
             for r in results
         },
