@@ -384,11 +384,9 @@ PIXEL_HINT = "the maps are abnormal probabilities in [0, 1]"
 
 def _findable(spec: Any) -> Any:
     """A spec naming an existing file or folder, made absolute; other values as they are."""
-    if isinstance(spec, (str, os.PathLike)) and os.path.exists(spec):
-        return os.path.abspath(spec)
-    if isinstance(spec, (str, os.PathLike)) or spec is None:
-        return None if spec is None else str(spec)
-    return None  # an object (a loaded model or prompts): not recordable
+    if not isinstance(spec, (str, os.PathLike)):
+        return None  # None, or an object (a loaded model or prompts): not recordable
+    return os.path.abspath(spec) if os.path.exists(spec) else str(spec)
 
 
 _DEFAULTS = DetectorConfig()

@@ -36,7 +36,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime
-import json
 import logging
 import os
 import pickle
@@ -336,14 +335,7 @@ def _collective(info: DistInfo, what: str) -> Iterator[None]:
 
 # -- the output folder ------------------------------------------------------------------------
 def _lock_token(folder: str | os.PathLike) -> str | None:
-    from .lock import LOCK_NAME
-
-    try:
-        with open(os.path.join(folder, LOCK_NAME), encoding="utf-8") as f:
-            record = json.load(f)
-    except (OSError, ValueError):
-        return None
-    token = record.get("token") if isinstance(record, dict) else None
+    token = OutputLock(folder).holder().get("token")
     return token if isinstance(token, str) else None
 
 
