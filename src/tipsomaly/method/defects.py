@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..metrics.regions import foreground_components
+from ..metrics.regions import foreground_components, join
 from .decision import decide
 
 __all__ = ["DEFECT_COLUMNS", "DefectRecord", "extract_defects", "rle_decode", "rle_encode"]
@@ -142,7 +142,7 @@ def extract_defects(
         return []
     stats = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     n = stats["area"].size
-    root = _union_find(n, *edges)
+    root = join(np.arange(n), list(edges))  # each part's root: its group's smallest id
     # regions = groups of band components with one root; the root is the region's first
     # component in scan order, so its seed is the region's first pixel
     roots, group = np.unique(root, return_inverse=True)
@@ -254,25 +254,6 @@ def _band_components(
     empty = np.empty(0, dtype=np.int64)
     edges = (np.concatenate(left) if left else empty, np.concatenate(right) if right else empty)
     return parts, edges
-
-
-def _union_find(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Each of ``n`` nodes' root (its group's smallest id) after joining the pairs (a, b);
-    the vectorised rounds of :func:`~tipsomaly.metrics.regions.foreground_components`."""
-    parent = np.arange(n)
-    while a.size:
-        ra, rb = parent[a], parent[b]
-        cross = ra != rb
-        if not cross.any():
-            break
-        a, b, ra, rb = a[cross], b[cross], ra[cross], rb[cross]
-        parent[np.maximum(ra, rb)] = np.minimum(ra, rb)
-        while True:
-            grand = parent[parent]
-            if np.array_equal(grand, parent):
-                break
-            parent = grand
-    return parent
 
 
 def _region_rle(
