@@ -121,16 +121,10 @@ def store_key(settings: EvalConfig) -> str:
 
 
 def prediction_config(settings: EvalConfig) -> dict[str, Any]:
-    """The settings that change the network's outputs (not sigma, cls or aupro).
-
-    Files are identified by a digest of their bytes: the model's weights (for a model
-    directory, every file in it and every file its ``model.json`` names, also outside it),
-    the pixel prompts and the prompt file. ``dtype`` is the resolved one (``auto`` → the
-    dtype this machine would use). With ``shots`` > 0, ``few_shot`` adds shots, seed and the
-    scoring mode (each class's references are keyed below it, :func:`sub_store`). Tiled rows
-    hold smoothed maps, and the ROI decides which tiles are scored: ``tiling`` adds tile,
-    overlap, sigma and the ROI. Zero-shot untiled settings give the keys they always gave,
-    so existing stores resume.
+    """The settings that change the network's outputs (not sigma, cls or aupro; see the module
+    doc), ``dtype`` resolved on this machine. Tiled rows hold smoothed maps scored inside the
+    ROI: ``tiling`` adds sigma and the ROI. Zero-shot untiled settings give the keys they always
+    gave, so existing stores resume.
     """
     config: dict[str, Any] = {
         "model": model_id(settings.model),
