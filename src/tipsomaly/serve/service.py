@@ -372,34 +372,22 @@ class Service:
         replaces the image threshold; ``request_roi``: the request had a ``roi`` part."""
         p = prediction
         ok = p.error is None
-        used = threshold if threshold is not None else p.threshold
-        source = p.threshold_source if p.threshold is not None else None
-        source = "request" if threshold is not None else source
+        out: dict[str, Any] = {"filename": label, **p.to_dict()}
+        del out["source"]  # the upload's name is its filename
+        if threshold is not None:
+            is_anomalous = decide(p.image_score, threshold) if ok else None
+            out.update(threshold=threshold, threshold_source="request", is_anomalous=is_anomalous)
         roi = "request" if request_roi else "server" if p.roi is not None else None
-        out: dict[str, Any] = {
-            "filename": label,
-            "class_name": p.class_name,
-            "image_score": p.image_score if ok else None,
-            "score_cls1": p.score_cls1 if ok else None,
-            "score_cls2": p.score_cls2 if ok else None,
-            "mode": p.mode,
-            "threshold": used,
-            "threshold_source": source,
-            "pixel_threshold": p.pixel_threshold,
-            "is_anomalous": decide(p.image_score, used) if ok else None,
-            "defects": None if p.defects is None else [d.to_dict() for d in p.defects],
-            "tiles": p.tiles,
-            "roi": roi if ok else None,
-            "notes": list(p.notes),
-            "size": [image.height, image.width],
-            "batch_images": info.size,
-            "queue_ms": round(info.queue_ms, 3),
-            "forward_ms": round(info.forward_ms, 3),
-            "overlay_png": None,
-            "map_png": None,
-            "map_npy": None,
-            "error": p.error,
-        }
+        out.update(
+            roi=roi if ok else None,
+            size=[image.height, image.width],
+            batch_images=info.size,
+            queue_ms=round(info.queue_ms, 3),
+            forward_ms=round(info.forward_ms, 3),
+            overlay_png=None,
+            map_png=None,
+            map_npy=None,
+        )
         if ok and p.anomaly_map_original is not None:
             if return_map == "png":
                 # coloured as `predict` does: with a pixel threshold (a profile) it is the
