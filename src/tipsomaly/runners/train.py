@@ -398,10 +398,11 @@ def _start_epoch(config: TrainConfig, out: Path, identity: dict) -> int:
     """0 for a fresh run, else the last complete epoch of the run being resumed."""
     if config.resume:
         return _check_resume(out, identity)
-    if completed_epochs(out):
+    done = completed_epochs(out)
+    if done:
         raise TrainError(
-            f"{out} already holds the checkpoints of a run (epoch {completed_epochs(out)}): "
-            "resume it (--resume) or choose another output directory"
+            f"{out} already holds the checkpoints of a run (epoch {done}): resume it (--resume) "
+            "or choose another output directory"
         )
     return 0
 
@@ -528,16 +529,11 @@ def _train(config: TrainConfig) -> TrainResult:
                     epoch, config, model, prompts, param, optimizer, generator, store, train_log
                 )
             except NonFiniteLossError as exc:
-                kept = result.last_checkpoint
-                exc.args = (
-                    f"{exc.args[0]}; "
-                    + (
-                        f"the last good prompts are kept in {kept}"
-                        if kept is not None
-                        else "no prompts were written"
-                    )
-                    + ". Check the features and the model weights, or lower --lr",
-                )
+                kept = f"the last good prompts are kept in {result.last_checkpoint}"
+                if result.last_checkpoint is None:
+                    kept = "no prompts were written"
+                advice = "Check the features and the model weights, or lower --lr"
+                exc.args = (f"{exc.args[0]}; {kept}. {advice}",)
                 raise
             result.epoch_seconds.append(time.perf_counter() - clock)
             result.epoch_losses.append(means)
