@@ -165,11 +165,7 @@ def check_preambles(preambles: torch.Tensor, source: str) -> None:
 
 
 def bundled_path(name: str) -> Path:
-    return Path(
-        str(
-            resources.files("tipsomaly.resources").joinpath("pixel_prompts").joinpath(BUNDLED[name])
-        )
-    )
+    return Path(str(resources.files("tipsomaly.resources") / "pixel_prompts" / BUNDLED[name]))
 
 
 def load_pixel_prompts(spec: str | os.PathLike | PixelPrompts) -> PixelPrompts:

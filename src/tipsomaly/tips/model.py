@@ -23,7 +23,7 @@ from .checkpoint import (
     split_prefixed,
 )
 from .config import ConfigError, TextConfig, VisionConfig
-from .presets import DEFAULT_PRESET, TOKENIZER_FILE, Preset, get_preset, is_preset
+from .presets import DEFAULT_PRESET, TOKENIZER_FILE, Preset, named_preset
 from .text import TextTransformer
 from .tokenizer import Tokenizer
 from .vision import VisionFeatures, VisionTransformer
@@ -359,11 +359,7 @@ def load_model(
     path = Path(model)
     if path.is_dir():
         return load_model_dir(path, device=device, dtype=dtype)
-    if not is_preset(str(model)):
-        if path.exists() or os.sep in str(model):
-            raise ConfigError(f"{model} is not a model directory (a folder holding {MODEL_FILE})")
-        get_preset(str(model))  # raises with the list of known presets
-    preset = get_preset(str(model))
+    preset = named_preset(model)
     files = preset_files(preset, source=source, offline=offline, progress=progress)
     return build_model(
         preset.vision, preset.text, files, name=preset.name, device=device, dtype=dtype

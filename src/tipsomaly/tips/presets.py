@@ -210,10 +210,18 @@ def model_configs(model: str | os.PathLike) -> tuple[VisionConfig, TextConfig]:
     if path.is_dir():
         vision, text, _ = read_model_json(path / MODEL_FILE)
         return vision, text
-    if is_preset(str(model)):
-        preset = get_preset(str(model))
-        return preset.vision, preset.text
-    if path.exists() or os.sep in str(model) or (os.altsep and os.altsep in str(model)):
+    preset = named_preset(model)
+    return preset.vision, preset.text
+
+
+def named_preset(model: str | os.PathLike) -> Preset:
+    """The preset ``model`` names (not a model directory: the caller tried that first).
+
+    Raises :class:`ConfigError` for a path (a file, or a name with a separator), else
+    :class:`~tipsomaly.errors.UnknownModelError` listing the presets.
+    """
+    name = str(model)
+    is_path = Path(model).exists() or any(s and s in name for s in (os.sep, os.altsep))
+    if not is_preset(name) and is_path:
         raise ConfigError(f"{model} is not a model directory (a folder holding {MODEL_FILE})")
-    get_preset(str(model))  # raises with the list of known presets
-    raise AssertionError("unreachable")
+    return get_preset(name)
