@@ -62,9 +62,7 @@ class EvalConfig(DetectorConfig):
     ``pixel_prompts="auto"`` follows the paper's protocol per dataset
     (:func:`~tipsomaly.method.config.default_pixel_prompts`). ``device``/``dtype`` are names;
     the CLI passes the resolved ones so that ``results.json`` records what was used.
-    ``shots`` > 0 runs the few-shot protocol (K train normal images per class, drawn with
-    ``shot_seed``, scored in :attr:`scoring_mode`); ``profiles``: each class with a profile is
-    scored against it in :attr:`scoring_mode`; see :mod:`tipsomaly.runners.few_shot`.
+    ``shots`` and ``profiles``: see :mod:`tipsomaly.runners.few_shot`.
     """
 
     pixel_prompts: str | os.PathLike | None = option(

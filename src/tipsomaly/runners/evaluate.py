@@ -346,11 +346,9 @@ def evaluate_datasets(
     With ``settings.shots``, every dataset's reference images are drawn first, so that one
     without a train split stops the run before any model is loaded.
 
-    Under ``torchrun`` (:func:`~.distributed.init_if_needed` joined the job): every rank
-    computes its share of the missing predictions (:meth:`Evaluator.compute_shard`) and waits
-    for the others; then rank 0 alone evaluates as one process does, reading them from the
-    stores (so its results are those of one process), and the other ranks return ``[]``.
-    ``lock`` then means rank 0 holds the lock for the job (:func:`~.distributed.output_lock`).
+    Under ``torchrun`` every rank computes its share of the missing predictions
+    (:meth:`Evaluator.compute_shard`), then rank 0 alone evaluates from the stores, as one
+    process does, and the other ranks return ``[]``; rank 0 holds the lock for the job.
 
     Raises:
         OutputLockedError: another run writes into ``out_dir``.
