@@ -1,14 +1,5 @@
-"""Datasets: image loading and preprocessing, ``meta.json``, native layouts, torch datasets.
-
-- :mod:`~tipsomaly.data.images`   the one place that decides preprocessing (files, arrays and
-  tensors → (3, S, S) float tensors in [0, 1]; masks → (S, S) {0, 1}).
-- :mod:`~tipsomaly.data.meta`     the ``meta.json`` schema: read with validation, write.
-- :mod:`~tipsomaly.data.layouts`  native dataset trees (MVTec AD, VisA, MPDD, BTAD, DTD-Synthetic,
-  KSDD, DAGM, medical sets, plain folders) → ``meta.json`` dicts; a package, one private module
-  per layout family, each builder registered in ``LAYOUTS`` by a decorator.
-- :mod:`~tipsomaly.data.dataset`  ``meta.json`` → tensors, tolerant of unreadable files.
-- :mod:`~tipsomaly.data.inputs`   PATH arguments → image files → output names (``predict``).
-- :mod:`~tipsomaly.data.names`    :func:`display_path`: any path as UTF-8-safe text.
+"""Datasets: image loading and preprocessing (:mod:`~tipsomaly.data.images`, the one place that
+decides it), ``meta.json``, native layouts, torch datasets, input paths and regions of interest.
 
 This layer imports only :mod:`tipsomaly.errors` and :mod:`tipsomaly.files` below it
 (``tests/test_layers.py`` checks the order), never :mod:`tipsomaly.metrics` beside it nor a

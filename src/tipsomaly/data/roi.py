@@ -6,9 +6,8 @@ that is *supposed* to vary). One mask may serve every image (``predict --roi``),
 has its own in a folder (``--roi-dir``), found by name (:func:`find_roi`).
 
 A mask of another size than its image is resized to it (:func:`fit_roi`: bilinear on 0/255,
-then >= 128, the rule of the ground-truth masks) and the caller notes it. What the detector does
-with the ROI (maps zeroed outside it, image score from ROI evidence only) is documented in
-:class:`~tipsomaly.method.detector.Detector`. Numpy and Pillow only (no torch).
+then >= 128, the rule of the ground-truth masks) and the caller notes it. Numpy and Pillow only
+(no torch).
 """
 
 from __future__ import annotations

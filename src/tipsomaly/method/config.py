@@ -1,10 +1,8 @@
 """Every setting of a detector in one frozen record: defaults, choices, help text and checks.
 
 :class:`DetectorConfig` is what every verb that scores images shares (``predict``, ``fit``,
-``serve``, ``export``, ``eval``, ``train``): the model and prompts, the input size and map
-smoothing, tiling, the region of interest applied to every image, the profiles and their
-mode, the decision thresholds, the defect-record settings and the pixel limit of image
-loading. :class:`~tipsomaly.method.detector.Detector` is built from one
+``serve``, ``export``, ``eval``, ``train``). :class:`~tipsomaly.method.detector.Detector` is
+built from one
 (:meth:`Detector.from_config`), the CLI reads each option's default, choices and help from
 :func:`dataclasses.fields`, and the eval and train configs derive from it, so a default is
 written once. :meth:`DetectorConfig.from_profile` takes a profile's settings (its tiling and
@@ -109,17 +107,11 @@ def option(
 @dataclass(frozen=True, kw_only=True)
 class DetectorConfig:
     """How a detector scores and decides; the defaults are the paper's (518 px, sigma 4,
-    ``cls1``), zero-shot, untiled.
-
-    ``pixel_prompts`` is a bundled name, a file, ``None``/``"none"`` (the fixed prompts score
-    the patches too) or ``"auto"``: :func:`default_pixel_prompts` for the model (and, in
-    ``eval``, the dataset). ``dtype`` and ``device`` are names (``auto`` resolves on the machine
-    that runs). The image size must also be a multiple of the model's patch size, checked where
-    the model is known. ``profiles`` are profile folders (or loaded profiles), one per class;
-    ``mode`` how their classes are scored (default ``fused``). ``image_threshold`` /
-    ``pixel_threshold`` replace a profile's calibrated thresholds; with a pixel threshold every
-    prediction carries its defect records (regions of ``map >= threshold`` of at least
-    ``min_defect_area`` pixels). ``roi`` is a mask file applied to every image.
+    ``cls1``), zero-shot, untiled. Each field's help says what it is (the CLI's options are
+    made of them); ``"auto"`` pixel prompts are :func:`default_pixel_prompts` for the model
+    (and, in ``eval``, the dataset); ``device``/``dtype`` names resolve on the machine that
+    runs; the image size and the tile are checked against the patch size where the model is
+    known.
 
     Raises:
         InvalidOptionError: a value that cannot work (the message names the field).

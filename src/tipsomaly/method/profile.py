@@ -1,17 +1,11 @@
 """A class's profile: what its normal images look like, and thresholds calibrated on them.
 
 A :class:`Profile` is the record :func:`~tipsomaly.method.fitting.fit_profile` makes from a few
-known-good images of one class:
-
-- a :class:`~tipsomaly.method.memory_bank.ReferenceBank`: L2-normalised patch and CLS tokens
-  of the references (optionally of their 8 flips/rotations; tiled: of every tile), the patch
-  bank reduced by a greedy k-centre coreset above ``max_bank`` entries;
-- :class:`~tipsomaly.method.decision.Thresholds` for each scoring mode (zero-shot, few-shot,
-  fused), calibrated by leave-one-out;
-- the :class:`~tipsomaly.identity.Identity` entries its numbers depend on (model fingerprint,
-  image size, prompts, pixel prompts, sigma, CLS token, and the tiling and ROI when used) and
-  the settings to build such a detector again (:func:`profile_settings`,
-  :meth:`DetectorConfig.from_profile <tipsomaly.method.config.DetectorConfig.from_profile>`).
+known-good images of one class: a :class:`~tipsomaly.method.memory_bank.ReferenceBank` of
+their features, :class:`~tipsomaly.method.decision.Thresholds` for each scoring mode, the
+:class:`~tipsomaly.identity.Identity` entries its numbers depend on, and the settings to build
+such a detector again (:func:`profile_settings`,
+:meth:`DetectorConfig.from_profile <tipsomaly.method.config.DetectorConfig.from_profile>`).
 
 On disk a profile is a folder: ``profile.json`` (class, counts, settings, thresholds,
 versions, the bank file's SHA-256), ``bank.safetensors`` (the tensors) and, when it was fitted

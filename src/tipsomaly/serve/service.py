@@ -90,13 +90,8 @@ def map_npy(anomaly_map: np.ndarray) -> str:
 
 
 class Service:
-    """The detector behind a bounded micro-batching queue (see the module doc).
-
-    Args:
-        config: limits, batching and access (:class:`~.config.ServeConfig`).
-        load: builds the detector (called once, in a background thread).
-        on_fatal: called with the exception when loading fails (the CLI stops the server).
-    """
+    """The detector behind a bounded micro-batching queue (see the module doc; the arguments
+    are :func:`~.app.create_app`'s)."""
 
     def __init__(
         self,
