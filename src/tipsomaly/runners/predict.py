@@ -51,7 +51,13 @@ from ..report.tables import ScoreTable
 from ..validation import choice, in_range
 from . import distributed
 from .distributed import DistInfo
-from .image_outputs import ImageOutputError, discard, remove_outputs, write_images
+from .image_outputs import (
+    ImageOutputError,
+    ImageOutputs,
+    discard,
+    remove_outputs,
+    write_images,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -87,13 +93,13 @@ class PredictSummary:
 
 @dataclass(frozen=True)
 class _Inspection:
-    """A run's per-image ROI folder and what its rows hold (see the module doc)."""
+    """A run's per-image ROI folder, what its rows hold and its per-image files."""
 
     roi_dir: RoiLookup | None
     coco: bool
     with_defects: bool
     with_roi: bool
-    boxes: bool = False
+    files: ImageOutputs = ImageOutputs()
 
     def roi_for(self, file: Path, name: str) -> Any:
         """The ROI mask file of one input from ``roi_dir``, None without ``roi_dir``, or a
@@ -200,7 +206,7 @@ def run_predict(
         config.defects_format == "coco",
         with_defects=config.pixel_threshold is not None or bool(profiled),
         with_roi=with_roi,
-        boxes=bool(boxes),
+        files=ImageOutputs(save_maps, overlays, overlay_scale, overlay_alpha, bool(boxes)),
     )
     run_settings = {
         **run_record(detector, roi_dir),
@@ -221,21 +227,8 @@ def run_predict(
     info = distributed.current()  # under torchrun: each rank scores its share, rank 0 merges
     run = functools.partial(_run_sharded, info) if info.active else _run
     with distributed.output_lock(out, info):
-        table = run(
-            detector,
-            files,
-            names,
-            classes,
-            out,
-            run_settings,
-            save_maps=save_maps,
-            overlays=overlays,
-            overlay_scale=overlay_scale,
-            overlay_alpha=overlay_alpha,
-            batch_size=batch_size,
-            progress=progress,
-            inspect=inspect,
-        )
+        job = (detector, files, names, classes, out, run_settings)
+        table = run(*job, inspect=inspect, batch_size=batch_size, progress=progress)
     return PredictSummary(
         images=len(table.rows),
         ok=table.n_ok,
@@ -289,10 +282,6 @@ def _run(
     out: Path,
     run_settings: dict[str, Any],
     *,
-    save_maps: bool,
-    overlays: bool,
-    overlay_scale: str,
-    overlay_alpha: float,
     batch_size: int | None,
     progress: bool,
     inspect: _Inspection,
@@ -335,25 +324,12 @@ def _run(
                     row["defects"] = None
                 written: list[tuple[Path, Path]] = []
                 if row["status"] == "ok":
-                    pixel = pred.pixel_threshold
-                    defects = None
-                    if pred.defects is not None:
-                        defects = [d.to_dict() for d in pred.defects]
+                    defects = None if pred.defects is None else [d.to_dict() for d in pred.defects]
                     if inspect.with_defects:
                         row["defects"] = defects
                     try:
-                        written = write_images(
-                            pred,
-                            out,
-                            name,
-                            pixel,
-                            save_maps,
-                            overlays,
-                            overlay_scale,
-                            overlay_alpha,
-                            defects if inspect.boxes else None,
-                            detector.config.max_pixels,
-                        )
+                        limit = detector.config.max_pixels
+                        written = write_images(pred, out, name, inspect.files, defects, limit)
                     except ImageOutputError as exc:
                         row = _error_row(row, str(exc))
                 if row["status"] != "ok":
