@@ -10,7 +10,7 @@ Every ``import``/``from … import`` statement counts, wherever it is: module le
 ``if TYPE_CHECKING:``, and inside functions (lazy imports still make the lower layer depend on
 the higher one at run time). Relative imports are resolved against the importing module's
 package. Not seen: names loaded by string through ``importlib`` (only the lazy ``__getattr__``
-exports of ``tipsomaly/__init__.py`` and ``tipsomaly/data/__init__.py`` do that, each within its
+exports of ``tipsomaly/__init__.py`` and ``tipsomaly/tips/__init__.py`` do that, each within its
 own package). ``tipsomaly/__init__.py`` and ``tipsomaly/__main__.py`` are exempt as importers;
 importing the root package itself is allowed only for ``__version__`` (its other names are lazy
 exports that reach any layer).
