@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .calibration import Calibration
-from .names import MODES
 
 __all__ = ["KINDS", "Thresholds", "decide"]
 
@@ -52,10 +51,6 @@ class Thresholds:
         """The threshold itself, or None."""
         calib = self.get(mode, kind)
         return None if calib is None else calib.threshold
-
-    def modes(self) -> list[str]:
-        """The modes with an image threshold."""
-        return [m for m in MODES if self.get(m, "image") is not None]
 
     def to_dict(self) -> dict[str, dict[str, dict | None]]:
         """As ``profile.json`` writes them: mode → kind → calibration record or null."""

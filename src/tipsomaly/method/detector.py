@@ -203,11 +203,6 @@ class Detector(Predictor):
     def device(self) -> torch.device:
         return self.model.device
 
-    @property
-    def tiling(self) -> dict[str, object] | None:
-        """``{"tile", "overlap"}`` as set, or None untiled (what profiles record)."""
-        return self.config.tiling
-
     # -- text side -------------------------------------------------------------------------------
     @torch.no_grad()
     def class_text(self, class_name: str) -> torch.Tensor:

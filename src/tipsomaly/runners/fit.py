@@ -28,7 +28,6 @@ from tqdm.auto import tqdm
 from ..data.inputs import NoInputsError, expand_inputs
 from ..errors import OutputError
 from ..files import atomic_path
-from ..method.calibration import Calibration
 from ..method.config import (
     DEFAULT_FALSE_ALARM_RATE,
     DEFAULT_MAX_BANK,
@@ -53,11 +52,6 @@ class FitSummary:
     out_dir: Path
     references: int
     failed: list[tuple[str, str]]
-
-    @property
-    def thresholds(self) -> dict[str, Calibration | None]:
-        """The image threshold of each mode (None where not calibrated)."""
-        return {m: self.profile.thresholds.get(m, "image") for m in MODES}
 
 
 def run_fit(
