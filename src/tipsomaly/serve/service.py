@@ -57,6 +57,9 @@ LOADING_RETRY_S = 5
 #: distinct class names served when any name is accepted (no --classes, no profile): each costs
 #: a text-tower pass and a cache entry, so a client cannot grow them without bound
 MAX_OPEN_CLASSES = 256
+#: what ``/v1/info`` reports of the recorded settings (``INFO``) and of the config's fields
+INFO = ("image_size", "prompt_type", "pixel_prompts", "sigma", "cls", "tile", "tile_overlap", "roi")
+INFO_FIELDS = ("device", "tiling", "image_threshold", "pixel_threshold", "min_defect_area")
 #: the settings ``/v1/info`` reports as ``limits``
 LIMITS = ("batch_size", "max_wait_ms", "max_queue", "max_files", "max_upload_bytes", "max_pixels")
 
@@ -427,21 +430,10 @@ class Service:
             "identity": None if identity is None else identity.to_dict(),
             "model": identity.model.get("name") if identity else settings.get("model"),
             "model_spec": settings.get("model"),
-            "image_size": settings.get("image_size"),
+            **{k: settings.get(k) for k in INFO},
+            **{k: getattr(config, k, None) for k in INFO_FIELDS},
             "dtype": identity.precision if identity else getattr(config, "dtype", None),
-            "device": getattr(config, "device", None),
-            "prompt_type": settings.get("prompt_type"),
-            "pixel_prompts": settings.get("pixel_prompts"),
-            "sigma": settings.get("sigma"),
-            "cls": settings.get("cls"),
             "engine": identity.engine if identity else None,
-            "tile": settings.get("tile"),
-            "tile_overlap": settings.get("tile_overlap"),
-            "tiling": getattr(config, "tiling", None),
-            "roi": settings.get("roi"),
-            "image_threshold": getattr(config, "image_threshold", None),
-            "pixel_threshold": getattr(config, "pixel_threshold", None),
-            "min_defect_area": getattr(config, "min_defect_area", None),
             "mode": det.mode if det is not None else getattr(config, "scoring_mode", None),
             "profiles": profiles,
             "classes": self.classes,
