@@ -11,6 +11,7 @@ stored apart. Under ``torchrun`` the processes share out the computing
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -166,9 +167,7 @@ class Evaluator:
             OutputLockedError: another run writes into the output folder.
             OutputError: the prediction store cannot be written.
         """
-        if self.locked:
-            return self._evaluate(root, name)
-        with OutputLock(self.out_dir):
+        with contextlib.nullcontext() if self.locked else OutputLock(self.out_dir):
             return self._evaluate(root, name)
 
     def _open(
