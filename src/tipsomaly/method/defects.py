@@ -34,19 +34,8 @@ from .decision import decide
 __all__ = ["DEFECT_COLUMNS", "DefectRecord", "extract_defects", "rle_decode", "rle_encode"]
 
 #: ``defects.csv``'s columns after the image's own (name, path, class_name)
-DEFECT_COLUMNS = (
-    "defect",
-    "x0",
-    "y0",
-    "x1",
-    "y1",
-    "area_px",
-    "area_mm2",
-    "peak",
-    "mean",
-    "centroid_x",
-    "centroid_y",
-)
+DEFECT_COLUMNS = ("defect", "x0", "y0", "x1", "y1", "area_px", "area_mm2", "peak", "mean")
+DEFECT_COLUMNS += ("centroid_x", "centroid_y")
 
 
 @dataclass(frozen=True)
@@ -79,20 +68,8 @@ class DefectRecord:
 
     def csv_cells(self) -> dict[str, Any]:
         """The :data:`DEFECT_COLUMNS` values of ``defects.csv``."""
-        x0, y0, x1, y1 = self.bbox
-        return {
-            "defect": self.id,
-            "x0": x0,
-            "y0": y0,
-            "x1": x1,
-            "y1": y1,
-            "area_px": self.area_px,
-            "area_mm2": self.area_mm2,
-            "peak": self.peak,
-            "mean": self.mean,
-            "centroid_x": self.centroid[0],
-            "centroid_y": self.centroid[1],
-        }
+        values = (self.id, *self.bbox, self.area_px, self.area_mm2, self.peak, self.mean)
+        return dict(zip(DEFECT_COLUMNS, (*values, *self.centroid), strict=True))
 
 
 def extract_defects(
