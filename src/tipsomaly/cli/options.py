@@ -239,8 +239,7 @@ def given_settings(args: argparse.Namespace, config: type = DetectorConfig) -> d
         if value is None or (value is False and spec.default is False):
             continue
         if spec.name == "max_pixels" and value == NO_LIMIT:
-            value = None  # given: no limit
-            given[spec.name] = value
+            given[spec.name] = None  # given: no limit
             continue
         given[spec.name] = tuple(value) if isinstance(value, list) else value
     if getattr(args, "offline", False):

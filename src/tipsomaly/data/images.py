@@ -349,11 +349,8 @@ def _array_to_pil(arr: np.ndarray) -> Image.Image:
         if arr.shape[-1] == 4:
             arr = arr[..., :3]
         elif arr.shape[-1] != 3:
-            hint = (
-                " (it looks channels-first: numpy arrays must be HxWxC)"
-                if arr.shape[0] in (1, 3, 4)
-                else ""
-            )
+            first = arr.shape[0] in (1, 3, 4)
+            hint = " (it looks channels-first: numpy arrays must be HxWxC)" if first else ""
             raise ValueError(
                 f"expected an HxW, HxWx1, HxWx3 or HxWx4 array, got shape {arr.shape}{hint}"
             )
@@ -392,11 +389,8 @@ def _tensor_to_array(t: torch.Tensor) -> np.ndarray:
 
     if t.ndim == 3:
         if t.shape[0] not in (1, 3, 4):
-            hint = (
-                " (it looks channels-last: tensors must be CxHxW)"
-                if t.shape[-1] in (1, 3, 4)
-                else ""
-            )
+            last = t.shape[-1] in (1, 3, 4)
+            hint = " (it looks channels-last: tensors must be CxHxW)" if last else ""
             raise ValueError(
                 f"expected a CxHxW tensor with C in 1, 3, 4, got {tuple(t.shape)}{hint}"
             )

@@ -436,17 +436,10 @@ def read_meta(
 ) -> DatasetMeta:
     """Read and validate ``root/meta.json`` and return one split.
 
-    Args:
-        root: dataset root (the folder holding ``meta.json``), or the ``.json`` file itself
-            (its folder is then the root).
-        split: the split to read (``"test"`` by default, as in the zero-shot protocol).
-        classes: classes to keep, in this order; ``None`` keeps all, in file order.
-        check_files: check that every image and mask listed exists.
-        allow_outside_root: accept paths leading outside the dataset root (``../``, absolute
-            paths elsewhere, symlinks pointing out); by default they are errors.
-
-    Returns:
-        :class:`DatasetMeta` with absolute-or-root-relative :class:`Sample` paths.
+    ``root``: the folder holding ``meta.json``, or the ``.json`` file itself (its folder is
+    then the root). ``classes``: those to keep, in this order (None: all, in file order).
+    ``allow_outside_root``: accept paths leading outside the dataset root (``../``, absolute
+    paths elsewhere, symlinks pointing out); by default they are errors.
 
     Raises:
         MetaError: missing file, invalid JSON (with line and column), missing key, wrong type,
@@ -508,16 +501,10 @@ def write_meta(
     File names that are not UTF-8 are written as ``\\udcNN`` escapes (logged), which
     :func:`read_meta` turns back into the same file names.
 
-    Args:
-        root: dataset root, or the target ``.json`` path.
-        meta: ``{split: {class: [entries]}}`` (as :func:`tipsomaly.data.layouts.build_meta`
-            returns) or a :class:`DatasetMeta` (written as its single split).
-        validate: check the structure first (files are not checked), including that no path
-            leads outside the root unless ``allow_outside_root``.
-        allow_outside_root: see :func:`read_meta`.
-
-    Returns:
-        the path written.
+    ``root``: the dataset root, or the target ``.json`` path; ``meta``: ``{split: {class:
+    [entries]}}`` (as :func:`tipsomaly.data.layouts.build_meta` returns) or a
+    :class:`DatasetMeta` (its single split); ``validate``: check the structure first (not the
+    files), no path leading outside the root unless ``allow_outside_root``. Returns the path.
 
     Raises:
         MetaError: the structure is invalid (nothing is written).

@@ -87,9 +87,6 @@ def export(
         check: run the graph on its runtime against PyTorch (2 random images) and record the
             differences; skipped with a warning when the runtime is not installed.
 
-    Returns:
-        an :class:`ExportResult`.
-
     Raises:
         ExportError: an unknown format, a detector not in fp32.
         MissingExtraError: onnx / onnxscript (or openvino) is not installed.

@@ -84,14 +84,9 @@ class TipsomalyHead(nn.Module):
     The head shares the vision tower with the model it is built from (no copy); it is frozen:
     no parameter requires grad. :meth:`set_text` replaces the text buffers between calls.
 
-    Args:
-        model: the TIPS model whose vision tower encodes the images (``model.temperature``
-            is the default temperature).
-        class_text: (C, 2, D) or (2, D) fixed-prompt embeddings, [normal, abnormal].
-        pixel_text: (2, D) learned pixel-prompt embeddings, or ``None``.
-        temperature: logit temperature; ``None`` takes the model's.
-        sigma: Gaussian smoothing of the maps in input pixels (paper: 4); 0 turns it off.
-        cls: ``"cls1"`` or ``"cls2"``, the CLS token giving ``image_score``.
+    ``model`` is the TIPS model whose vision tower encodes the images; ``class_text`` may also
+    be (2, D) (one class); ``temperature`` None takes the model's; ``sigma`` 0 turns the
+    smoothing off (paper: 4).
 
     Example:
         >>> head = TipsomalyHead(model, class_text, pixel_text)  # doctest: +SKIP

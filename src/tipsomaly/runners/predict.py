@@ -144,11 +144,9 @@ def run_predict(
         save_maps: write the raw maps, ``maps/<name>.npy`` float32 (H, W).
         overlays: write ``overlays/<name>.png`` (the image is read a second time for it).
         overlay_scale: ``"threshold"`` (the pixel threshold at the middle colour), ``"fixed"``
-            (map [0, 1] → colours, comparable across images) or
-            ``"per-image"`` (each map's min..max).
+            (map [0, 1] → colours, comparable across images) or ``"per-image"``.
         overlay_alpha: weight of the heat map in the overlay, in [0, 1].
         batch_size: images per forward pass (default: the predictor's).
-        progress: show a progress bar over the images (stderr).
         settings: extra entries for the ``settings`` object of ``scores.json``.
         roi_dir: a folder of per-image ROI masks (matched by name, see the module doc), in
             place of the predictor's one ROI.

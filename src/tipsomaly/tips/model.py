@@ -349,7 +349,6 @@ def load_model(
     Args:
         model: a preset name (``"l14h"``, ``"tips-v2-b14"``, ...; see
             :data:`tipsomaly.tips.presets.PRESETS`) or a model directory holding ``model.json``.
-        device: where the towers run.
         dtype: the vision tower's matmul precision (fp32 default; bf16/fp16: see
             :meth:`TipsModel.set_compute_dtype`).
         source: for presets, ``"gcs"``, ``"hub"`` (TIPSv2) or ``"auto"``.
