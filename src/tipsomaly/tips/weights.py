@@ -22,6 +22,8 @@ from ..validation import env_seconds
 logger = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
+#: a download's progress bar counts bytes (KiB, MiB) and disappears when done
+BYTES = {"unit": "B", "unit_scale": True, "unit_divisor": 1024, "leave": False}
 USER_AGENT = "tipsomaly"
 # Seconds to wait for a connection, and then for each read, before giving up on a download.
 DEFAULT_TIMEOUT = 30.0
@@ -168,19 +170,8 @@ def download(
         with response:
             length = response.headers.get("Content-Length")
             total = offset + int(length) if length and length.isdigit() else None
-            with (
-                open(part, mode) as f,
-                tqdm(
-                    total=total,
-                    initial=offset,
-                    unit="B",
-                    unit_scale=True,
-                    unit_divisor=1024,
-                    desc=dest.name,
-                    disable=not progress,
-                    leave=False,
-                ) as bar,
-            ):
+            bar = tqdm(total=total, initial=offset, desc=dest.name, disable=not progress, **BYTES)
+            with open(part, mode) as f, bar:
                 received = 0
                 for chunk in iter(lambda: response.read(CHUNK), b""):
                     f.write(chunk)
