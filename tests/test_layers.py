@@ -3,14 +3,14 @@
 The layer rule (lowest first; a module may import its own top-level package and the layers below
 it, never a layer above it nor a different package of its own layer)::
 
-    errors → validation, fingerprint, resources → tips → data, metrics → method → report
+    errors → validation, fingerprint, files, resources → tips → data, metrics → method → report
     → deploy → runners → serve → cli
 
 Every ``import``/``from … import`` statement counts, wherever it is: module level, under
 ``if TYPE_CHECKING:``, and inside functions (lazy imports still make the lower layer depend on
 the higher one at run time). Relative imports are resolved against the importing module's
 package. Not seen: names loaded by string through ``importlib`` (only the lazy ``__getattr__``
-exports of ``tipsomaly/__init__.py`` and ``tipsomaly/data/__init__.py`` do that, each within its
+exports of ``tipsomaly/__init__.py`` and ``tipsomaly/tips/__init__.py`` do that, each within its
 own package). ``tipsomaly/__init__.py`` and ``tipsomaly/__main__.py`` are exempt as importers;
 importing the root package itself is allowed only for ``__version__`` (its other names are lazy
 exports that reach any layer).
@@ -31,7 +31,7 @@ ROOT_PACKAGE = "tipsomaly"
 #: Top-level modules and packages of tipsomaly, lowest layer first; one tuple per layer.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors",),
-    ("validation", "fingerprint", "resources"),
+    ("validation", "fingerprint", "files", "resources"),
     ("tips",),
     ("data", "metrics", "identity"),
     ("method",),

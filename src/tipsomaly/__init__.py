@@ -24,16 +24,9 @@ the CLI's ``--help`` do not import PyTorch)::
 - Datasets: :func:`build_meta`, :func:`detect_layout`, :func:`read_meta`, :func:`write_meta`.
 - Errors: :class:`TipsomalyError`, the base of every error a user can fix, and its subclasses.
 
-Layers, from the bottom up (each imports only from those below it; tests/test_layers.py):
-
-- :mod:`tipsomaly.errors`, then :mod:`tipsomaly.validation`, :mod:`tipsomaly.fingerprint`.
-- :mod:`tipsomaly.tips`    the TIPS backbone: towers, tokenizer, presets, weights.
-- :mod:`tipsomaly.data`, :mod:`tipsomaly.metrics`  datasets and evaluation metrics.
-- :mod:`tipsomaly.method`  the TipsOmaly method: config, prompts, pixel prompts, maps, head,
-  detector.
-- :mod:`tipsomaly.report`  overlays, score and result tables.
-- :mod:`tipsomaly.runners` predict / eval / train as library calls.
-- :mod:`tipsomaly.cli`     the ``tipsomaly`` command.
+The subpackages form layers, each importing only from those below it: errors, the backbone
+(:mod:`tipsomaly.tips`), data and metrics, the method, reports, deployment, runners (each verb
+as a library call), the service and the CLI (the order is in tests/test_layers.py).
 """
 
 from __future__ import annotations

@@ -45,6 +45,19 @@ class MissingExtraError(TipsomalyError, ImportError):
     """An optional package is not installed; the message names the extra that installs it."""
 
 
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """``exc``'s message for a one-line error: its lines joined, cut to ``limit`` characters
+    (its type's name when it has none)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (its type's name when it has none)."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
 def require(module: str, extra: str, purpose: str):  # -> ModuleType
     """``import module``, or :class:`MissingExtraError`: ``PURPOSE needs MODULE: pip install
     'tipsomaly[EXTRA]'``."""

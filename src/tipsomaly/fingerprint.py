@@ -1,27 +1,11 @@
 """Identities of what derived results depend on: files, settings, prompts and weights.
 
-Every on-disk cache and every record of "what produced this" takes its ids from here, so
-one definition of "the same input" holds everywhere: the prediction store
-(:mod:`tipsomaly.runners.store`, :mod:`tipsomaly.runners.evaluate`), the text-embedding cache
-(:mod:`tipsomaly.method.text_cache`), the feature cache (:mod:`tipsomaly.runners.features`),
-and the coming few-shot profiles (``profile.json``: model fingerprint, prompts, settings) and
-exports (``export.json``) should record ids made by the same functions.
-
-* Files: :func:`file_digest` — SHA-256 of the bytes, so the same content has the same id at
-  any path and any changed byte changes it. Read in chunks and remembered in this process while
-  the file's identity (device, inode, size, modification and change times) stays the same, so
-  a file replaced by another (a new inode, or a new change time even at equal size and
-  modification time) is read again. :func:`files_digest` names a set of files by their paths
-  and contents (a model folder).
-* Settings: :func:`canonical_json` / :func:`digest` — JSON with sorted keys (at every depth),
-  floats written exactly (Python's shortest round-trip ``repr``), so the order in which a dict
-  was built never matters and ``0.1`` and ``0.1000001`` differ. Values must be JSON-able;
-  anything else (a ``Path``) is written as its ``str()``, so pass only objects whose ``str`` is
-  their content.
-* Prompts: :func:`prompts_digest` — the settings digest of a prompt set (a dataclass or dict).
-* Weights: :func:`tensor_digest` (one tensor: shape and fp32 bytes) and
-  :func:`tensors_digest` (a ``state_dict``: names, shapes and fp32 bytes) for models built in
-  memory; a model read from files carries the loader's fingerprint (``TipsModel.fingerprint``).
+Every on-disk cache (prediction store, text embeddings, features) and every record of "what
+produced this" (profiles, exports) takes its ids from here, so one definition of "the same
+input" holds everywhere: files by the SHA-256 of their bytes (the same content has the same id
+at any path), settings by a digest of their canonical JSON (key order never matters, floats are
+exact), tensors by their shape and fp32 bytes. A model read from files carries the loader's
+fingerprint instead (``TipsModel.fingerprint``).
 
 This module imports nothing from tipsomaly and no torch at import time (torch only inside
 the tensor functions), so every layer can use it.

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import math
 import numbers
+import os
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -31,8 +32,8 @@ from .errors import InvalidOptionError
 T = TypeVar("T")
 
 __all__ = [
-    "InvalidOptionError",
     "choice",
+    "env_seconds",
     "finite_float",
     "float_type",
     "in_range",
@@ -157,6 +158,15 @@ def non_empty(value: Any, name: str = "") -> str:
     if not isinstance(value, str) or not value.strip():
         raise InvalidOptionError(f"{_subject(name)}must not be empty")
     return value
+
+
+def env_seconds(name: str, default: float) -> float:
+    """The positive number of seconds in the environment variable ``name``; ``default`` when
+    it is unset or blank."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    return in_range(_parse_float(text), name, 0, None, low_open=True, hint="seconds")
 
 
 # -- argparse adapters -------------------------------------------------------------------------

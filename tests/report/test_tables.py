@@ -93,7 +93,7 @@ def test_lf_line_endings_and_undecodable_names_escaped(tmp_path):
 def test_disk_errors_name_the_file_and_keep_the_rows(tmp_path):
     with ScoreTable(tmp_path) as table:
         table.add(_row("a.png"))
-        (tmp_path / "scores.json.tmp").mkdir()  # the JSON cannot be written
+        (tmp_path / "scores.json").mkdir()  # the JSON cannot be written
         with pytest.raises(OutputError, match=r"cannot write .*scores\.json: Is a directory"):
             table.write_json(complete=True)
     assert len(list(csv.DictReader((tmp_path / "scores.csv").open()))) == 1

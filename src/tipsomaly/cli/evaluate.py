@@ -70,7 +70,6 @@ def run(args: argparse.Namespace) -> int:
             return ExitCode.OK
         config = {"settings": settings.record(), "environment": environment()}
         config["settings"]["data"] = list(args.data)
-        config["settings"]["mode"] = settings.scoring_mode  # the one used, not None
         for field in ("few_shot", "profiles"):
             if any(getattr(r, field, None) for r in results):
                 config[field] = references_record(results, field)

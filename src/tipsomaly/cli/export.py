@@ -4,10 +4,10 @@ graph for ONNX Runtime or OpenVINO, and ``predict --model DIR``'s side of it."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import shlex
 from typing import Any
 
-from ..errors import InvalidOptionError, OutputError, require
+from ..errors import InvalidOptionError, require
 from .exit_codes import ExitCode
 from .options import (
     HelpFormatter,
@@ -78,10 +78,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--out", required=True, help="the export folder to write")
     add_settings(p, skip=NOT_EXPORTED, recorded_note="with --profile, the profile's")
     p.add_argument(
-        "--opset",
-        type=positive_int,
-        default=18,
-        help="ONNX opset of the graph (18 or newer)",
+        "--opset", type=positive_int, default=18, help="ONNX opset of the graph (18 or newer)"
     )
     p.set_defaults(func=cmd_export)
 
@@ -110,8 +107,6 @@ def cmd_export(args: argparse.Namespace) -> int:
             )
     if args.class_name is None:
         raise InvalidOptionError("give --class-name (the class the export is for) or --profile")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise OutputError(args.out, "exists and is not a folder")
     ensure_out_dir(args.out)
     for module in ("onnx", "onnxscript", *(("openvino",) if args.format == "openvino" else ())):
         require(module, args.format, f"exporting to {args.format}")
@@ -147,11 +142,5 @@ def _report(result: Any) -> None:
         print()
     print(
         f"run it: tipsomaly predict IMAGES --model {result.folder} --class-name "
-        f"{_quoted(r['class_name'])}"
+        f"{shlex.quote(r['class_name'])}"
     )
-
-
-def _quoted(text: str) -> str:
-    import shlex
-
-    return shlex.quote(text)

@@ -132,8 +132,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         raise OutputError(args.out, "exists and is not a folder")
     files = expand_inputs(args.paths, exclude=[args.out])
     if not files:
-        print(f"tipsomaly: error: {NoInputsError(args.paths)}", file=sys.stderr)
-        return ExitCode.NO_INPUTS
+        raise NoInputsError(args.paths)  # main() says so, exit status 2
     ensure_out_dir(args.out)
     detector = open_predictor(config, {})
     settings = {"dtype": config.dtype, "device": config.device}
@@ -151,17 +150,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             settings=settings,
         )
-    except NoInputsError as exc:
-        print(f"tipsomaly: error: {exc}", file=sys.stderr)
-        return ExitCode.NO_INPUTS
     except KeyboardInterrupt:
         print("tipsomaly: interrupted; no profile written", file=sys.stderr)
         return ExitCode.INTERRUPTED
-    _report(summary, args)
+    _report(summary)
     return ExitCode.SOME_FAILED if summary.failed else ExitCode.OK
 
 
-def _report(summary: Any, args: argparse.Namespace) -> None:
+def _report(summary: Any) -> None:
     profile = summary.profile
     bank = profile.info["bank"]
     coreset = f" (coreset of {bank['patches_before_coreset']})" if bank["coreset"] else ""

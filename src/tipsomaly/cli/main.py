@@ -92,8 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except TipsomalyError as exc:
+        from ..data.inputs import NoInputsError
+
         print(f"tipsomaly: error: {exc}", file=sys.stderr)
-        return ExitCode.ERROR
+        return ExitCode.NO_INPUTS if isinstance(exc, NoInputsError) else ExitCode.ERROR
     except KeyboardInterrupt:
         print("tipsomaly: interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED

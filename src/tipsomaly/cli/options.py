@@ -21,7 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import InvalidOptionError, OutputError, TipsomalyError
-from ..method.config import INTERACTIVE_DTYPE, RECORDED_SETTINGS, DetectorConfig
+from ..method.config import (
+    IMAGE_SCORE_HINT,
+    INTERACTIVE_DTYPE,
+    PIXEL_HINT,
+    RECORDED_SETTINGS,
+    DetectorConfig,
+)
 from ..validation import float_type, int_type, multiple_of, text_type, tile_side
 from .exit_codes import ExitCode
 
@@ -38,14 +44,16 @@ non_negative_int = int_type(0)
 non_empty = text_type()
 non_negative_float = float_type(0)
 positive_float = float_type(0, low_open=True)
-pixel_threshold = float_type(0, 1, hint="the maps are abnormal probabilities in [0, 1]")
-image_threshold = float_type(0, 2, hint="image_score = global + max patch probability, in [0, 2]")
+pixel_threshold = float_type(0, 1, hint=PIXEL_HINT)
+image_threshold = float_type(0, 2, hint=IMAGE_SCORE_HINT)
 unit_interval_open = float_type(0, 1, high_open=True)
 seed_int = int_type(0, 2**64 - 1)
 
 
 def _shown(value: object) -> str:
-    """A default as the README writes it: 4 for 4.0, 0.001 for 1e-3."""
+    """A default as the README writes it: 4 for 4.0, 0.001 for 1e-3; lists by spaces."""
+    if isinstance(value, (list, tuple)):
+        return " ".join(_shown(v) for v in value)
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -67,11 +75,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
             or default is argparse.SUPPRESS
         ):
             return text
-        if isinstance(default, (list, tuple)):
-            shown = " ".join(_shown(v) for v in default)
-        else:
-            shown = _shown(default)
-        return f"{text} (default: {shown.replace('%', '%%')})"
+        return f"{text} (default: {_shown(default).replace('%', '%%')})"
 
 
 class Parser(argparse.ArgumentParser):
@@ -193,8 +197,6 @@ def _with_default(text: str, value: Any, note: str) -> str:
         return text
     if value is None or value == () or value is False:
         shown = "none" if value is None or value == () else ""
-    elif isinstance(value, (list, tuple)):
-        shown = " ".join(_shown(v) for v in value)
     else:
         shown = _shown(value)
     inside = ("default: " + shown if shown else "") + (f"; {note}" if note and shown else note)
@@ -237,8 +239,7 @@ def given_settings(args: argparse.Namespace, config: type = DetectorConfig) -> d
         if value is None or (value is False and spec.default is False):
             continue
         if spec.name == "max_pixels" and value == NO_LIMIT:
-            value = None  # given: no limit
-            given[spec.name] = value
+            given[spec.name] = None  # given: no limit
             continue
         given[spec.name] = tuple(value) if isinstance(value, list) else value
     if getattr(args, "offline", False):
@@ -300,7 +301,7 @@ def resolved(config: C) -> C:
         )
         tile_side(config.tile, "--tile", at_least=vision.patch_size, what="the model's patch size")
     device, dtype = resolve_runtime(config.device, config.dtype)
-    return config.replace(device=str(device), dtype=dtype_name(dtype))
+    return config.replace(device=str(device), dtype=dtype)  # the config names a torch dtype
 
 
 def open_predictor(config: DetectorConfig, given: dict[str, Any]) -> Predictor:
@@ -362,10 +363,3 @@ def writing(path: str | os.PathLike) -> Iterator[None]:
         raise
     except OSError as exc:
         raise OutputError(exc.filename or path, exc) from exc
-
-
-def dtype_name(dtype: Any) -> str:
-    """``fp32`` / ``bf16`` / ``fp16`` for a torch dtype (the names the options use)."""
-    return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(
-        str(dtype).removeprefix("torch."), str(dtype).removeprefix("torch.")
-    )

@@ -75,9 +75,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     )
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument(
-        "--class-name",
-        type=non_empty,
-        help='what the images show, e.g. "hazelnut" or "metal nut"',
+        "--class-name", type=non_empty, help='what the images show, e.g. "hazelnut" or "metal nut"'
     )
     who.add_argument(
         "--class-from-folder",
@@ -135,8 +133,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise OutputError(args.out, "exists and is not a folder")
     files = expand_inputs(args.paths, exclude=[args.out])
     if not files:
-        print(f"tipsomaly: error: {NoInputsError(args.paths)}", file=sys.stderr)
-        return ExitCode.NO_INPUTS
+        raise NoInputsError(args.paths)  # main() says so, exit status 2
     ensure_out_dir(args.out)  # read-only, full, or under a file: one line before the model
     # prompt, pixel-prompt and model-file problems are TipsomalyErrors: main() shows them
     predictor = open_predictor(config, given_settings(args))
@@ -155,9 +152,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
             roi_dir=args.roi_dir,
             boxes=args.boxes,
         )
-    except NoInputsError as exc:
-        print(f"tipsomaly: error: {exc}", file=sys.stderr)
-        return ExitCode.NO_INPUTS
     except KeyboardInterrupt:
         print(
             f"tipsomaly: interrupted; the images scored so far are in {args.out}/scores.csv "

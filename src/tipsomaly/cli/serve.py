@@ -179,11 +179,6 @@ def _serve(args: argparse.Namespace, stop: _Stop) -> int:
         profile_classes = [read_record(folder)["class_name"] for folder in config.profiles]
     from ..serve.config import ServeConfig
 
-    if args.max_files > args.max_queue:
-        raise InvalidOptionError(
-            f"--max-files {args.max_files} is more than --max-queue {args.max_queue}: a "
-            "request's images are queued together"
-        )
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
     serve_config = ServeConfig(
         batch_size=config.batch_size,

@@ -17,21 +17,14 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     )
     verbs = parser.add_subparsers(dest="weights_verb", metavar="ACTION", required=True)
 
-    p = verbs.add_parser(
-        "list",
-        parents=[common],
-        help="every preset, its size, cached or not",
-        formatter_class=HelpFormatter,
-    )
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=cmd_list)
+    def verb(name: str, text: str, func: object) -> argparse.ArgumentParser:
+        p = verbs.add_parser(name, parents=[common], help=text, formatter_class=HelpFormatter)
+        p.set_defaults(func=func)
+        return p
 
-    p = verbs.add_parser(
-        "download",
-        parents=[common],
-        help="download a preset into the cache",
-        formatter_class=HelpFormatter,
-    )
+    p = verb("list", "every preset, its size, cached or not", cmd_list)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = verb("download", "download a preset into the cache", cmd_download)
     p.add_argument("name", nargs="+", help="preset name(s), e.g. l14h")
     p.add_argument(
         "--source",
@@ -40,16 +33,9 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         help="gcs: Google's bucket (.npz, every preset); hub: the Hugging Face hub (TIPSv2); "
         "auto: the hub's cache if it already holds the preset, else the bucket",
     )
-    p.set_defaults(func=cmd_download)
-
-    p = verbs.add_parser(
-        "path",
-        parents=[common],
-        help="where a preset's files are kept",
-        formatter_class=HelpFormatter,
+    verb("path", "where a preset's files are kept", cmd_path).add_argument(
+        "name", help="preset name, e.g. l14h"
     )
-    p.add_argument("name", help="preset name, e.g. l14h")
-    p.set_defaults(func=cmd_path)
 
 
 def _files(preset: Preset) -> list[tuple[str, str]]:

@@ -56,13 +56,9 @@ class AnomalyDataset(Dataset):
                are then zero placeholders)
     ========== ===================================================================
 
-    Args:
-        samples: a :class:`~tipsomaly.data.meta.DatasetMeta` or a sequence of samples.
-        image_size: side S of the square model input, in pixels.
-        load_masks: read mask files (``False``: masks are all zero, ``has_mask`` False).
-        max_pixels: largest image or mask accepted (width × height, checked before decoding);
-            ``None``: no limit; kept on the dataset so that DataLoader worker processes apply
-            the same limit.
+    ``samples``: a :class:`~tipsomaly.data.meta.DatasetMeta` or a sequence of samples;
+    ``load_masks=False``: masks all zero; ``max_pixels``: as :func:`~.images.load_image`'s,
+    kept on the dataset so that DataLoader worker processes apply the same limit.
     """
 
     def __init__(

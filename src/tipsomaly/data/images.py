@@ -72,15 +72,7 @@ PathLike = str | os.PathLike[str]
 ImageInput = Union[Image.Image, np.ndarray, "torch.Tensor"]  # noqa: UP007
 
 #: File extensions (lower case) treated as images when scanning folders.
-IMAGE_EXTENSIONS: tuple[str, ...] = (
-    ".png",
-    ".jpg",
-    ".jpeg",
-    ".bmp",
-    ".tif",
-    ".tiff",
-    ".webp",
-)
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 #: Default largest image accepted, in pixels (width × height, read from the header before
 #: decoding): 100 megapixels. That covers every camera sensor in industrial and medical use
@@ -104,21 +96,14 @@ _TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # these swap width and height
 _APPLIED_ORIENTATIONS = (2, 3, 4, 5, 6, 7, 8)  # 1 (or none): already upright
 
 
-def _check_max_pixels(limit: object) -> int | None:
+def resolve_max_pixels(limit: MaxPixels = DEFAULT_MAX_PIXELS) -> int | None:
+    """The limit a call applies: ``limit`` checked (ValueError: not a positive integer or
+    ``None``)."""
     if limit is None:
         return None
     if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
         raise ValueError(f"max_pixels must be a positive integer or None, got {limit!r}")
     return int(limit)
-
-
-def resolve_max_pixels(limit: MaxPixels = DEFAULT_MAX_PIXELS) -> int | None:
-    """The limit a call applies: ``limit`` checked.
-
-    Raises:
-        ValueError: ``limit`` is not a positive integer or ``None``.
-    """
-    return _check_max_pixels(limit)
 
 
 def _megapixels(n: int) -> str:
@@ -155,17 +140,11 @@ def _check_size(size: int) -> int:
 
 
 def open_image(path: PathLike, *, max_pixels: MaxPixels = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Open, fully decode and orient ``path``, keeping its mode (no colour conversion).
-
-    Args:
-        path: the image file.
-        max_pixels: largest width × height accepted, checked from the header before decoding;
-            ``None`` for no limit; by default :data:`DEFAULT_MAX_PIXELS`.
+    """Open, fully decode and orient ``path``, keeping its mode (no colour conversion);
+    ``max_pixels`` as for :func:`load_image`.
 
     Raises:
-        ImageLoadError: any failure (missing, empty, permission, not an image, over the pixel
-            limit, truncated or corrupt, out of memory, a name the system cannot encode), with
-            a message naming the file and the problem.
+        ImageLoadError: any failure (see the module doc), naming the file and the problem.
 
     The EXIF orientation is applied while the file is still open (TIFF keeps the tag in the
     file's own tag directory, which a plain copy of the pixels would lose).
@@ -279,11 +258,8 @@ def _high_byte(values: np.ndarray) -> np.ndarray:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert a PIL image of any mode to 8-bit ``RGB`` (see the module docstring for the rules).
-
-    Alpha is dropped (not composited), 16-bit samples keep their high byte, mode ``I`` is read
-    as 16-bit, mode ``F`` as [0, 1]. Returns a new image (or ``image`` itself if already RGB).
-    """
+    """A PIL image of any mode as 8-bit ``RGB`` by the module doc's rules (``image`` itself if
+    already RGB)."""
     mode = image.mode
     if mode == "RGB":
         return image
@@ -308,16 +284,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def load_image(path: PathLike, *, max_pixels: MaxPixels = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Read an image file as an upright 8-bit RGB PIL image at its original size.
-
-    Args:
-        path: image file (any format Pillow reads: PNG, JPEG, BMP, TIFF, WebP, …).
-        max_pixels: largest width × height accepted (checked before decoding); ``None``: no
-            limit; default: :data:`DEFAULT_MAX_PIXELS` (100 megapixels).
-
-    Returns:
-        ``PIL.Image.Image`` in mode ``RGB``; ``image.size`` is the original (width, height)
-        after EXIF orientation.
+    """An image file (any format Pillow reads) as an upright 8-bit RGB PIL image at its
+    original size. ``max_pixels``: largest width × height accepted (checked before decoding);
+    ``None``: no limit.
 
     Raises:
         ImageLoadError: the file is missing, empty, unreadable, not an image, over the pixel
@@ -380,11 +349,8 @@ def _array_to_pil(arr: np.ndarray) -> Image.Image:
         if arr.shape[-1] == 4:
             arr = arr[..., :3]
         elif arr.shape[-1] != 3:
-            hint = (
-                " (it looks channels-first: numpy arrays must be HxWxC)"
-                if arr.shape[0] in (1, 3, 4)
-                else ""
-            )
+            first = arr.shape[0] in (1, 3, 4)
+            hint = " (it looks channels-first: numpy arrays must be HxWxC)" if first else ""
             raise ValueError(
                 f"expected an HxW, HxWx1, HxWx3 or HxWx4 array, got shape {arr.shape}{hint}"
             )
@@ -423,11 +389,8 @@ def _tensor_to_array(t: torch.Tensor) -> np.ndarray:
 
     if t.ndim == 3:
         if t.shape[0] not in (1, 3, 4):
-            hint = (
-                " (it looks channels-last: tensors must be CxHxW)"
-                if t.shape[-1] in (1, 3, 4)
-                else ""
-            )
+            last = t.shape[-1] in (1, 3, 4)
+            hint = " (it looks channels-last: tensors must be CxHxW)" if last else ""
             raise ValueError(
                 f"expected a CxHxW tensor with C in 1, 3, 4, got {tuple(t.shape)}{hint}"
             )
@@ -479,15 +442,8 @@ def pil_to_tensor(image: Image.Image) -> torch.Tensor:
 
 
 def preprocess(image: ImageInput, size: int) -> torch.Tensor:
-    """The model's input transform: RGB, bilinear resize to ``size``×``size``, [0, 1] float.
-
-    Args:
-        image: a PIL image, a numpy array or a tensor (conventions in :func:`to_pil`).
-        size: side S of the square output, in pixels (TipsOmaly uses 518).
-
-    Returns:
-        float32 tensor of shape (3, S, S), values in [0, 1], no mean/std normalisation.
-    """
+    """The model's input transform of ``image`` (conventions in :func:`to_pil`): RGB, bilinear
+    resize to S×S (``size``), float32 (3, S, S) in [0, 1], no mean/std normalisation."""
     size = _check_size(size)
     rgb = to_pil(image)
     return pil_to_tensor(rgb.resize((size, size), Image.Resampling.BILINEAR))
@@ -496,14 +452,8 @@ def preprocess(image: ImageInput, size: int) -> torch.Tensor:
 def load_tensor(
     path: PathLike, size: int, *, max_pixels: MaxPixels = DEFAULT_MAX_PIXELS
 ) -> tuple[torch.Tensor, tuple[int, int]]:
-    """:func:`load_image` (with ``max_pixels``) then :func:`preprocess`.
-
-    Returns:
-        (tensor (3, S, S) float32 in [0, 1], original (height, width) in pixels).
-
-    Raises:
-        ImageLoadError: see :func:`load_image`.
-    """
+    """:func:`load_image` then :func:`preprocess`: (tensor (3, S, S), original (height,
+    width)); ImageLoadError as :func:`load_image`."""
     img = load_image(path, max_pixels=max_pixels)
     return preprocess(img, size), (img.height, img.width)
 
@@ -541,18 +491,9 @@ def resize_mask(mask: np.ndarray, size: int) -> torch.Tensor:
 def load_mask(
     path: PathLike | None, size: int | None, *, max_pixels: MaxPixels = DEFAULT_MAX_PIXELS
 ) -> torch.Tensor:
-    """Read a ground-truth mask as a float {0, 1} tensor.
-
-    Args:
-        path: mask file, or ``None`` for a normal image (an all-zero mask is returned).
-        size: side S of the square output; ``None`` keeps the original resolution (then
-            ``path`` must be given).
-        max_pixels: pixel limit, as for :func:`load_image`.
-
-    Returns:
-        float32 tensor (S, S) — or (H, W) at the original size — holding 0.0 and 1.0 only.
-        Any non-zero pixel of the file counts as anomalous before resizing; after a bilinear
-        resize the 0.5 threshold decides (see :func:`resize_mask`).
+    """A ground-truth mask file as a float32 {0, 1} tensor (S, S), or (H, W) with ``size``
+    None; ``path`` None: an all-zero mask (a normal image). Any non-zero pixel is anomalous
+    before resizing, then :func:`resize_mask`'s 0.5 threshold decides.
 
     Raises:
         ImageLoadError: the mask file cannot be read.

@@ -36,6 +36,7 @@ import logging
 import os
 import re
 import stat
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -59,7 +60,6 @@ __all__ = [
     "MASK_FOLDER_NAMES",
     "OUTPUT_MARKERS",
     "NoInputsError",
-    "display_path",
     "expand_inputs",
     "folder_class_name",
     "is_output_folder",
@@ -198,9 +198,7 @@ def output_names(files: Sequence[str | os.PathLike]) -> list[str]:
 
 
 def _disambiguate(names: list[str], fallback: list[str]) -> list[str]:
-    counts: dict[str, int] = {}
-    for n in names:
-        counts[n] = counts.get(n, 0) + 1
+    counts = Counter(names)
     return [f if counts[n] > 1 else n for n, f in zip(names, fallback, strict=True)]
 
 

@@ -37,13 +37,13 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import TipsomalyError
+from ..files import atomic_path
 from .names import display_path, relative_name
 
 logger = logging.getLogger(__name__)
@@ -151,11 +151,8 @@ class DatasetMeta:
 
     def counts(self) -> dict[str, tuple[int, int]]:
         """class → (number of normal, number of anomalous) samples."""
-        out = {}
-        for cls, items in self.samples.items():
-            anomalous = sum(1 for s in items if s.anomaly == 1)
-            out[cls] = (len(items) - anomalous, anomalous)
-        return out
+        anomalous = {c: sum(s.anomaly == 1 for s in items) for c, items in self.samples.items()}
+        return {c: (len(self.samples[c]) - n, n) for c, n in anomalous.items()}
 
     def to_dict(self) -> dict[str, dict[str, list[dict[str, Any]]]]:
         """``{split: {class: [entries]}}``, ready for :func:`write_meta`."""
@@ -176,7 +173,7 @@ def meta_path_for(root: PathLike) -> Path:
 
 def _load_json(path: Path) -> Any:
     if not path.is_file():
-        root = _shown(path.parent)
+        root = display_path(path.parent)
         hint = f"; describe the dataset first: tipsomaly data meta {root} [--layout NAME]"
         reason = "is not a file" if path.exists() else "not found"
         raise MetaError(path, f"{reason}{hint}")
@@ -213,18 +210,12 @@ def _json_depth(text: str, stop: int = MAX_JSON_DEPTH) -> int:
         token = match.group()
         if token in "[{":
             depth += 1
-            if depth > deepest:
-                deepest = depth
-                if deepest > stop:
-                    return deepest
+            deepest = max(deepest, depth)
+            if deepest > stop:
+                return deepest
         elif token in "]}":
             depth -= 1
     return deepest
-
-
-def _shown(path: PathLike) -> str:
-    """A path as printable, UTF-8-safe text (bytes that are not UTF-8 as ``\\xNN``)."""
-    return display_path(path)
 
 
 def _is_file(path: Path) -> bool:
@@ -245,13 +236,7 @@ def _find_split(data: Mapping[str, Any], split: str, path: Path) -> str:
 
 
 def _parse_entry(
-    raw: Any,
-    *,
-    where: str,
-    key: str,
-    root: Path,
-    problems: list[str],
-    boundary: Path | None = None,
+    raw: Any, *, where: str, key: str, root: Path, problems: list[str], boundary: Path | None = None
 ) -> Sample | None:
     """Validate one entry; append problems (prefixed with ``where``) and return a Sample or None."""
     if not isinstance(raw, Mapping):
@@ -260,7 +245,7 @@ def _parse_entry(
     missing = [k for k in REQUIRED_KEYS if k not in raw]
     if missing:
         shown = raw.get("img_path", "?")
-        shown = _shown(shown) if isinstance(shown, str) else _brief(shown)
+        shown = display_path(shown) if isinstance(shown, str) else _brief(shown)
         problems.append(f"{where} ({shown}): missing key(s) {', '.join(map(repr, missing))}")
         return None
 
@@ -268,19 +253,15 @@ def _parse_entry(
     if not isinstance(img, str) or not img.strip():
         problems.append(f"{where}: 'img_path' must be a non-empty string, got {_brief(img)}")
         return None
-    where = f"{where} ({_shown(img)})"
+    where = f"{where} ({display_path(img)})"
 
     ok = True
-    mask = raw["mask_path"]
-    if mask is None:
-        mask = ""
+    mask = "" if raw["mask_path"] is None else raw["mask_path"]
     if not isinstance(mask, str):
         problems.append(f"{where}: 'mask_path' must be a string, got {type(mask).__name__}")
         ok = False
 
-    anomaly = raw["anomaly"]
-    if isinstance(anomaly, bool):
-        anomaly = int(anomaly)
+    anomaly = int(raw["anomaly"]) if isinstance(raw["anomaly"], bool) else raw["anomaly"]
     if not isinstance(anomaly, int) or anomaly not in (0, 1):
         problems.append(f"{where}: 'anomaly' must be 0 or 1, got {_brief(raw['anomaly'])}")
         ok = False
@@ -296,8 +277,7 @@ def _parse_entry(
         ok = False
 
     specie = raw.get("specie_name")
-    if specie is None:
-        specie = "good" if anomaly == 0 else ""
+    specie = ("good" if anomaly == 0 else "") if specie is None else specie
     if not isinstance(specie, str):
         problems.append(f"{where}: 'specie_name' must be a string, got {type(specie).__name__}")
         ok = False
@@ -316,7 +296,7 @@ def _parse_entry(
             if path is not None and not _inside(path, boundary):
                 problems.append(
                     f"{where}: {name} {_brief(raw[name])} leads outside the dataset root "
-                    f"{_shown(root)} (relative paths must stay inside it; "
+                    f"{display_path(root)} (relative paths must stay inside it; "
                     "allow_outside_root=True allows it)"
                 )
                 ok = False
@@ -364,16 +344,8 @@ def parse_split(
 ) -> DatasetMeta:
     """Validate the already-parsed JSON ``data`` and return one split as a :class:`DatasetMeta`.
 
-    Args:
-        data: the decoded ``meta.json`` content.
-        root: dataset root the relative paths refer to.
-        split: split to read.
-        classes: classes to keep, in this order (``None``: all, in file order).
-        check_files: also check that every image and mask file exists.
-        allow_empty: accept classes with no images.
-        source: the file name used in error messages.
-        allow_outside_root: accept image and mask paths that lead outside ``root`` (``../``,
-            absolute paths elsewhere, symlinks pointing out); refused by default.
+    ``root``: the folder the relative paths refer to; ``source``: the file named in error
+    messages; ``allow_empty``: accept classes with no images; the rest as for :func:`read_meta`.
 
     Raises:
         MetaError: listing every problem found, each naming split, class, index and path.
@@ -427,16 +399,16 @@ def parse_split(
                 continue
             if check_files:
                 if not _is_file(sample.image_path):
-                    problems.append(f"{where}: image not found: {_shown(sample.image_path)}")
+                    problems.append(f"{where}: image not found: {display_path(sample.image_path)}")
                     continue
                 if sample.mask_path is not None and not _is_file(sample.mask_path):
-                    problems.append(f"{where}: mask not found: {_shown(sample.mask_path)}")
+                    problems.append(f"{where}: mask not found: {display_path(sample.mask_path)}")
                     continue
             if sample.image_path in seen:
                 logger.warning(
                     "%s: %s is listed twice (also at %s)",
-                    _shown(src),
-                    _shown(sample.image_path),
+                    display_path(src),
+                    display_path(sample.image_path),
                     seen[sample.image_path],
                 )
             else:
@@ -464,17 +436,10 @@ def read_meta(
 ) -> DatasetMeta:
     """Read and validate ``root/meta.json`` and return one split.
 
-    Args:
-        root: dataset root (the folder holding ``meta.json``), or the ``.json`` file itself
-            (its folder is then the root).
-        split: the split to read (``"test"`` by default, as in the zero-shot protocol).
-        classes: classes to keep, in this order; ``None`` keeps all, in file order.
-        check_files: check that every image and mask listed exists.
-        allow_outside_root: accept paths leading outside the dataset root (``../``, absolute
-            paths elsewhere, symlinks pointing out); by default they are errors.
-
-    Returns:
-        :class:`DatasetMeta` with absolute-or-root-relative :class:`Sample` paths.
+    ``root``: the folder holding ``meta.json``, or the ``.json`` file itself (its folder is
+    then the root). ``classes``: those to keep, in this order (None: all, in file order).
+    ``allow_outside_root``: accept paths leading outside the dataset root (``../``, absolute
+    paths elsewhere, symlinks pointing out); by default they are errors.
 
     Raises:
         MetaError: missing file, invalid JSON (with line and column), missing key, wrong type,
@@ -536,16 +501,10 @@ def write_meta(
     File names that are not UTF-8 are written as ``\\udcNN`` escapes (logged), which
     :func:`read_meta` turns back into the same file names.
 
-    Args:
-        root: dataset root, or the target ``.json`` path.
-        meta: ``{split: {class: [entries]}}`` (as :func:`tipsomaly.data.layouts.build_meta`
-            returns) or a :class:`DatasetMeta` (written as its single split).
-        validate: check the structure first (files are not checked), including that no path
-            leads outside the root unless ``allow_outside_root``.
-        allow_outside_root: see :func:`read_meta`.
-
-    Returns:
-        the path written.
+    ``root``: the dataset root, or the target ``.json`` path; ``meta``: ``{split: {class:
+    [entries]}}`` (as :func:`tipsomaly.data.layouts.build_meta` returns) or a
+    :class:`DatasetMeta` (its single split); ``validate``: check the structure first (not the
+    files), no path leading outside the root unless ``allow_outside_root``. Returns the path.
 
     Raises:
         MetaError: the structure is invalid (nothing is written).
@@ -562,19 +521,12 @@ def write_meta(
         logger.warning(
             "%s: some file names are not UTF-8; their %d odd byte(s) are written as \\udcNN "
             "escapes (Python reads them back; other tools may not)",
-            _shown(path),
+            display_path(path),
             escaped,
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".meta-", suffix=".json.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; meta.json is an ordinary shared file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     n = sum(len(v) for split in data.values() if isinstance(split, Mapping) for v in split.values())
-    logger.info("wrote %s (%d entries)", _shown(path), n)
+    logger.info("wrote %s (%d entries)", display_path(path), n)
     return path

@@ -1,10 +1,5 @@
-"""File names as text: the one rule for showing a path in messages, tables and JSON.
-
-POSIX file names are bytes. Python keeps the bytes that are not valid UTF-8 as lone
-surrogates (``surrogateescape``): such a ``str`` still opens the file, but no UTF-8 writer
-(CSV, JSON, a log file) accepts it. Keep the path itself for file operations and show
-:func:`display_path` of it everywhere text is written. This module imports nothing heavy.
-"""
+"""File names as text: the one rule for showing a path in messages, tables and JSON
+(:func:`display_path`). This module imports nothing heavy."""
 
 from __future__ import annotations
 

@@ -6,9 +6,8 @@ that is *supposed* to vary). One mask may serve every image (``predict --roi``),
 has its own in a folder (``--roi-dir``), found by name (:func:`find_roi`).
 
 A mask of another size than its image is resized to it (:func:`fit_roi`: bilinear on 0/255,
-then >= 128, the rule of the ground-truth masks) and the caller notes it. What the detector does
-with the ROI (maps zeroed outside it, image score from ROI evidence only) is documented in
-:class:`~tipsomaly.method.detector.Detector`. Numpy and Pillow only (no torch).
+then >= 128, the rule of the ground-truth masks) and the caller notes it. Numpy and Pillow only
+(no torch).
 """
 
 from __future__ import annotations
@@ -33,7 +32,6 @@ __all__ = [
     "RoiLookup",
     "as_roi",
     "boxes_touching",
-    "describe_missing",
     "find_roi",
     "fit_roi",
     "load_roi",
@@ -205,7 +203,8 @@ class RoiLookup:
         assert self.folder is not None
         found = find_roi(self.folder, names, self._listings)
         if found is None:
-            missing = describe_missing(self.folder, names)
+            tried = " or ".join(f"{display_path(n)}.*" for n in dict.fromkeys(names))
+            missing = f"no ROI mask for it in {display_path(self.folder)} (looked for {tried})"
             raise RoiError(missing if image is None else f"{display_path(Path(image))}: {missing}")
         return found
 
@@ -245,9 +244,3 @@ class RoiLookup:
                 "ROI mask of %dx%d px resized to the %dx%d image %s (w x h)", w0, h0, w, h, shown
             )
         return fitted
-
-
-def describe_missing(folder: str | os.PathLike, names: Sequence[str]) -> str:
-    """The error text for an image without a mask in ``folder``."""
-    tried = " or ".join(f"{display_path(n)}.*" for n in dict.fromkeys(names))
-    return f"no ROI mask for it in {display_path(Path(folder))} (looked for {tried})"

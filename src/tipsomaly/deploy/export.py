@@ -87,9 +87,6 @@ def export(
         check: run the graph on its runtime against PyTorch (2 random images) and record the
             differences; skipped with a warning when the runtime is not installed.
 
-    Returns:
-        an :class:`ExportResult`.
-
     Raises:
         ExportError: an unknown format, a detector not in fp32.
         MissingExtraError: onnx / onnxscript (or openvino) is not installed.
@@ -106,11 +103,8 @@ def export(
         raise ExportError(
             f"exports are fp32; this detector computes in {detector.model.compute_dtype}"
         )
-    extra = "onnx" if fmt == "onnx" else "openvino"
-    for module in ("onnx", "onnxscript"):
-        require(module, extra, f"exporting to {fmt}")
-    if fmt == "openvino":
-        require("openvino", "openvino", "exporting to openvino")
+    for module in ("onnx", "onnxscript", *(("openvino",) if fmt == "openvino" else ())):
+        require(module, fmt, f"exporting to {fmt}")  # the extra is named as the format
     module = ExportModule.from_detector(detector, class_name).eval()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -231,17 +225,14 @@ def _record(
     mode = module.mode
     _, image, pixel, _ = detector.decision(class_name)
     calibrated = detector.thresholds_for(class_name)
-    shapes = {
-        "image_score": (["batch"], "float32"),
-        "score_cls1": (["batch"], "float32"),
-        "score_cls2": (["batch"], "float32"),
-        "anomaly_map": (["batch", s, s], "float32"),
-        "global_cls1": (["batch"], "float32"),
-        "global_cls2": (["batch"], "float32"),
-        "patch_evidence": (["batch", (s // detector.patch_size) ** 2], "float32"),
-        "pred_label": (["batch"], "bool"),
-        "pred_mask": (["batch", s, s], "bool"),
-    }
+    per_image = ("image_score", "score_cls1", "score_cls2", "global_cls1", "global_cls2")
+    shapes = dict.fromkeys(per_image, (["batch"], "float32"))
+    shapes.update(
+        anomaly_map=(["batch", s, s], "float32"),
+        patch_evidence=(["batch", (s // detector.patch_size) ** 2], "float32"),
+        pred_label=(["batch"], "bool"),
+        pred_mask=(["batch", s, s], "bool"),
+    )
 
     def threshold(kind: str, value: float | None) -> dict[str, Any] | None:
         if value is None:

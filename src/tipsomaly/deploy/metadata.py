@@ -38,7 +38,8 @@ import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-from ..errors import TipsomalyError
+from ..errors import TipsomalyError, first_line
+from ..files import atomic_path
 
 __all__ = [
     "EXPORT_JSON",
@@ -122,9 +123,8 @@ def write_metadata(folder: str | os.PathLike, record: dict[str, Any]) -> Path:
     missing = [k for k in _REQUIRED if k not in record]
     if missing:
         raise ValueError(f"export record lacks {', '.join(missing)}")
-    tmp = out / f".{EXPORT_JSON}.tmp"
-    tmp.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, out / EXPORT_JSON)
+    with atomic_path(out / EXPORT_JSON) as tmp:
+        tmp.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return out / EXPORT_JSON
 
 
@@ -183,10 +183,7 @@ def read_metadata(folder: str | os.PathLike) -> dict[str, Any]:
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        text = str(exc).strip().splitlines()
-        raise ExportError(
-            f"{path}: unreadable ({text[0] if text else type(exc).__name__})"
-        ) from None
+        raise ExportError(f"{path}: unreadable ({first_line(exc)})") from None
     record = upgrade_to_latest(record, path)
     missing = [k for k in _REQUIRED if k not in record]
     if missing:
@@ -205,10 +202,9 @@ def read_metadata(folder: str | os.PathLike) -> dict[str, Any]:
     size = record["settings"].get("image_size")
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise ExportError(f"{path}: bad image_size {size!r}")
-    for key in ("roi",):  # files the export holds: names inside its folder, nothing else
-        name = record["settings"].get(key)
-        if name is not None and not _inside_folder(name):
-            raise ExportError(f"{path}: settings.{key} {name!r} must name a file in {folder}")
+    roi = record["settings"].get("roi")  # a file the export holds: a name inside its folder
+    if roi is not None and not _inside_folder(roi):
+        raise ExportError(f"{path}: settings.roi {roi!r} must name a file in {folder}")
     if not isinstance(record["class_name"], str) or not record["class_name"]:
         raise ExportError(f"{path}: bad class_name {record['class_name']!r}")
     return record

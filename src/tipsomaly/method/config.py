@@ -1,10 +1,8 @@
 """Every setting of a detector in one frozen record: defaults, choices, help text and checks.
 
 :class:`DetectorConfig` is what every verb that scores images shares (``predict``, ``fit``,
-``serve``, ``export``, ``eval``, ``train``): the model and prompts, the input size and map
-smoothing, tiling, the region of interest applied to every image, the profiles and their
-mode, the decision thresholds, the defect-record settings and the pixel limit of image
-loading. :class:`~tipsomaly.method.detector.Detector` is built from one
+``serve``, ``export``, ``eval``, ``train``). :class:`~tipsomaly.method.detector.Detector` is
+built from one
 (:meth:`Detector.from_config`), the CLI reads each option's default, choices and help from
 :func:`dataclasses.fields`, and the eval and train configs derive from it, so a default is
 written once. :meth:`DetectorConfig.from_profile` takes a profile's settings (its tiling and
@@ -20,7 +18,6 @@ import dataclasses
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import InvalidOptionError, SetupMismatchError
@@ -110,17 +107,11 @@ def option(
 @dataclass(frozen=True, kw_only=True)
 class DetectorConfig:
     """How a detector scores and decides; the defaults are the paper's (518 px, sigma 4,
-    ``cls1``), zero-shot, untiled.
-
-    ``pixel_prompts`` is a bundled name, a file, ``None``/``"none"`` (the fixed prompts score
-    the patches too) or ``"auto"``: :func:`default_pixel_prompts` for the model (and, in
-    ``eval``, the dataset). ``dtype`` and ``device`` are names (``auto`` resolves on the machine
-    that runs). The image size must also be a multiple of the model's patch size, checked where
-    the model is known. ``profiles`` are profile folders (or loaded profiles), one per class;
-    ``mode`` how their classes are scored (default ``fused``). ``image_threshold`` /
-    ``pixel_threshold`` replace a profile's calibrated thresholds; with a pixel threshold every
-    prediction carries its defect records (regions of ``map >= threshold`` of at least
-    ``min_defect_area`` pixels). ``roi`` is a mask file applied to every image.
+    ``cls1``), zero-shot, untiled. Each field's help says what it is (the CLI's options are
+    made of them); ``"auto"`` pixel prompts are :func:`default_pixel_prompts` for the model
+    (and, in ``eval``, the dataset); ``device``/``dtype`` names resolve on the machine that
+    runs; the image size and the tile are checked against the patch size where the model is
+    known.
 
     Raises:
         InvalidOptionError: a value that cannot work (the message names the field).
@@ -385,11 +376,9 @@ PIXEL_HINT = "the maps are abnormal probabilities in [0, 1]"
 
 def _findable(spec: Any) -> Any:
     """A spec naming an existing file or folder, made absolute; other values as they are."""
-    if isinstance(spec, (str, os.PathLike)) and os.path.exists(spec):
-        return os.path.abspath(spec)
-    if isinstance(spec, (str, os.PathLike)) or spec is None:
-        return None if spec is None else str(spec)
-    return None  # an object (a loaded model or prompts): not recordable
+    if not isinstance(spec, (str, os.PathLike)):
+        return None  # None, or an object (a loaded model or prompts): not recordable
+    return os.path.abspath(spec) if os.path.exists(spec) else str(spec)
 
 
 _DEFAULTS = DetectorConfig()
@@ -429,13 +418,4 @@ def resolve_pixel_prompts(value: Any, model: object, dataset: str | None = None)
             return None
         if value == AUTO:
             return default_pixel_prompts(model, dataset)
-    return value
-
-
-def recorded_path(value: Any, folder: Path) -> Any:
-    """A recorded file setting read back: relative paths are relative to ``folder``."""
-    if isinstance(value, str) and value and not os.path.isabs(value):
-        candidate = folder / value
-        if candidate.exists():
-            return str(candidate)
     return value

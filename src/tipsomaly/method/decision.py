@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .calibration import Calibration
-from .names import MODES
 
 __all__ = ["KINDS", "Thresholds", "decide"]
 
@@ -53,10 +52,6 @@ class Thresholds:
         calib = self.get(mode, kind)
         return None if calib is None else calib.threshold
 
-    def modes(self) -> list[str]:
-        """The modes with an image threshold."""
-        return [m for m in MODES if self.get(m, "image") is not None]
-
     def to_dict(self) -> dict[str, dict[str, dict | None]]:
         """As ``profile.json`` writes them: mode → kind → calibration record or null."""
         return {
@@ -76,7 +71,3 @@ class Thresholds:
                 for mode, kinds in record.items()
             }
         )
-
-    def only(self, mode: str) -> Thresholds:
-        """These thresholds for one mode only (what an export keeps)."""
-        return Thresholds({mode: dict(self.by_mode.get(mode, {}))})

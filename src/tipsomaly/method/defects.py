@@ -28,25 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from ..metrics.regions import foreground_components
+from ..metrics.regions import foreground_components, join
 from .decision import decide
 
 __all__ = ["DEFECT_COLUMNS", "DefectRecord", "extract_defects", "rle_decode", "rle_encode"]
 
 #: ``defects.csv``'s columns after the image's own (name, path, class_name)
-DEFECT_COLUMNS = (
-    "defect",
-    "x0",
-    "y0",
-    "x1",
-    "y1",
-    "area_px",
-    "area_mm2",
-    "peak",
-    "mean",
-    "centroid_x",
-    "centroid_y",
-)
+DEFECT_COLUMNS = ("defect", "x0", "y0", "x1", "y1", "area_px", "area_mm2", "peak", "mean")
+DEFECT_COLUMNS += ("centroid_x", "centroid_y")
 
 
 @dataclass(frozen=True)
@@ -79,20 +68,8 @@ class DefectRecord:
 
     def csv_cells(self) -> dict[str, Any]:
         """The :data:`DEFECT_COLUMNS` values of ``defects.csv``."""
-        x0, y0, x1, y1 = self.bbox
-        return {
-            "defect": self.id,
-            "x0": x0,
-            "y0": y0,
-            "x1": x1,
-            "y1": y1,
-            "area_px": self.area_px,
-            "area_mm2": self.area_mm2,
-            "peak": self.peak,
-            "mean": self.mean,
-            "centroid_x": self.centroid[0],
-            "centroid_y": self.centroid[1],
-        }
+        values = (self.id, *self.bbox, self.area_px, self.area_mm2, self.peak, self.mean)
+        return dict(zip(DEFECT_COLUMNS, (*values, *self.centroid), strict=True))
 
 
 def extract_defects(
@@ -142,7 +119,7 @@ def extract_defects(
         return []
     stats = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     n = stats["area"].size
-    root = _union_find(n, *edges)
+    root = join(np.arange(n), list(edges))  # each part's root: its group's smallest id
     # regions = groups of band components with one root; the root is the region's first
     # component in scan order, so its seed is the region's first pixel
     roots, group = np.unique(root, return_inverse=True)
@@ -254,25 +231,6 @@ def _band_components(
     empty = np.empty(0, dtype=np.int64)
     edges = (np.concatenate(left) if left else empty, np.concatenate(right) if right else empty)
     return parts, edges
-
-
-def _union_find(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Each of ``n`` nodes' root (its group's smallest id) after joining the pairs (a, b);
-    the vectorised rounds of :func:`~tipsomaly.metrics.regions.foreground_components`."""
-    parent = np.arange(n)
-    while a.size:
-        ra, rb = parent[a], parent[b]
-        cross = ra != rb
-        if not cross.any():
-            break
-        a, b, ra, rb = a[cross], b[cross], ra[cross], rb[cross]
-        parent[np.maximum(ra, rb)] = np.minimum(ra, rb)
-        while True:
-            grand = parent[parent]
-            if np.array_equal(grand, parent):
-                break
-            parent = grand
-    return parent
 
 
 def _region_rle(

@@ -29,7 +29,7 @@ from .config import DetectorConfig
 from .decision import Thresholds
 from .head import BatchScores, DetectorOutput, TipsomalyHead
 from .memory_bank import ReferenceDistances
-from .pipeline import LoadedImage, Predictor, TiledEvidence
+from .pipeline import Predictor
 from .pixel_prompts import PixelPrompts, load_pixel_prompts
 from .prediction import NON_FINITE, Prediction
 from .profile import Profile, ProfileMismatchError, load_profiles
@@ -38,15 +38,7 @@ from .text_cache import TextEmbeddingCache
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "NON_FINITE",
-    "BatchScores",
-    "Detector",
-    "LoadedImage",
-    "Prediction",
-    "TiledEvidence",
-    "reference_distances",
-]
+__all__ = ["NON_FINITE", "BatchScores", "Detector", "Prediction", "reference_distances"]
 
 _DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
@@ -60,13 +52,8 @@ class Detector(Predictor):
         text_cache: keep text embeddings on disk (``<cache>/text``) so that the next run with
             the same model and prompts skips the text tower; ``False`` computes them per run.
         **settings: any :class:`~.config.DetectorConfig` field, with its default when left
-            out: ``pixel_prompts`` (``"auto"``: trained-on-mvtec for l14h, none for other
-            backbones; or a :class:`PixelPrompts`), ``prompt_type``, ``prompt_file``,
-            ``image_size`` (a multiple of 14; paper: 518), ``sigma``, ``cls``, ``device``,
-            ``dtype`` (names or torch objects), ``batch_size``, ``tile`` / ``tile_overlap``,
-            ``roi``, ``profiles`` (``profile=`` also accepted; folders or :class:`Profile`),
-            ``mode``, ``image_threshold`` / ``pixel_threshold``, ``min_defect_area``,
-            ``pixel_size_mm``, ``max_pixels``, ``offline``.
+            out; also objects: a :class:`PixelPrompts`, :class:`Profile` s (``profile=`` also
+            accepted), a torch device and dtype.
 
     See :mod:`~.pipeline` for what tiles and regions of interest do to the scores. A profile is
     used only with the setup that fitted it (checked: model, size, prompts, sigma, CLS token,
@@ -90,8 +77,7 @@ class Detector(Predictor):
         **settings: Any,
     ) -> None:
         if "profile" in settings:  # the singular, as the CLI option reads
-            profile = settings.pop("profile")
-            settings.setdefault("profiles", () if profile is None else profile)
+            settings.setdefault("profiles", settings.pop("profile"))
         if settings.get("profiles") is None:
             settings["profiles"] = ()
         loaded = model if isinstance(model, TipsModel) else None
@@ -216,11 +202,6 @@ class Detector(Predictor):
     @property
     def device(self) -> torch.device:
         return self.model.device
-
-    @property
-    def tiling(self) -> dict[str, object] | None:
-        """``{"tile", "overlap"}`` as set, or None untiled (what profiles record)."""
-        return self.config.tiling
 
     # -- text side -------------------------------------------------------------------------------
     @torch.no_grad()

@@ -161,6 +161,14 @@ def fit_profile(
     return profile
 
 
+def _not_finite(source: str, what: str) -> ProfileError:
+    """A reference whose features or scores are not finite would poison every distance."""
+    return ProfileError(
+        f"reference {source}: {what} is not finite (NaN or inf); check the model weights, or "
+        "leave it out"
+    )
+
+
 def dihedral_views(images: torch.Tensor) -> list[torch.Tensor]:
     """(B, 3, S, S) → the 8 flips and 90° rotations, the images themselves first."""
     views = []
@@ -215,10 +223,7 @@ def _encode_references(
             f = VisionFeatures(*(t.float().cpu() for t in f))
             for row in range(b):  # a non-finite reference would poison every distance
                 if not all(bool(torch.isfinite(t[row::b]).all()) for t in f):
-                    raise ProfileError(
-                        f"reference {refs.sources[int(index[row])]}: the network's output is "
-                        "not finite (NaN or inf); check the model weights, or leave it out"
-                    )
+                    raise _not_finite(refs.sources[int(index[row])], "the network's output")
             src = index.repeat(chunk.shape[0] // b)
             p = f.patches if cells is None else f.patches[:, cells]
             refs.patches.append(p.reshape(-1, p.shape[-1]))
@@ -281,7 +286,7 @@ def _pixels(item: LoadedImage, size: int, tiled: bool) -> int:
     if item.roi is None:
         h, w = item.original_size if tiled else (size, size)  # type: ignore[misc]
         return int(h) * int(w)
-    return int((item.roi if tiled else _inside(item.roi, (size, size))).sum())
+    return int((item.roi if tiled else fit_roi(item.roi, (size, size))[0]).sum())
 
 
 # -- calibration ---------------------------------------------------------------------------------
@@ -334,10 +339,7 @@ def _calibrate(
     for index, by_mode in enumerate(evidence):
         for mode, (score, values) in by_mode.items():
             if not np.isfinite(score) or not bool(torch.isfinite(values).all()):
-                raise ProfileError(
-                    f"reference {refs.sources[index]}: its {mode} score is not finite (NaN or "
-                    "inf); check the model weights, or leave it out"
-                )
+                raise _not_finite(refs.sources[index], f"its {mode} score")
             scores[mode].append(score)
             flat = torch.cat([tops[mode], torch.topk(values, min(keep, values.numel())).values])
             tops[mode] = torch.topk(flat, min(keep, flat.numel())).values
@@ -372,7 +374,7 @@ def _untiled_evidence(
                 s1, s2, small, _ = detector.untiled_scores(out, k, item.roi)
                 values = small.reshape(-1)
                 if item.roi is not None:
-                    values = small[torch.from_numpy(_inside(item.roi, small.shape))]
+                    values = small[torch.from_numpy(fit_roi(item.roi, small.shape)[0])]
                 scored[mode] = (s1 if detector.cls == "cls1" else s2, values)
             yield scored
 
@@ -412,10 +414,7 @@ def _tiled_evidence(
                 batch_size=batch,
             )
         except NonFiniteError:
-            raise ProfileError(
-                f"reference {item.source}: the network's output is not finite (NaN or inf); "
-                "check the model weights, or leave it out"
-            ) from None
+            raise _not_finite(item.source, "the network's output") from None
         yield {
             mode: (
                 ev.score(detector.cls),
@@ -425,9 +424,3 @@ def _tiled_evidence(
             )
             for mode, ev in evidence.items()
         }
-
-
-def _inside(roi: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """An (H, W) ROI at another (h, w) size (the map's), as the pipeline fits it."""
-    mask, _ = fit_roi(roi, (int(shape[0]), int(shape[1])))
-    return mask

@@ -77,23 +77,16 @@ class TipsomalyHead(nn.Module):
     - ``temperature`` (): logits are ``cosine / temperature``.
 
     ``sigma`` (map smoothing, input pixels) and ``cls`` (which CLS token gives
-    ``image_score``) are fixed settings. :meth:`set_references` adds a class's normal
-    references (a :class:`~tipsomaly.method.memory_bank.ReferenceBank` submodule, filled by
-    an explicit fit: :meth:`tipsomaly.method.profile.Profile.fit`) and the fusion ``mode``.
-    Extension point, not registered yet: ``image_threshold`` / ``pixel_threshold`` buffers
-    that ``forward`` would turn into ``DetectorOutput.pred_label`` / ``pred_mask`` (export).
+    ``image_score``) are fixed settings; :meth:`set_references` adds a class's normal
+    references (a :class:`~tipsomaly.method.memory_bank.ReferenceBank` submodule) and the
+    fusion ``mode``.
 
     The head shares the vision tower with the model it is built from (no copy); it is frozen:
     no parameter requires grad. :meth:`set_text` replaces the text buffers between calls.
 
-    Args:
-        model: the TIPS model whose vision tower encodes the images (``model.temperature``
-            is the default temperature).
-        class_text: (C, 2, D) or (2, D) fixed-prompt embeddings, [normal, abnormal].
-        pixel_text: (2, D) learned pixel-prompt embeddings, or ``None``.
-        temperature: logit temperature; ``None`` takes the model's.
-        sigma: Gaussian smoothing of the maps in input pixels (paper: 4); 0 turns it off.
-        cls: ``"cls1"`` or ``"cls2"``, the CLS token giving ``image_score``.
+    ``model`` is the TIPS model whose vision tower encodes the images; ``class_text`` may also
+    be (2, D) (one class); ``temperature`` None takes the model's; ``sigma`` 0 turns the
+    smoothing off (paper: 4).
 
     Example:
         >>> head = TipsomalyHead(model, class_text, pixel_text)  # doctest: +SKIP
@@ -187,7 +180,13 @@ class TipsomalyHead(nn.Module):
         t = self.temperature
         g1 = state_probabilities(features.cls1, class_text, t)[:, 0]
         g2 = state_probabilities(features.cls2, class_text, t)[:, 0]
-        patch = state_probabilities(features.patches, pixel, t)
+        return self._scores(g1, g2, state_probabilities(features.patches, pixel, t), size)
+
+    def _scores(
+        self, g1: torch.Tensor, g2: torch.Tensor, patch: torch.Tensor, size: tuple[int, int]
+    ) -> BatchScores:
+        """:class:`BatchScores` of [normal, abnormal] probabilities: of the CLS tokens (B, 2)
+        and of the patches (B, N, 2)."""
         grid = (size[0] // self.patch_size, size[1] // self.patch_size)
         return BatchScores(
             global_probs_cls1=g1,
@@ -214,26 +213,16 @@ class TipsomalyHead(nn.Module):
         """
         if mode == "zero-shot":
             return zero_shot
-        g1 = fuse_evidence(
-            zero_shot.global_probs_cls1[:, 1], few_shot_anomaly(distances.cls1), mode
-        )
-        g2 = fuse_evidence(
-            zero_shot.global_probs_cls2[:, 1], few_shot_anomaly(distances.cls2), mode
-        )
-        patch = fuse_evidence(
-            zero_shot.patch_probs[..., 1], few_shot_anomaly(distances.patches), mode
-        )
-        patch_probs = torch.stack([1.0 - patch, patch], dim=-1)
-        global1 = torch.stack([1.0 - g1, g1], dim=-1)
-        global2 = torch.stack([1.0 - g2, g2], dim=-1)
-        grid = (size[0] // self.patch_size, size[1] // self.patch_size)
-        return BatchScores(
-            global_probs_cls1=global1,
-            global_probs_cls2=global2,
-            patch_probs=patch_probs,
-            score_cls1=image_scores(global1, patch_probs),
-            score_cls2=image_scores(global2, patch_probs),
-            maps=anomaly_maps(patch_probs, grid, size, self.sigma),
+
+        def fused(probs: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
+            evidence = fuse_evidence(probs[..., 1], few_shot_anomaly(distance), mode)
+            return torch.stack([1.0 - evidence, evidence], dim=-1)
+
+        return self._scores(
+            fused(zero_shot.global_probs_cls1, distances.cls1),
+            fused(zero_shot.global_probs_cls2, distances.cls2),
+            fused(zero_shot.patch_probs, distances.patches),
+            size,
         )
 
     def output(self, scores: BatchScores) -> DetectorOutput:

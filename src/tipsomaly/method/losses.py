@@ -37,9 +37,7 @@ class LossTerms(NamedTuple):
 
 
 def _class_weights(
-    alpha: float | Sequence[float] | torch.Tensor | None,
-    num_classes: int,
-    balance_index: int,
+    alpha: float | Sequence[float] | torch.Tensor | None, num_classes: int, balance_index: int
 ) -> torch.Tensor:
     """(C,) per-class weights α, as the reference builds them from its ``alpha`` argument."""
     if alpha is None:

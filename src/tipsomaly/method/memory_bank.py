@@ -22,13 +22,7 @@ from ..tips.vision import VisionFeatures
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "DEFAULT_CHUNK",
-    "MemoryBank",
-    "ReferenceBank",
-    "ReferenceDistances",
-    "greedy_coreset",
-]
+__all__ = ["DEFAULT_CHUNK", "MemoryBank", "ReferenceBank", "ReferenceDistances", "greedy_coreset"]
 
 #: similarities computed at a time (queries × bank entries): 2**24 floats = 64 MiB
 DEFAULT_CHUNK = 1 << 24
@@ -169,11 +163,7 @@ class ReferenceBank(nn.Module):
 
 
 def greedy_coreset(
-    features: torch.Tensor,
-    size: int,
-    *,
-    projection_dim: int = 128,
-    seed: int = 0,
+    features: torch.Tensor, size: int, *, projection_dim: int = 128, seed: int = 0
 ) -> torch.Tensor:
     """Indices of ``size`` rows of (M, D) ``features`` chosen by greedy k-centre (PatchCore).
 

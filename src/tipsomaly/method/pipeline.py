@@ -157,13 +157,9 @@ class Predictor:
         c = self.config
         thresholds = self.thresholds_for(class_name)
         mode = self.mode if thresholds is not None else "zero-shot"
-        calibrated = thresholds or Thresholds()
-        image = c.image_threshold
-        if image is None:
-            image = calibrated.value(mode, "image")
-        pixel = c.pixel_threshold
-        if pixel is None:
-            pixel = calibrated.value(mode, "pixel")
+        cal = thresholds or Thresholds()
+        image = c.image_threshold if c.image_threshold is not None else cal.value(mode, "image")
+        pixel = c.pixel_threshold if c.pixel_threshold is not None else cal.value(mode, "pixel")
         source = (
             "given" if c.image_threshold is not None else "profile" if image is not None else None
         )
@@ -228,11 +224,8 @@ class Predictor:
         ):
             if not (isinstance(inputs, torch.Tensor) and inputs.ndim == 4):
                 inputs = [inputs]
-        return list(
-            self.iter_predict(
-                inputs, class_names, batch_size=batch_size, on_error=on_error, roi=roi
-            )
-        )
+        options = {"batch_size": batch_size, "on_error": on_error, "roi": roi}
+        return list(self.iter_predict(inputs, class_names, **options))
 
     def iter_predict(
         self,
@@ -475,14 +468,9 @@ class Predictor:
         logger.debug("%s: %d tiles scored", item.source, len(boxes))
         small = resize_map(ev.anomaly_map, (self.image_size, self.image_size))
         evidence = {"global_cls1": ev.global_cls1, "global_cls2": ev.global_cls2, "local": ev.local}
+        s1, s2 = ev.score("cls1"), ev.score("cls2")
         return self._prediction(
-            item,
-            ev.score("cls1"),
-            ev.score("cls2"),
-            small.numpy(),
-            ev.anomaly_map.numpy(),
-            evidence,
-            ev.tiles,
+            item, s1, s2, small.numpy(), ev.anomaly_map.numpy(), evidence, ev.tiles
         )
 
     def _prediction(

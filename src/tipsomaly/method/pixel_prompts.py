@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -12,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import TipsomalyError
+from ..errors import TipsomalyError, one_line
+from ..files import atomic_path
 from .names import BUNDLED_PIXEL_PROMPTS
 from .torch_pickle import read_torch_file
 
@@ -75,9 +75,9 @@ class PixelPrompts:
         meta.update(
             n_prompt=str(self.n_prompt), width=str(self.width), format="tipsomaly-pixel-prompts-1"
         )
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({"preambles": self.preambles.detach().float().contiguous().cpu()}, str(tmp), meta)
-        os.replace(tmp, path)
+        tensors = {"preambles": self.preambles.detach().float().contiguous().cpu()}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), meta)
         return path
 
     @classmethod
@@ -100,14 +100,14 @@ class PixelPrompts:
             raise
         except (SafetensorError, OSError, ValueError) as exc:
             raise PixelPromptError(
-                f"{path} is not a readable safetensors file: {_one_line(exc)}"
+                f"{path} is not a readable safetensors file: {one_line(exc)}"
             ) from None
         except Exception as exc:  # noqa: BLE001 - e.g. a dtype torch cannot hold (F4, U64)
-            raise PixelPromptError(f"{path}: unreadable pixel prompts ({_one_line(exc)})") from None
+            raise PixelPromptError(f"{path}: unreadable pixel prompts ({one_line(exc)})") from None
         except BaseException as exc:  # a panic inside the Rust reader, never a user's ^C
             if type(exc).__name__ != "PanicException":
                 raise
-            raise PixelPromptError(f"{path}: unreadable pixel prompts ({_one_line(exc)})") from None
+            raise PixelPromptError(f"{path}: unreadable pixel prompts ({one_line(exc)})") from None
         check_preambles(preambles, str(path))
         metadata.setdefault("source", str(path))
         return cls(preambles.float(), metadata)
@@ -164,17 +164,8 @@ def check_preambles(preambles: torch.Tensor, source: str) -> None:
         )
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
-
-
 def bundled_path(name: str) -> Path:
-    return Path(
-        str(
-            resources.files("tipsomaly.resources").joinpath("pixel_prompts").joinpath(BUNDLED[name])
-        )
-    )
+    return Path(str(resources.files("tipsomaly.resources") / "pixel_prompts" / BUNDLED[name]))
 
 
 def load_pixel_prompts(spec: str | os.PathLike | PixelPrompts) -> PixelPrompts:
@@ -193,7 +184,3 @@ def load_pixel_prompts(spec: str | os.PathLike | PixelPrompts) -> PixelPrompts:
             ".safetensors / .pth file"
         )
     return PixelPrompts.load(path)
-
-
-def metadata_json(prompts: PixelPrompts) -> str:
-    return json.dumps(prompts.metadata, sort_keys=True)

@@ -1,17 +1,11 @@
 """A class's profile: what its normal images look like, and thresholds calibrated on them.
 
 A :class:`Profile` is the record :func:`~tipsomaly.method.fitting.fit_profile` makes from a few
-known-good images of one class:
-
-- a :class:`~tipsomaly.method.memory_bank.ReferenceBank`: L2-normalised patch and CLS tokens
-  of the references (optionally of their 8 flips/rotations; tiled: of every tile), the patch
-  bank reduced by a greedy k-centre coreset above ``max_bank`` entries;
-- :class:`~tipsomaly.method.decision.Thresholds` for each scoring mode (zero-shot, few-shot,
-  fused), calibrated by leave-one-out;
-- the :class:`~tipsomaly.identity.Identity` entries its numbers depend on (model fingerprint,
-  image size, prompts, pixel prompts, sigma, CLS token, and the tiling and ROI when used) and
-  the settings to build such a detector again (:func:`profile_settings`,
-  :meth:`DetectorConfig.from_profile <tipsomaly.method.config.DetectorConfig.from_profile>`).
+known-good images of one class: a :class:`~tipsomaly.method.memory_bank.ReferenceBank` of
+their features, :class:`~tipsomaly.method.decision.Thresholds` for each scoring mode, the
+:class:`~tipsomaly.identity.Identity` entries its numbers depend on, and the settings to build
+such a detector again (:func:`profile_settings`,
+:meth:`DetectorConfig.from_profile <tipsomaly.method.config.DetectorConfig.from_profile>`).
 
 On disk a profile is a folder: ``profile.json`` (class, counts, settings, thresholds,
 versions, the bank file's SHA-256), ``bank.safetensors`` (the tensors) and, when it was fitted
@@ -33,7 +27,8 @@ from typing import Any
 
 import torch
 
-from ..errors import SetupMismatchError, TipsomalyError
+from ..errors import SetupMismatchError, TipsomalyError, first_line
+from ..files import atomic_path
 from ..fingerprint import digest, file_digest, tensor_digest
 from .decision import Thresholds
 from .memory_bank import MemoryBank, ReferenceBank
@@ -140,14 +135,13 @@ class Profile:
             "cls2": self.bank.cls2.features,
             "cls_sources": self.bank.cls1.sources.to(torch.int32),
         }
-        tmp = out / f".{BANK_FILE}.tmp"
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-        os.replace(tmp, out / BANK_FILE)
+        with atomic_path(out / BANK_FILE) as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
         info = dict(self.info)
         if self.roi is not None:  # the profile holds its own copy: it travels with it
             if Path(self.roi).resolve() != (out / ROI_FILE).resolve():
-                shutil.copyfile(self.roi, out / f".{ROI_FILE}.tmp")
-                os.replace(out / f".{ROI_FILE}.tmp", out / ROI_FILE)
+                with atomic_path(out / ROI_FILE) as tmp:
+                    shutil.copyfile(self.roi, tmp)
             info["settings"] = {**info.get("settings", {}), "roi": ROI_FILE}
         record = {
             "format": PROFILE_FORMAT,
@@ -166,9 +160,8 @@ class Profile:
             "versions": {"tipsomaly": __version__, "torch": torch.__version__},
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
-        tmp = out / f".{PROFILE_JSON}.tmp"
-        tmp.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-        os.replace(tmp, out / PROFILE_JSON)
+        with atomic_path(out / PROFILE_JSON) as tmp:
+            tmp.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
         self.path = out
         if self.roi is not None:
             self.roi = str(out / ROI_FILE)
@@ -184,9 +177,7 @@ class Profile:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        folder = Path(folder)
-        if folder.is_file() and folder.name == PROFILE_JSON:
-            folder = folder.parent
+        folder = _folder(folder)
         record = read_record(folder)
         bank_path = folder / BANK_FILE
         try:
@@ -203,7 +194,7 @@ class Profile:
         try:
             t = load_file(str(bank_path))
         except (SafetensorError, OSError, ValueError) as exc:
-            raise ProfileError(f"{bank_path}: unreadable bank ({_one_line(exc)})") from None
+            raise ProfileError(f"{bank_path}: unreadable bank ({first_line(exc)})") from None
         bank = _bank_from_tensors(t, bank_path, torch.device(device))
         thresholds = Thresholds.from_dict(record["thresholds"])
         info = {k: v for k, v in record.items() if k not in _RECORD_OWN}
@@ -222,11 +213,6 @@ class Profile:
 _RECORD_OWN = {"format", "class_name", "mode", "identity", "thresholds", "fusion"}
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 def profile_settings(profile: Any, folder: Path | None = None) -> tuple[dict[str, Any], str]:
     """The settings a profile was fitted with (``profile.json``'s ``settings``: model, size,
     prompts, sigma, CLS token, tiling, ROI; its files as paths that exist here) and its name.
@@ -242,9 +228,7 @@ def profile_settings(profile: Any, folder: Path | None = None) -> tuple[dict[str
     elif isinstance(profile, dict):
         recorded, name = profile.get("settings") or {}, str(folder)
     else:
-        folder = Path(profile)
-        if folder.is_file() and folder.name == PROFILE_JSON:
-            folder = folder.parent
+        folder = _folder(profile)
         recorded, name = read_record(folder).get("settings") or {}, str(folder)
     settings = dict(recorded)
     if isinstance(profile, Profile) and profile.roi is not None:
@@ -255,15 +239,19 @@ def profile_settings(profile: Any, folder: Path | None = None) -> tuple[dict[str
     return settings, name
 
 
+def _folder(path: str | os.PathLike) -> Path:
+    """A profile's folder, also when given its ``profile.json``."""
+    path = Path(path)
+    return path.parent if path.is_file() and path.name == PROFILE_JSON else path
+
+
 def read_record(folder: str | os.PathLike) -> dict[str, Any]:
     """``profile.json`` of a profile folder, checked against its schema (no bank read).
 
     Raises:
         ProfileError: no such profile, or an unreadable or malformed ``profile.json``.
     """
-    folder = Path(folder)
-    if folder.is_file() and folder.name == PROFILE_JSON:
-        folder = folder.parent
+    folder = _folder(folder)
     meta_path = folder / PROFILE_JSON
     if not meta_path.is_file():
         what = (
@@ -275,7 +263,7 @@ def read_record(folder: str | os.PathLike) -> dict[str, Any]:
     try:
         record = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ProfileError(f"{meta_path}: unreadable profile ({_one_line(exc)})") from None
+        raise ProfileError(f"{meta_path}: unreadable profile ({first_line(exc)})") from None
     _check_record(record, meta_path)
     return record
 

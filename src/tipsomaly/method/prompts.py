@@ -49,21 +49,13 @@ class PromptSet:
         if not isinstance(data, dict):
             raise PromptError(f"{where} must be an object")
         fields = {}
-        for key, placeholder in (
-            ("normal_states", "{}"),
-            ("abnormal_states", "{}"),
-            ("templates", "{}"),
-        ):
+        for key in ("normal_states", "abnormal_states", "templates"):
             items = data.get(key)
-            if (
-                not isinstance(items, list)
-                or not items
-                or not all(isinstance(i, str) for i in items)
-            ):
+            if not (isinstance(items, list) and items and all(isinstance(i, str) for i in items)):
                 raise PromptError(f"{where}: '{key}' must be a non-empty list of strings")
             for item in items:
-                rest = item.replace(placeholder, "")
-                if item.count(placeholder) != 1 or "{" in rest or "}" in rest:
+                rest = item.replace("{}", "")
+                if item.count("{}") != 1 or "{" in rest or "}" in rest:
                     raise PromptError(
                         f"{where}: {key} entry {item!r} must contain exactly one '{{}}'"
                     )
@@ -146,12 +138,8 @@ def class_embeddings(
     """(2, D) fixed-prompt embeddings of one class: [normal, abnormal], L2-normalised."""
     normal, abnormal = prompts.sentences(clean_class_name(class_name))
     embeddings = encode_sentences(model, normal + abnormal, batch_size=batch_size)
-    return torch.stack(
-        [
-            ensemble_embedding(embeddings[: len(normal)]),
-            ensemble_embedding(embeddings[len(normal) :]),
-        ]
-    )
+    parts = embeddings.split([len(normal), len(abnormal)])
+    return torch.stack([ensemble_embedding(part) for part in parts])
 
 
 def learned_embeddings(

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 
 from .. import fingerprint
+from ..errors import one_line
+from ..files import atomic_path
 from ..tips.weights import cache_dir
 
 logger = logging.getLogger(__name__)
@@ -54,11 +56,11 @@ class TextEmbeddingCache:
         try:
             tensor = _read_entry(path)
         except Exception as exc:  # noqa: BLE001 - any unreadable entry is recomputed
-            problem, tensor = f"unreadable ({_one_line(exc)})", None
+            problem, tensor = f"unreadable ({one_line(exc)})", None
         except BaseException as exc:  # a panic inside the Rust reader, never a user's ^C
             if type(exc).__name__ != "PanicException":
                 raise
-            problem, tensor = f"unreadable ({_one_line(exc)})", None
+            problem, tensor = f"unreadable ({one_line(exc)})", None
         if tensor is not None:
             if tensor.dtype != torch.float32:
                 problem = f"dtype {tensor.dtype}, expected float32"
@@ -84,9 +86,8 @@ class TextEmbeddingCache:
             return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            save_file({"embeddings": embeddings.detach().float().cpu().contiguous()}, str(tmp))
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                save_file({"embeddings": embeddings.detach().float().cpu().contiguous()}, str(tmp))
         except OSError as exc:  # a read-only or full cache must not stop a run
             logger.warning("could not cache text embeddings in %s (%s)", path, exc)
 
@@ -98,8 +99,3 @@ def _read_entry(path: Path) -> torch.Tensor:
     if set(tensors) != {"embeddings"}:
         raise ValueError(f"holds {sorted(tensors)[:5]} instead of 'embeddings'")
     return tensors["embeddings"]
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."

@@ -23,10 +23,6 @@ edges; the merged map is the weighted sum over the tiles divided by the summed w
 tile's own edge therefore carries almost no weight where a neighbour covers the same pixels, so
 no seam shows; the ``floor`` keeps the weights positive where only one tile covers a pixel (the
 image's borders), where the division gives that tile's value exactly.
-
-Image score (used by :class:`~tipsomaly.method.detector.Detector`): ``max over the tiles of
-the chosen CLS token's abnormal evidence + max of the merged map``, each term in [0, 1], so
-the score stays in [0, 2] like the untiled one (global + local evidence).
 """
 
 from __future__ import annotations

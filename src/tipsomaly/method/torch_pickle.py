@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import TipsomalyError
+from ..errors import TipsomalyError, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -142,10 +142,7 @@ def rebuild_strided(
         )
     itemsize = storage.dtype.itemsize
     view = np.lib.stride_tricks.as_strided(
-        storage[offset:],
-        shape=size,
-        strides=tuple(s * itemsize for s in stride),
-        writeable=False,
+        storage[offset:], shape=size, strides=tuple(s * itemsize for s in stride), writeable=False
     )
     return np.array(view, dtype=storage.dtype.newbyteorder("="))
 
@@ -246,8 +243,7 @@ def read_torch_file(path: str | os.PathLike) -> Any:
         archive = zipfile.ZipFile(path)
     except Exception as exc:  # noqa: BLE001 - BadZipFile, OSError, struct/EOF errors, ...
         raise UnsafePickleError(
-            f"{path} is not a PyTorch zip checkpoint ({_one_line(exc)}); legacy pickles are "
-            "not read"
+            f"{path} is not a PyTorch zip checkpoint ({one_line(exc)}); legacy pickles are not read"
         ) from None
     try:
         with archive:
@@ -257,7 +253,7 @@ def read_torch_file(path: str | os.PathLike) -> Any:
     except RecursionError:
         raise UnsafePickleError(f"{path}: unreadable tensor file (nested too deeply)") from None
     except Exception as exc:  # noqa: BLE001 - any failure on untrusted bytes is the file's
-        raise UnsafePickleError(f"{path}: unreadable tensor file ({_one_line(exc)})") from None
+        raise UnsafePickleError(f"{path}: unreadable tensor file ({one_line(exc)})") from None
 
 
 def _load(archive: zipfile.ZipFile) -> Any:
@@ -272,11 +268,6 @@ def _load(archive: zipfile.ZipFile) -> Any:
             raise _Bad(f"unknown byte order {_clip(order)}")
         reader.little_endian = order == b"little"
     return reader.load()
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _plain(obj: Any, depth: int, done: dict[int, Any]) -> Any:

@@ -45,11 +45,7 @@ def ranking_from_split(split: SplitScores, what: str = "") -> dict[str, float]:
         recall = true_pos / n_pos
         precision_sum += float(precision.sum())
         best_f1 = max(best_f1, float(np.max(2 * precision * recall / (precision + recall))))
-    return {
-        "auroc": auc_sum / (2 * n_pos * n_neg),
-        "ap": precision_sum / n_pos,
-        "f1-max": best_f1,
-    }
+    return {"auroc": auc_sum / (2 * n_pos * n_neg), "ap": precision_sum / n_pos, "f1-max": best_f1}
 
 
 def ranking_metrics(scores: object, labels: object) -> dict[str, float]:

@@ -55,29 +55,36 @@ def foreground_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
         hit = dst >= 0
         src_parts.append(src[hit])
         dst_parts.append(dst[hit].astype(np.int64))
-    del node, col, not_last_row
-    src = np.concatenate(src_parts)
-    dst = np.concatenate(dst_parts)
+    del node, col, not_last_row, src, dst, hit, valid
+    pairs = [np.concatenate(src_parts), np.concatenate(dst_parts)]
     del src_parts, dst_parts
+    parent = join(parent, pairs)
+    is_root = parent == np.arange(n_fg)
+    root_index = np.cumsum(is_root) - 1
+    return root_index[parent], int(root_index[-1] + 1)
 
-    # Union-find rounds: hook the larger root of every edge joining two trees onto the smaller
-    # root, then compress all paths. Pointers only ever decrease, so no cycle can form.
-    while src.size:
-        a, b = parent[src], parent[dst]
-        cross = a != b
+
+def join(parent: np.ndarray, pairs: list[np.ndarray]) -> np.ndarray:
+    """Union-find rounds over the pairs of nodes ``pairs`` = [a, b]: ``parent`` (each node's
+    root, a root its own; every pointer to a smaller index) after joining them. Each round
+    hooks the larger root of every pair joining two trees onto the smaller root, then
+    compresses all paths; pointers only ever decrease, so no cycle can form. ``pairs`` is
+    emptied: the caller holds no reference, so the arrays are freed as the rounds shrink them."""
+    a, b = pairs
+    pairs.clear()
+    while a.size:
+        ra, rb = parent[a], parent[b]
+        cross = ra != rb
         if not cross.any():
             break
-        src, dst, a, b = src[cross], dst[cross], a[cross], b[cross]
-        parent[np.maximum(a, b)] = np.minimum(a, b)
+        a, b, ra, rb = a[cross], b[cross], ra[cross], rb[cross]
+        parent[np.maximum(ra, rb)] = np.minimum(ra, rb)
         while True:
             grand = parent[parent]
             if np.array_equal(grand, parent):
                 break
             parent = grand
-
-    is_root = parent == np.arange(n_fg)
-    root_index = np.cumsum(is_root) - 1
-    return root_index[parent], int(root_index[-1] + 1)
+    return parent
 
 
 def label_regions(masks: object) -> tuple[np.ndarray, int]:

@@ -162,8 +162,6 @@ def overlay(
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    if scale not in SCALES:
-        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
     rgb = _as_rgb_array(image)
     height, width = rgb.shape[:2]
     m = resize_map(anomaly_map, (height, width))

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import OutputError
+from ..files import atomic_write_text
 
 INDUSTRIAL = ("mvtec", "visa", "mpdd", "btad", "ksdd", "sdd", "dagm", "dtd")
 MEDICAL = ("headct", "brainmri", "br35h", "isic", "colondb", "clinicdb", "tn3k", "kvasir", "endo")
@@ -116,11 +117,8 @@ def dataset_rows(result: DatasetResult, cls: str) -> list[list[str]]:
     """Rows ``class, n, six metrics (%)`` for each class and the mean, image metrics of ``cls``."""
     rows = []
     for name, metrics in list(result.classes.items()) + [("mean", result.mean)]:
-        n = (
-            str(sum(c["evaluated"] for c in result.counts.values()))
-            if name == "mean"
-            else str(result.counts[name]["evaluated"])
-        )
+        counts = result.counts.values() if name == "mean" else [result.counts[name]]
+        n = str(sum(c["evaluated"] for c in counts))
         rows.append([name, n] + [_pct(metrics.get(_key(m, cls))) for m in TABLE_METRICS])
     return rows
 
@@ -162,23 +160,15 @@ def format_table(
     return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
 
 
-def dataset_header() -> list[str]:
-    return ["class", "n"] + [HEADERS[m] for m in TABLE_METRICS]
-
-
-def summary_header() -> list[str]:
-    return ["dataset", "domain"] + [HEADERS[m] for m in TABLE_METRICS]
-
-
 def render_text(results: Sequence[DatasetResult], cls: str, markdown: bool = False) -> str:
     """Every dataset's per-class table, then the summary when there are several datasets."""
-    parts = []
+    parts, headers = [], [HEADERS[m] for m in TABLE_METRICS]
     for r in results:
         title = f"## {r.name}" if markdown else f"{r.name}  ({r.root})"
         parts.append(
             printable(title)
             + "\n\n"
-            + format_table(dataset_header(), dataset_rows(r, cls), markdown)
+            + format_table(["class", "n", *headers], dataset_rows(r, cls), markdown)
         )
         if r.errors:
             parts.append(
@@ -189,9 +179,8 @@ def render_text(results: Sequence[DatasetResult], cls: str, markdown: bool = Fal
             )
     if len(results) > 1:
         title = "## Summary" if markdown else "summary"
-        parts.append(
-            title + "\n\n" + format_table(summary_header(), summary_rows(results, cls), markdown)
-        )
+        table = format_table(["dataset", "domain", *headers], summary_rows(results, cls), markdown)
+        parts.append(f"{title}\n\n{table}")
     definitions = sorted({r.aupro for r in results})
     note = (
         f"Values in %. Image metrics from the {cls} token's scores (both are in the CSV/JSON); "
@@ -199,21 +188,6 @@ def render_text(results: Sequence[DatasetResult], cls: str, markdown: bool = Fal
     )
     parts.append(note)
     return printable("\n\n".join(parts) + "\n")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """``path`` whole or not at all (temp file, then renamed); disk errors as OutputError."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except OSError as exc:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        raise OutputError(path, exc) from None
 
 
 def results_payload(results: Sequence[DatasetResult], config: dict) -> dict:
@@ -240,10 +214,7 @@ def results_payload(results: Sequence[DatasetResult], config: dict) -> dict:
                 "classes": r.classes,
                 "mean": r.mean,
                 "counts": r.counts,
-                "errors": [
-                    {"class": e.get("class"), "path": e.get("path"), "error": e.get("error")}
-                    for e in r.errors
-                ],
+                "errors": [{k: e.get(k) for k in ("class", "path", "error")} for e in r.errors],
             }
             for r in results
         },
@@ -267,7 +238,7 @@ def write_results(
     except OSError as exc:
         raise OutputError(out, exc) from None
     md = out / "results.md"
-    _write_atomic(md, "# tipsomaly eval\n\n" + render_text(results, cls, markdown=True))
+    atomic_write_text(md, "# tipsomaly eval\n\n" + render_text(results, cls, markdown=True))
     keys = sorted({k for r in results for m in [*r.classes.values(), r.mean] for k in m})
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -282,10 +253,10 @@ def write_results(
                 + [_num(metrics.get(k)) for k in keys]
             )
     csv_path = out / "results.csv"
-    _write_atomic(csv_path, buffer.getvalue())
+    atomic_write_text(csv_path, buffer.getvalue())
     json_path = out / "results.json"
     payload = _jsonable(results_payload(results, config))
-    _write_atomic(json_path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(json_path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
     return [md, csv_path, json_path]
 
 

@@ -22,11 +22,12 @@ import csv
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ..errors import OutputError
+from ..files import atomic_write_text
 from ..method.defects import DEFECT_COLUMNS
 from .results import printable
 
@@ -65,25 +66,9 @@ def columns(
 def defect_rows(row: Mapping[str, Any]) -> list[list[str]]:
     """The ``defects.csv`` lines of one table row (its ``defects`` records)."""
     out = []
-    for d in row.get("defects") or []:
-        x0, y0, x1, y1 = d["bbox"]
-        cx, cy = d["centroid"]
-        values = (
-            row.get("name"),
-            row.get("path"),
-            row.get("class_name"),
-            d["id"],
-            x0,
-            y0,
-            x1,
-            y1,
-            d["area_px"],
-            d.get("area_mm2"),
-            d["peak"],
-            d["mean"],
-            cx,
-            cy,
-        )
+    for d in row.get("defects") or []:  # the columns of DEFECT_CSV_COLUMNS
+        values = [*(row.get(k) for k in ("name", "path", "class_name")), d["id"], *d["bbox"]]
+        values += [d["area_px"], d.get("area_mm2"), d["peak"], d["mean"], *d["centroid"]]
         out.append([_csv_cell(_clean(v)) for v in values])
     return out
 
@@ -110,6 +95,15 @@ def coco_results(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 }
             )
     return out
+
+
+def _open_csv(path: Path, header: Sequence[str]) -> tuple[IO[str], Any]:
+    """A CSV file created (replacing an older one) with its header line, and its writer."""
+    fh = open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115 - the table closes it
+    writer = csv.writer(fh, lineterminator="\n")
+    writer.writerow(header)
+    fh.flush()
+    return fh, writer
 
 
 def _csv_cell(value: Any) -> str:
@@ -165,20 +159,14 @@ class ScoreTable:
         self._defects_fh = None
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.csv_path, "w", newline="", encoding="utf-8")  # noqa: SIM115
-            self._writer = csv.writer(self._fh, lineterminator="\n")
-            self._writer.writerow(self.columns)
-            self._fh.flush()
+            self._fh, self._writer = _open_csv(self.csv_path, self.columns)
         except OSError as exc:
             raise OutputError(self.csv_path, exc) from None
         if self.defects_path is not None:
             try:
-                self._defects_fh = open(  # noqa: SIM115
-                    self.defects_path, "w", newline="", encoding="utf-8"
+                self._defects_fh, self._defects_writer = _open_csv(
+                    self.defects_path, DEFECT_CSV_COLUMNS
                 )
-                self._defects_writer = csv.writer(self._defects_fh, lineterminator="\n")
-                self._defects_writer.writerow(DEFECT_CSV_COLUMNS)
-                self._defects_fh.flush()
             except OSError as exc:
                 self._fh.close()
                 raise OutputError(self.defects_path, exc) from None
@@ -230,9 +218,10 @@ class ScoreTable:
             "columns": self.columns,
             "results": [{k: _json_value(v) for k, v in r.items()} for r in self.rows],
         }
-        _write_json_atomic(self.json_path, doc)
+        atomic_write_text(self.json_path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
         if self.coco_path is not None:
-            _write_json_atomic(self.coco_path, coco_results(self.rows))
+            coco = json.dumps(coco_results(self.rows), indent=2, allow_nan=False) + "\n"
+            atomic_write_text(self.coco_path, coco)
         return self.json_path
 
     def close(self) -> None:
@@ -246,17 +235,3 @@ class ScoreTable:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _write_json_atomic(path: Path, doc: Any) -> None:
-    """``doc`` as indented JSON at ``path``: a temp file, then renamed (OutputError)."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        raise OutputError(path, exc) from None

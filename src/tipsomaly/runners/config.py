@@ -62,9 +62,7 @@ class EvalConfig(DetectorConfig):
     ``pixel_prompts="auto"`` follows the paper's protocol per dataset
     (:func:`~tipsomaly.method.config.default_pixel_prompts`). ``device``/``dtype`` are names;
     the CLI passes the resolved ones so that ``results.json`` records what was used.
-    ``shots`` > 0 runs the few-shot protocol (K train normal images per class, drawn with
-    ``shot_seed``, scored in :attr:`scoring_mode`); ``profiles``: each class with a profile is
-    scored against it in :attr:`scoring_mode`; see :mod:`tipsomaly.runners.few_shot`.
+    ``shots`` and ``profiles``: see :mod:`tipsomaly.runners.few_shot`.
     """
 
     pixel_prompts: str | os.PathLike | None = option(
@@ -184,8 +182,7 @@ class TrainConfig(DetectorConfig):
         choices=CACHE_DTYPE_CHOICES,
     )
     resume: bool = option(
-        False,
-        "continue after the last complete epoch in --out (same settings; --epochs may grow)",
+        False, "continue after the last complete epoch in --out (same settings; --epochs may grow)"
     )
     eval_data: str | os.PathLike | None = option(
         None, "dataset root evaluated after each epoch (pixel metrics)", metavar="DIR"

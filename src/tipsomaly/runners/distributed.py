@@ -10,10 +10,8 @@ argument), so the runners call them unconditionally. This is the only module tha
 
 What each process does:
 
-* **Device.** With a GPU, ``cuda`` (``--device auto`` or ``cuda``) is ``cuda:LOCAL_RANK``
-  (modulo the GPUs seen, so several processes may share one); on the CPU each process runs
-  ``usable cores // LOCAL_WORLD_SIZE`` torch threads (``TIPSOMALY_NUM_THREADS`` overrides it;
-  torchrun's own default is 1).
+* **Device.** Each process its own GPU, or its share of the CPU cores (:func:`init_if_needed`;
+  torchrun's own default is 1 thread).
 * **Backend.** Only small Python objects travel between processes (plans, rows, outcomes); the
   predictions themselves go through the shared output folder. So the group is ``gloo`` on the
   CPU and ``cpu:gloo,cuda:nccl`` with GPUs (NCCL, created lazily, carries CUDA tensors; our
@@ -25,9 +23,7 @@ What each process does:
   :class:`DistributedError` saying so, instead of hanging. (torchrun itself also stops every
   process of the job once one exits with an error.)
 * **Output folder.** Rank 0 alone holds ``--out``'s :class:`~.lock.OutputLock` for the whole
-  job; the others learn the outcome by a broadcast and rely on it (:func:`output_lock`). Every
-  rank then checks that it sees rank 0's lock file, i.e. that ``--out`` is the same folder
-  everywhere (with several nodes: a shared file system).
+  job, and every rank checks that it is the same folder (:func:`output_lock`).
 * **Logs.** Rank 0 shows progress bars and INFO messages; the others only warnings and errors.
 """
 
@@ -36,7 +32,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime
-import json
 import logging
 import os
 import pickle
@@ -46,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..errors import InvalidOptionError, TipsomalyError
+from ..validation import env_seconds
 from .lock import OutputLock
 
 logger = logging.getLogger(__name__)
@@ -96,16 +92,7 @@ def timeout_s() -> float:
     Raises:
         InvalidOptionError: the variable is not a positive number.
     """
-    value = os.environ.get(TIMEOUT_ENV, "").strip()
-    if not value:
-        return DEFAULT_TIMEOUT_S
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = float("nan")
-    if not seconds > 0 or seconds == float("inf"):
-        raise InvalidOptionError(f"{TIMEOUT_ENV}={value!r}: give a positive number of seconds")
-    return seconds
+    return env_seconds(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)
 
 
 @dataclass(frozen=True)
@@ -344,14 +331,7 @@ def _collective(info: DistInfo, what: str) -> Iterator[None]:
 
 # -- the output folder ------------------------------------------------------------------------
 def _lock_token(folder: str | os.PathLike) -> str | None:
-    from .lock import LOCK_NAME
-
-    try:
-        with open(os.path.join(folder, LOCK_NAME), encoding="utf-8") as f:
-            record = json.load(f)
-    except (OSError, ValueError):
-        return None
-    token = record.get("token") if isinstance(record, dict) else None
+    token = OutputLock(folder).holder().get("token")
     return token if isinstance(token, str) else None
 
 

@@ -11,6 +11,7 @@ stored apart. Under ``torchrun`` the processes share out the computing
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -28,13 +29,7 @@ from ..data.meta import DatasetMeta, Sample, read_meta
 from ..data.roi import RoiLookup
 from ..method.config import AUTO, default_pixel_prompts
 from ..method.detector import Detector
-from ..report.results import (
-    INDUSTRIAL,
-    MEDICAL,
-    TABLE_METRICS,
-    DatasetResult,
-    domain_of,
-)
+from ..report.results import DatasetResult
 from ..tips.runtime import resolve_device
 from . import distributed
 from .config import EvalConfig, EvalSettings
@@ -56,17 +51,12 @@ from .store import PredictionStore, store_key
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "INDUSTRIAL",
-    "MEDICAL",
-    "TABLE_METRICS",
-    "DatasetResult",
     "EvalConfig",
     "EvalResult",
     "EvalSettings",
     "Evaluator",
     "FewShotError",
     "ShotDraw",
-    "domain_of",
     "draw_shots",
     "environment",
     "evaluate_datasets",
@@ -177,9 +167,7 @@ class Evaluator:
             OutputLockedError: another run writes into the output folder.
             OutputError: the prediction store cannot be written.
         """
-        if self.locked:
-            return self._evaluate(root, name)
-        with OutputLock(self.out_dir):
+        with contextlib.nullcontext() if self.locked else OutputLock(self.out_dir):
             return self._evaluate(root, name)
 
     def _open(
@@ -357,11 +345,9 @@ def evaluate_datasets(
     With ``settings.shots``, every dataset's reference images are drawn first, so that one
     without a train split stops the run before any model is loaded.
 
-    Under ``torchrun`` (:func:`~.distributed.init_if_needed` joined the job): every rank
-    computes its share of the missing predictions (:meth:`Evaluator.compute_shard`) and waits
-    for the others; then rank 0 alone evaluates as one process does, reading them from the
-    stores (so its results are those of one process), and the other ranks return ``[]``.
-    ``lock`` then means rank 0 holds the lock for the job (:func:`~.distributed.output_lock`).
+    Under ``torchrun`` every rank computes its share of the missing predictions
+    (:meth:`Evaluator.compute_shard`), then rank 0 alone evaluates from the stores, as one
+    process does, and the other ranks return ``[]``; rank 0 holds the lock for the job.
 
     Raises:
         OutputLockedError: another run writes into ``out_dir``.

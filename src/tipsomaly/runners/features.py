@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -34,6 +34,7 @@ from ..data.dataset import AnomalyDataset, collate_samples, make_loader
 from ..data.images import DEFAULT_MAX_PIXELS, MaxPixels
 from ..data.meta import Sample
 from ..errors import TipsomalyError
+from ..files import atomic_path
 from ..tips.model import TipsModel
 
 logger = logging.getLogger(__name__)
@@ -242,29 +243,28 @@ def build_features(
     samples = list(samples)
     if str(cache) == "none":
         return LiveFeatures(model, samples, image_size, max_pixels)
-    encode = (batch_size, progress, desc, max_pixels)
+
+    def encode(todo: list[Sample]) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        return _encode_all(model, todo, image_size, batch_size, progress, desc, max_pixels)
+
     if str(cache) == "memory":
-        return _build_memory(model, samples, image_size, dtype, *encode)
-    return _build_disk(model, samples, image_size, Path(cache), dtype, cache_dtype, *encode)
+        return _build_memory(model, samples, image_size, dtype, encode)
+    return _build_disk(model, samples, image_size, Path(cache), dtype, cache_dtype, encode)
+
+
+#: :func:`_encode_all` of some samples (the build's other arguments fixed)
+Encode = Callable[[list[Sample]], Iterator[tuple[int, torch.Tensor, torch.Tensor]]]
 
 
 def _build_memory(
-    model: TipsModel,
-    samples: list[Sample],
-    image_size: int,
-    dtype: torch.dtype,
-    batch_size: int,
-    progress: bool,
-    desc: str,
-    max_pixels: MaxPixels,
+    model: TipsModel, samples: list[Sample], image_size: int, dtype: torch.dtype, encode: Encode
 ) -> MemoryFeatures:
     n = len(samples)
     grid = image_size // model.patch_size
     patches = torch.empty(n, grid * grid, model.embed_dim, dtype=dtype)  # filled in place
     masks = torch.zeros(n, image_size, image_size, dtype=torch.bool)
     kept: list[int] = []
-    encoded = _encode_all(model, samples, image_size, batch_size, progress, desc, max_pixels)
-    for index, p, m in encoded:
+    for index, p, m in encode(samples):
         patches[index] = p
         masks[index] = m
         kept.append(index)
@@ -283,10 +283,7 @@ def _build_disk(
     root: Path,
     dtype: torch.dtype,
     cache_dtype: str,
-    batch_size: int,
-    progress: bool,
-    desc: str,
-    max_pixels: MaxPixels,
+    encode: Encode,
 ) -> DiskFeatures:
     from safetensors.torch import save_file
 
@@ -307,15 +304,13 @@ def _build_disk(
         len(samples),
         len(missing),
     )
-    todo = [samples[i] for i in missing]
-    for k, p, m in _encode_all(model, todo, image_size, batch_size, progress, desc, max_pixels):
+    for k, p, m in encode([samples[i] for i in missing]):
         index = missing[k]
         path = files[index]
         assert path is not None  # samples without a file are never computed
-        tmp = path.with_name(path.name + ".tmp")
         meta = {"format": FORMAT, "image": str(samples[index].image_path)}
-        save_file({"patches": p.to(dtype).contiguous(), "mask": m.contiguous()}, str(tmp), meta)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file({"patches": p.to(dtype).contiguous(), "mask": m.contiguous()}, str(tmp), meta)
         readable.add(index)
     order = sorted(readable)
     if not order:

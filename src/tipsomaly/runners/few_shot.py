@@ -38,7 +38,8 @@ from .. import fingerprint
 from ..data.meta import MetaError, Sample, meta_path_for, parse_split
 from ..data.names import display_path, relative_name
 from ..errors import OutputError, TipsomalyError
-from .store import PredictionStore, atomic_write, sub_store
+from ..files import atomic_write_text
+from .store import PredictionStore, sub_store
 
 if TYPE_CHECKING:
     from ..method.detector import Detector
@@ -117,11 +118,7 @@ class DrawnReferences:
     field = "few_shot"
 
     def __init__(
-        self,
-        settings: EvalConfig,
-        draw: ShotDraw,
-        root: Path,
-        detector: Callable[[], Detector],
+        self, settings: EvalConfig, draw: ShotDraw, root: Path, detector: Callable[[], Detector]
     ) -> None:
         self.settings, self.draw, self.root, self._detector = settings, draw, root, detector
         self.record: dict[str, Any] = {
@@ -226,7 +223,7 @@ def _write_bank_record(
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(folder, exc) from None
-    atomic_write(folder / BANK_RECORD, lambda f: f.write(text.encode("utf-8") + b"\n"))
+    atomic_write_text(folder / BANK_RECORD, text + "\n")
 
 
 def _drop(folder: Path) -> None:

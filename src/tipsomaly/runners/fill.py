@@ -276,13 +276,9 @@ class StoreFiller:
 
 def log_todo(class_name: str, todo: int, total: int, note: str = "") -> None:
     """Say how many of a class's images are computed (``note``: how, e.g. shared out)."""
+    stored = total - todo
     logger.info(
-        "class %s: %d of %d images to compute (%d stored)%s",
-        class_name,
-        todo,
-        total,
-        total - todo,
-        note,
+        "class %s: %d of %d images to compute (%d stored)%s", class_name, todo, total, stored, note
     )
 
 

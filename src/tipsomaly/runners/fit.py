@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ..data.inputs import NoInputsError, expand_inputs
 from ..errors import OutputError
-from ..method.calibration import Calibration
+from ..files import atomic_path
 from ..method.config import (
     DEFAULT_FALSE_ALARM_RATE,
     DEFAULT_MAX_BANK,
@@ -52,11 +52,6 @@ class FitSummary:
     out_dir: Path
     references: int
     failed: list[tuple[str, str]]
-
-    @property
-    def thresholds(self) -> dict[str, Calibration | None]:
-        """The image threshold of each mode (None where not calibrated)."""
-        return {m: self.profile.thresholds.get(m, "image") for m in MODES}
 
 
 def run_fit(
@@ -134,13 +129,11 @@ def _write_calibration_csv(path: Path, profile: Profile) -> None:
     scores: dict[str, list[float]] = calib.get("scores", {})
     modes = [m for m in MODES if m in scores]
     sources = profile.info["references"]["sources"]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(["path", *(f"score_{m}" for m in modes)])
         for i, source in enumerate(sources):
             writer.writerow([source, *(_cell(scores[m][i]) for m in modes)])
-    os.replace(tmp, path)
 
 
 def _cell(value: float) -> str:

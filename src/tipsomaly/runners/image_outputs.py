@@ -13,12 +13,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..data.images import ImageLoadError, load_image
 from ..errors import OutputError
 from ..method.prediction import Prediction
-from ..report.overlay import save_map, save_mask, save_overlay
+from ..report.overlay import DEFAULT_ALPHA, save_map, save_mask, save_overlay
 from ..report.results import printable
 
 logger = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ __all__ = [
     "OUTPUT_KINDS",
     "OVERLAY_DIR",
     "ImageOutputError",
+    "ImageOutputs",
     "discard",
     "remove_outputs",
     "tmp_name",
@@ -43,6 +45,18 @@ DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPER
 
 class ImageOutputError(Exception):
     """One image's files could not be written (its row becomes an error row)."""
+
+
+@dataclass(frozen=True)
+class ImageOutputs:
+    """Which files a run writes for each image (raw maps, overlays) and how its overlays
+    look (``scale``, ``alpha``; defect ``boxes`` drawn on them)."""
+
+    save_maps: bool = False
+    overlays: bool = True
+    scale: str = "fixed"
+    alpha: float = DEFAULT_ALPHA
+    boxes: bool = True
 
 
 def tmp_name(final: Path) -> Path:
@@ -72,31 +86,28 @@ def write_images(
     pred: Prediction,
     out: Path,
     name: str,
-    threshold: float | None,
-    save_maps: bool,
-    overlays: bool,
-    scale: str,
-    alpha: float,
+    files: ImageOutputs,
     defects: list[dict] | None = None,
     max_pixels: int | None = None,
 ) -> list[tuple[Path, Path]]:
-    """The per-image files of one scored image (overlay with its ``defects``' boxes, mask
-    inside its ROI, raw map, at original size), written under temporary names: returns
-    ``(temporary, final)`` pairs. The image is read again for the overlay (``max_pixels``:
-    the limit it was read with).
+    """The per-image ``files`` of one scored image (overlay with its ``defects``' boxes, mask
+    at its pixel threshold inside its ROI, raw map, at original size), written under
+    temporary names: returns ``(temporary, final)`` pairs. The image is read again for the
+    overlay (``max_pixels``: the limit it was read with).
 
     Raises:
         ImageOutputError: this image's files cannot be written (out of memory, a name the
             file system refuses); nothing of it is left.
         OutputError: the disk is full or read-only.
     """
-    amap = pred.anomaly_map_original
+    amap, threshold, scale = pred.anomaly_map_original, pred.pixel_threshold, files.scale
     assert amap is not None
     logger.debug("%s: image score %.4f", printable(pred.source), pred.image_score)
     written: list[tuple[Path, Path]] = []
+    boxes = (defects or []) if files.boxes else []
     final = out
     try:
-        if save_maps:
+        if files.save_maps:
             final = out / MAP_DIR / f"{name}.npy"
             save_map(tmp_name(final), amap)
             written.append((tmp_name(final), final))
@@ -104,7 +115,7 @@ def write_images(
             final = out / MASK_DIR / f"{name}.png"
             save_mask(tmp_name(final), amap, threshold, roi=pred.roi)
             written.append((tmp_name(final), final))
-        if overlays:
+        if files.overlays:
             final = out / OVERLAY_DIR / f"{name}.png"
             try:
                 image = load_image(pred.source, max_pixels=max_pixels)
@@ -120,11 +131,11 @@ def write_images(
                     tmp_name(final),
                     image,
                     amap,
-                    alpha=alpha,
+                    alpha=files.alpha,
                     scale=scale,
                     span=span,
-                    boxes=[tuple(d["bbox"]) for d in defects or []],
-                    labels=[f"#{d['id']} {d['peak']:.2f}" for d in defects or []],
+                    boxes=[tuple(d["bbox"]) for d in boxes],
+                    labels=[f"#{d['id']} {d['peak']:.2f}" for d in boxes],
                 )
                 written.append((tmp_name(final), final))
     except BaseException as exc:

@@ -174,7 +174,7 @@ class OutputLock:
                 os.close(fd)
                 raise
             os.close(fd)  # the file was replaced under us: try again
-        raise OutputLockedError(self.folder, self._read(), "; the lock file keeps changing")
+        raise OutputLockedError(self.folder, self.holder(), "; the lock file keeps changing")
 
     def _try_take(self, fd: int) -> bool:
         flocked = False
@@ -183,7 +183,7 @@ class OutputLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 flocked = True
             except BlockingIOError:
-                raise OutputLockedError(self.folder, self._read()) from None
+                raise OutputLockedError(self.folder, self.holder()) from None
             except OSError as exc:  # a file system without flock: the record alone decides
                 if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                     raise OutputError(self.path, exc) from None
@@ -235,7 +235,8 @@ class OutputLock:
             return None
         return holder if isinstance(holder, dict) else None
 
-    def _read(self) -> dict[str, Any]:
+    def holder(self) -> dict[str, Any]:
+        """The record in the lock file (empty when there is none or it is unreadable)."""
         try:
             holder = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError):

@@ -13,32 +13,14 @@ Output layout under ``out_dir``::
     defects.csv           one row per defect record (with a pixel threshold; see below)
     defects_coco.json     the defects as COCO results with RLE masks (defects_format="coco")
 
-Decisions and defects are the predictor's (:mod:`tipsomaly.method.pipeline`): with an image
-threshold (its config's, or a profile's calibrated one) each row has ``is_anomalous``; with a
-pixel threshold every image's defect records (connected regions of ``map >= threshold``
-inside its ROI: box, area, peak, mean, centroid) are the ``defects`` entry of its
-``scores.json`` row, its lines of ``defects.csv``, and with ``boxes`` numbered boxes on its
-overlay.
+Decisions, defect records, tiling and the ROI are the predictor's
+(:mod:`tipsomaly.method.pipeline`); ``roi_dir`` gives each image its own ROI instead
+(``<roi_dir>/<name>.<ext>``, else ``<roi_dir>/<stem>.<ext>``; an image without one is an error
+row). ``<name>`` is the image's output name (:func:`~tipsomaly.data.inputs.output_names`: its
+path below the inputs' common folder, without extension), the table's ``name`` column.
 
-ROI: the predictor's (its config's ``roi``, one mask for every image), or per image from
-``roi_dir`` (``<roi_dir>/<name>.<ext>``, else ``<roi_dir>/<stem>.<ext>``): maps are 0 outside
-it and scores take only its evidence; an image whose folder mask is missing is an error row; a
-mask of another size is resized (the row's ``note`` says so). Tiling is the predictor's
-setting too; ``scores.json``'s settings record both, with the predictor's identity.
-
-Naming rule: ``<name>`` is the image's path relative to the deepest folder holding every
-input, without its extension, so the outputs mirror the input folders (``a/x.png`` and
-``b/x.png`` give ``a/x`` and ``b/x``). When two inputs would still share a name (``x.png``
-and ``x.jpg`` in one folder) they keep their extension (``x.png``, ``x.jpg``); any clash left
-gets ``-<8 hex digits of the path's SHA-1>``. The ``name`` column of the table holds it.
-
-Integrity: one run at a time writes into ``out_dir`` (:class:`~.lock.OutputLock`; a second one
-fails naming the first). An image's overlay, mask and map are written under temporary names,
-its row is appended to ``scores.csv``, and only then are they renamed into place, so an
-output file never exists without its row (the earlier run's files of the run's names are removed
-when it starts). A per-image failure while writing (out of memory, an unwritable name) becomes
-that image's error row; a full or read-only disk stops the run with
-:class:`~tipsomaly.errors.OutputError`.
+Integrity: one run at a time writes into ``out_dir`` (:class:`~.lock.OutputLock`), and an
+output file never exists without its row (:mod:`.image_outputs`).
 """
 
 from __future__ import annotations
@@ -63,16 +45,19 @@ from ..errors import InvalidOptionError, OutputError
 from ..method.pipeline import Predictor
 from ..method.prediction import NON_FINITE, Prediction
 from ..method.profile import ProfileError
-from ..report.overlay import (
-    DEFAULT_ALPHA,
-    OVERLAY_SCALES,
-)
+from ..report.overlay import DEFAULT_ALPHA, OVERLAY_SCALES
 from ..report.results import printable
 from ..report.tables import ScoreTable
 from ..validation import choice, in_range
 from . import distributed
 from .distributed import DistInfo
-from .image_outputs import ImageOutputError, discard, remove_outputs, write_images
+from .image_outputs import (
+    ImageOutputError,
+    ImageOutputs,
+    discard,
+    remove_outputs,
+    write_images,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -108,13 +93,13 @@ class PredictSummary:
 
 @dataclass(frozen=True)
 class _Inspection:
-    """A run's per-image ROI folder and what its rows hold (see the module doc)."""
+    """A run's per-image ROI folder, what its rows hold and its per-image files."""
 
     roi_dir: RoiLookup | None
     coco: bool
     with_defects: bool
     with_roi: bool
-    boxes: bool = False
+    files: ImageOutputs = ImageOutputs()
 
     def roi_for(self, file: Path, name: str) -> Any:
         """The ROI mask file of one input from ``roi_dir``, None without ``roi_dir``, or a
@@ -159,11 +144,9 @@ def run_predict(
         save_maps: write the raw maps, ``maps/<name>.npy`` float32 (H, W).
         overlays: write ``overlays/<name>.png`` (the image is read a second time for it).
         overlay_scale: ``"threshold"`` (the pixel threshold at the middle colour), ``"fixed"``
-            (map [0, 1] → colours, comparable across images) or
-            ``"per-image"`` (each map's min..max).
+            (map [0, 1] → colours, comparable across images) or ``"per-image"``.
         overlay_alpha: weight of the heat map in the overlay, in [0, 1].
         batch_size: images per forward pass (default: the predictor's).
-        progress: show a progress bar over the images (stderr).
         settings: extra entries for the ``settings`` object of ``scores.json``.
         roi_dir: a folder of per-image ROI masks (matched by name, see the module doc), in
             place of the predictor's one ROI.
@@ -221,7 +204,7 @@ def run_predict(
         config.defects_format == "coco",
         with_defects=config.pixel_threshold is not None or bool(profiled),
         with_roi=with_roi,
-        boxes=bool(boxes),
+        files=ImageOutputs(save_maps, overlays, overlay_scale, overlay_alpha, bool(boxes)),
     )
     run_settings = {
         **run_record(detector, roi_dir),
@@ -242,21 +225,8 @@ def run_predict(
     info = distributed.current()  # under torchrun: each rank scores its share, rank 0 merges
     run = functools.partial(_run_sharded, info) if info.active else _run
     with distributed.output_lock(out, info):
-        table = run(
-            detector,
-            files,
-            names,
-            classes,
-            out,
-            run_settings,
-            save_maps=save_maps,
-            overlays=overlays,
-            overlay_scale=overlay_scale,
-            overlay_alpha=overlay_alpha,
-            batch_size=batch_size,
-            progress=progress,
-            inspect=inspect,
-        )
+        job = (detector, files, names, classes, out, run_settings)
+        table = run(*job, inspect=inspect, batch_size=batch_size, progress=progress)
     return PredictSummary(
         images=len(table.rows),
         ok=table.n_ok,
@@ -280,9 +250,7 @@ def run_record(detector: Predictor, roi_dir: str | os.PathLike | None = None) ->
         "tipsomaly": __version__,
         "identity": identity.to_dict(),
         "model": identity.model.get("name"),
-        "image_size": c.image_size,
-        "sigma": c.sigma,
-        "cls": c.cls,
+        **{k: getattr(c, k) for k in ("image_size", "sigma", "cls")},
         "prompt_type": identity.prompts.get("name"),
         "pixel_prompts": None if pixel is None else pixel.get("source"),
         "threshold": c.pixel_threshold,
@@ -310,10 +278,6 @@ def _run(
     out: Path,
     run_settings: dict[str, Any],
     *,
-    save_maps: bool,
-    overlays: bool,
-    overlay_scale: str,
-    overlay_alpha: float,
     batch_size: int | None,
     progress: bool,
     inspect: _Inspection,
@@ -356,25 +320,12 @@ def _run(
                     row["defects"] = None
                 written: list[tuple[Path, Path]] = []
                 if row["status"] == "ok":
-                    pixel = pred.pixel_threshold
-                    defects = None
-                    if pred.defects is not None:
-                        defects = [d.to_dict() for d in pred.defects]
+                    defects = None if pred.defects is None else [d.to_dict() for d in pred.defects]
                     if inspect.with_defects:
                         row["defects"] = defects
                     try:
-                        written = write_images(
-                            pred,
-                            out,
-                            name,
-                            pixel,
-                            save_maps,
-                            overlays,
-                            overlay_scale,
-                            overlay_alpha,
-                            defects if inspect.boxes else None,
-                            detector.config.max_pixels,
-                        )
+                        limit = detector.config.max_pixels
+                        written = write_images(pred, out, name, inspect.files, defects, limit)
                     except ImageOutputError as exc:
                         row = _error_row(row, str(exc))
                 if row["status"] != "ok":

@@ -35,17 +35,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import fingerprint
 from ..errors import OutputError
+from ..files import atomic_write
 from ..identity import model_id, spec_id
 
 if TYPE_CHECKING:
@@ -121,16 +121,10 @@ def store_key(settings: EvalConfig) -> str:
 
 
 def prediction_config(settings: EvalConfig) -> dict[str, Any]:
-    """The settings that change the network's outputs (not sigma, cls or aupro).
-
-    Files are identified by a digest of their bytes: the model's weights (for a model
-    directory, every file in it and every file its ``model.json`` names, also outside it),
-    the pixel prompts and the prompt file. ``dtype`` is the resolved one (``auto`` → the
-    dtype this machine would use). With ``shots`` > 0, ``few_shot`` adds shots, seed and the
-    scoring mode (each class's references are keyed below it, :func:`sub_store`). Tiled rows
-    hold smoothed maps, and the ROI decides which tiles are scored: ``tiling`` adds tile,
-    overlap, sigma and the ROI. Zero-shot untiled settings give the keys they always gave,
-    so existing stores resume.
+    """The settings that change the network's outputs (not sigma, cls or aupro; see the module
+    doc), ``dtype`` resolved on this machine. Tiled rows hold smoothed maps scored inside the
+    ROI: ``tiling`` adds sigma and the ROI. Zero-shot untiled settings give the keys they always
+    gave, so existing stores resume.
     """
     config: dict[str, Any] = {
         "model": model_id(settings.model),
@@ -189,30 +183,6 @@ def sub_store(store: PredictionStore, kind: str, *parts: Any) -> PredictionStore
 # -- files ------------------------------------------------------------------------------------
 def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
     atomic_write(path, lambda f: np.savez(f, **arrays))
-
-
-def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Write ``path`` whole or not at all (``write`` fills a binary file): a temporary file in
-    its folder, then renamed.
-
-    Raises:
-        OutputError: it cannot be written (named).
-    """
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise OutputError(path, exc) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise OutputError(path, exc) from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _safe_name(name: str) -> str:

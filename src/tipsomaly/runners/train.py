@@ -22,7 +22,6 @@ import csv
 import json
 import logging
 import math
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -34,6 +33,8 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..data.meta import read_meta
+from ..errors import one_line
+from ..files import atomic_path
 from ..method.losses import LossTerms, segmentation_loss
 from ..method.maps import anomaly_maps, upsample
 from ..method.pixel_prompts import PixelPromptError, PixelPrompts
@@ -150,9 +151,8 @@ def save_train_state(
         "adam.step": torch.as_tensor(state["step"], dtype=torch.float32).reshape(1).cpu(),
         "generator": generator.get_state(),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), {"epoch": str(epoch), "format": "tipsomaly-train-state-1"})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), {"epoch": str(epoch), "format": "tipsomaly-train-state-1"})
     return path
 
 
@@ -170,7 +170,7 @@ def load_train_state(path: Path, optimizer: torch.optim.Adam, generator: torch.G
         tensors = load_file(str(path))
     except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, ...: any broken file
         raise TrainError(
-            f"cannot resume: {path} is unreadable ({_one_line(exc)}); delete it and the "
+            f"cannot resume: {path} is unreadable ({one_line(exc)}); delete it and the "
             "prompts of the same epoch to resume from the epoch before"
         ) from None
     (param,) = optimizer.param_groups[0]["params"]
@@ -211,13 +211,8 @@ def load_train_state(path: Path, optimizer: torch.optim.Adam, generator: torch.G
         generator.set_state(tensors["generator"])
     except (RuntimeError, ValueError) as exc:
         raise TrainError(
-            f"cannot resume: {path} holds an invalid generator state ({_one_line(exc)})"
+            f"cannot resume: {path} holds an invalid generator state ({one_line(exc)})"
         ) from None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def completed_epochs(out: Path) -> int:
@@ -348,7 +343,7 @@ def _check_resume(out: Path, identity: dict) -> int:
     try:
         saved = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise TrainError(f"cannot resume: {path} is unreadable ({_one_line(exc)})") from None
+        raise TrainError(f"cannot resume: {path} is unreadable ({one_line(exc)})") from None
     if not isinstance(saved, dict):
         raise TrainError(f"cannot resume: {path} does not hold the settings of a run")
     changed = [f"{k}: {saved.get(k)!r} → {v!r}" for k, v in identity.items() if saved.get(k) != v]
@@ -403,10 +398,11 @@ def _start_epoch(config: TrainConfig, out: Path, identity: dict) -> int:
     """0 for a fresh run, else the last complete epoch of the run being resumed."""
     if config.resume:
         return _check_resume(out, identity)
-    if completed_epochs(out):
+    done = completed_epochs(out)
+    if done:
         raise TrainError(
-            f"{out} already holds the checkpoints of a run (epoch {completed_epochs(out)}): "
-            "resume it (--resume) or choose another output directory"
+            f"{out} already holds the checkpoints of a run (epoch {done}): resume it (--resume) "
+            "or choose another output directory"
         )
     return 0
 
@@ -533,16 +529,11 @@ def _train(config: TrainConfig) -> TrainResult:
                     epoch, config, model, prompts, param, optimizer, generator, store, train_log
                 )
             except NonFiniteLossError as exc:
-                kept = result.last_checkpoint
-                exc.args = (
-                    f"{exc.args[0]}; "
-                    + (
-                        f"the last good prompts are kept in {kept}"
-                        if kept is not None
-                        else "no prompts were written"
-                    )
-                    + ". Check the features and the model weights, or lower --lr",
-                )
+                kept = f"the last good prompts are kept in {result.last_checkpoint}"
+                if result.last_checkpoint is None:
+                    kept = "no prompts were written"
+                advice = "Check the features and the model weights, or lower --lr"
+                exc.args = (f"{exc.args[0]}; {kept}. {advice}",)
                 raise
             result.epoch_seconds.append(time.perf_counter() - clock)
             result.epoch_losses.append(means)

@@ -46,6 +46,10 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 #: for the token, and a load balancer's health check has none)
 PROTECTED_PREFIX = "/v1/"
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+NO_TOKEN = {
+    "detail": "missing or wrong token: send the header 'Authorization: Bearer TOKEN' (the "
+    "server's --token or $TIPSOMALY_SERVE_TOKEN)"
+}
 
 
 def create_app(
@@ -104,8 +108,7 @@ async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
     return JSONResponse(
-        {"detail": f"internal error ({type(exc).__name__}); see the server's log"},
-        status_code=500,
+        {"detail": f"internal error ({type(exc).__name__}); see the server's log"}, status_code=500
     )
 
 
@@ -134,15 +137,7 @@ class Guard:
         if self.token is not None and scope["path"].startswith(PROTECTED_PREFIX):
             if not self._authorised(headers.get(b"authorization")):
                 await self._discard(receive, headers, declared)
-                await _json(
-                    send,
-                    401,
-                    {
-                        "detail": "missing or wrong token: send the header 'Authorization: Bearer "
-                        "TOKEN' (the server's --token or $TIPSOMALY_SERVE_TOKEN)"
-                    },
-                    {"WWW-Authenticate": 'Bearer realm="tipsomaly"'},
-                )
+                await _json(send, 401, NO_TOKEN, {"WWW-Authenticate": 'Bearer realm="tipsomaly"'})
                 return
         if scope["method"] in BODY_METHODS:
             if declared == -1:
@@ -171,15 +166,11 @@ class Guard:
         )
 
     async def _too_large(self, send: Send, size: int) -> None:
-        limit_mb = self.max_body / 2**20
-        await _json(
-            send,
-            413,
-            {
-                "detail": f"request body of {size:,} bytes or more is over the limit of "
-                f"{self.max_body:,} bytes ({limit_mb:g} MiB, --max-upload-mb)"
-            },
+        detail = (
+            f"request body of {size:,} bytes or more is over the limit of {self.max_body:,} "
+            f"bytes ({self.max_body / 2**20:g} MiB, --max-upload-mb)"
         )
+        await _json(send, 413, {"detail": detail})
 
     async def _discard(
         self, receive: Receive, headers: dict[bytes, bytes], declared: int | None, already: int = 0

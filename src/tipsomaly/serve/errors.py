@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import MissingExtraError, TipsomalyError
+from ..errors import TipsomalyError
 
 
 class ServiceError(TipsomalyError):
@@ -57,11 +57,4 @@ class QueueFullError(UnavailableError):
     """More images wait for the model than the queue holds: 503 with ``Retry-After``."""
 
 
-__all__ = [
-    "BadRequestError",
-    "MissingExtraError",
-    "QueueFullError",
-    "ServiceError",
-    "TooLargeError",
-    "UnavailableError",
-]
+__all__ = ["BadRequestError", "QueueFullError", "ServiceError", "TooLargeError", "UnavailableError"]

@@ -37,7 +37,7 @@ from PIL import Image
 from .. import __version__
 from ..data.images import ImageLoadError, load_image
 from ..data.roi import RoiError, as_roi
-from ..errors import InvalidOptionError, TipsomalyError
+from ..errors import InvalidOptionError, TipsomalyError, first_line
 from ..method.decision import decide
 from ..report.overlay import overlay
 from ..validation import in_range
@@ -52,18 +52,16 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: the states of :attr:`Service.status`
-STATES = ("loading", "ready", "failed", "stopping")
 #: seconds a client is told to wait while the model loads
 LOADING_RETRY_S = 5
 #: distinct class names served when any name is accepted (no --classes, no profile): each costs
 #: a text-tower pass and a cache entry, so a client cannot grow them without bound
 MAX_OPEN_CLASSES = 256
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+#: what ``/v1/info`` reports of the recorded settings (``INFO``) and of the config's fields
+INFO = ("image_size", "prompt_type", "pixel_prompts", "sigma", "cls", "tile", "tile_overlap", "roi")
+INFO_FIELDS = ("device", "tiling", "image_threshold", "pixel_threshold", "min_defect_area")
+#: the settings ``/v1/info`` reports as ``limits``
+LIMITS = ("batch_size", "max_wait_ms", "max_queue", "max_files", "max_upload_bytes", "max_pixels")
 
 
 def upload_label(name: str | None, index: int) -> str:
@@ -95,13 +93,8 @@ def map_npy(anomaly_map: np.ndarray) -> str:
 
 
 class Service:
-    """The detector behind a bounded micro-batching queue (see the module doc).
-
-    Args:
-        config: limits, batching and access (:class:`~.config.ServeConfig`).
-        load: builds the detector (called once, in a background thread).
-        on_fatal: called with the exception when loading fails (the CLI stops the server).
-    """
+    """The detector behind a bounded micro-batching queue (see the module doc; the arguments
+    are :func:`~.app.create_app`'s)."""
 
     def __init__(
         self,
@@ -154,7 +147,7 @@ class Service:
         except Exception as exc:  # noqa: BLE001 - reported by /health and to on_fatal
             with self._lock:
                 self.status = "failed"
-                self.error = _one_line(exc)
+                self.error = first_line(exc)
             if self._on_fatal is not None:
                 self._on_fatal(exc)  # the caller reports it (tipsomaly serve: one line, exit 1)
             else:
@@ -230,7 +223,7 @@ class Service:
             check_class_name(class_name)
             detector.check_classes([class_name])  # an export scores its own class only
         except TipsomalyError as exc:
-            raise BadRequestError(_one_line(exc)) from None
+            raise BadRequestError(first_line(exc)) from None
         allowed = self.classes
         if allowed is not None and class_name not in allowed:
             raise BadRequestError(
@@ -296,7 +289,7 @@ class Service:
         try:
             mask = as_roi(self._decode_one(data))
         except (ImageLoadError, RoiError) as exc:
-            reason = exc.reason if isinstance(exc, ImageLoadError) else _one_line(exc)
+            reason = exc.reason if isinstance(exc, ImageLoadError) else first_line(exc)
             raise BadRequestError(
                 f"cannot read the roi part ({label}): {reason}",
                 errors=[{"filename": label, "error": reason}],
@@ -377,39 +370,22 @@ class Service:
         replaces the image threshold; ``request_roi``: the request had a ``roi`` part."""
         p = prediction
         ok = p.error is None
-        used = threshold if threshold is not None else p.threshold
-        source = (
-            "request"
-            if threshold is not None
-            else p.threshold_source
-            if p.threshold is not None
-            else None
-        )
+        out: dict[str, Any] = {"filename": label, **p.to_dict()}
+        del out["source"]  # the upload's name is its filename
+        if threshold is not None:
+            is_anomalous = decide(p.image_score, threshold) if ok else None
+            out.update(threshold=threshold, threshold_source="request", is_anomalous=is_anomalous)
         roi = "request" if request_roi else "server" if p.roi is not None else None
-        out: dict[str, Any] = {
-            "filename": label,
-            "class_name": p.class_name,
-            "image_score": p.image_score if ok else None,
-            "score_cls1": p.score_cls1 if ok else None,
-            "score_cls2": p.score_cls2 if ok else None,
-            "mode": p.mode,
-            "threshold": used,
-            "threshold_source": source,
-            "pixel_threshold": p.pixel_threshold,
-            "is_anomalous": decide(p.image_score, used) if ok else None,
-            "defects": None if p.defects is None else [d.to_dict() for d in p.defects],
-            "tiles": p.tiles,
-            "roi": roi if ok else None,
-            "notes": list(p.notes),
-            "size": [image.height, image.width],
-            "batch_images": info.size,
-            "queue_ms": round(info.queue_ms, 3),
-            "forward_ms": round(info.forward_ms, 3),
-            "overlay_png": None,
-            "map_png": None,
-            "map_npy": None,
-            "error": p.error,
-        }
+        out.update(
+            roi=roi if ok else None,
+            size=[image.height, image.width],
+            batch_images=info.size,
+            queue_ms=round(info.queue_ms, 3),
+            forward_ms=round(info.forward_ms, 3),
+            overlay_png=None,
+            map_png=None,
+            map_npy=None,
+        )
         if ok and p.anomaly_map_original is not None:
             if return_map == "png":
                 # coloured as `predict` does: with a pixel threshold (a profile) it is the
@@ -431,17 +407,11 @@ class Service:
         identity = self.identity if det is not None else None
         profiles: list[dict[str, Any]] = []
         if det is not None:
-            for name, path in sorted(det.profile_names().items()):
-                mode, image, pixel, _ = det.decision(name)
-                profiles.append(
-                    {
-                        "class_name": name,
-                        "path": path,
-                        "mode": mode,
-                        "threshold": image,
-                        "pixel_threshold": pixel,
-                    }
-                )
+            keys = ("class_name", "path", "mode", "threshold", "pixel_threshold")
+            profiles = [
+                dict(zip(keys, (name, path, *det.decision(name)[:3]), strict=True))
+                for name, path in sorted(det.profile_names().items())
+            ]
         elif config is not None:
             profiles = [{"class_name": None, "path": str(p)} for p in config.profiles]
         c = self.config
@@ -460,35 +430,17 @@ class Service:
             "identity": None if identity is None else identity.to_dict(),
             "model": identity.model.get("name") if identity else settings.get("model"),
             "model_spec": settings.get("model"),
-            "image_size": settings.get("image_size"),
+            **{k: settings.get(k) for k in INFO},
+            **{k: getattr(config, k, None) for k in INFO_FIELDS},
             "dtype": identity.precision if identity else getattr(config, "dtype", None),
-            "device": getattr(config, "device", None),
-            "prompt_type": settings.get("prompt_type"),
-            "pixel_prompts": settings.get("pixel_prompts"),
-            "sigma": settings.get("sigma"),
-            "cls": settings.get("cls"),
             "engine": identity.engine if identity else None,
-            "tile": settings.get("tile"),
-            "tile_overlap": settings.get("tile_overlap"),
-            "tiling": getattr(config, "tiling", None),
-            "roi": settings.get("roi"),
-            "image_threshold": getattr(config, "image_threshold", None),
-            "pixel_threshold": getattr(config, "pixel_threshold", None),
-            "min_defect_area": getattr(config, "min_defect_area", None),
             "mode": det.mode if det is not None else getattr(config, "scoring_mode", None),
             "profiles": profiles,
             "classes": self.classes,
-            "limits": {
-                "batch_size": c.batch_size,
-                "max_wait_ms": c.max_wait_ms,
-                "max_queue": c.max_queue,
-                "max_files": c.max_files,
-                "max_upload_bytes": c.max_upload_bytes,
-                "max_pixels": c.max_pixels,
-            },
+            "limits": {k: getattr(c, k) for k in LIMITS},
             "auth": c.token is not None,
             "stats": stats,
         }
 
 
-__all__ = ["STATES", "Service", "map_npy", "map_png", "upload_label"]
+__all__ = ["Service", "map_npy", "map_png", "upload_label"]

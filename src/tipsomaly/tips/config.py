@@ -194,9 +194,7 @@ class TextConfig:
             raise ConfigError(_in_file(where, exc)) from None
 
 
-def read_model_json(
-    path: str | os.PathLike,
-) -> tuple[VisionConfig, TextConfig, dict[str, Any]]:
+def read_model_json(path: str | os.PathLike) -> tuple[VisionConfig, TextConfig, dict[str, Any]]:
     """Parse and validate a ``model.json`` (or ``golden.json``) without loading any weights.
 
     Returns the two tower descriptions and the whole JSON object (other top-level keys, such

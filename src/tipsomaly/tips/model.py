@@ -23,7 +23,7 @@ from .checkpoint import (
     split_prefixed,
 )
 from .config import ConfigError, TextConfig, VisionConfig
-from .presets import DEFAULT_PRESET, TOKENIZER_FILE, Preset, get_preset, is_preset
+from .presets import DEFAULT_PRESET, TOKENIZER_FILE, Preset, named_preset
 from .text import TextTransformer
 from .tokenizer import Tokenizer
 from .vision import VisionFeatures, VisionTransformer
@@ -152,8 +152,7 @@ def build_model(
     """
     if files.combined is not None:
         parts = split_prefixed(
-            read_safetensors(files.combined),
-            {"vision": "vision_encoder.", "text": "text_encoder."},
+            read_safetensors(files.combined), {"vision": "vision_encoder.", "text": "text_encoder."}
         )
         vision_arrays, text_arrays = parts["vision"], parts["text"]
         if parts[""]:
@@ -350,7 +349,6 @@ def load_model(
     Args:
         model: a preset name (``"l14h"``, ``"tips-v2-b14"``, ...; see
             :data:`tipsomaly.tips.presets.PRESETS`) or a model directory holding ``model.json``.
-        device: where the towers run.
         dtype: the vision tower's matmul precision (fp32 default; bf16/fp16: see
             :meth:`TipsModel.set_compute_dtype`).
         source: for presets, ``"gcs"``, ``"hub"`` (TIPSv2) or ``"auto"``.
@@ -360,11 +358,7 @@ def load_model(
     path = Path(model)
     if path.is_dir():
         return load_model_dir(path, device=device, dtype=dtype)
-    if not is_preset(str(model)):
-        if path.exists() or os.sep in str(model):
-            raise ConfigError(f"{model} is not a model directory (a folder holding {MODEL_FILE})")
-        get_preset(str(model))  # raises with the list of known presets
-    preset = get_preset(str(model))
+    preset = named_preset(model)
     files = preset_files(preset, source=source, offline=offline, progress=progress)
     return build_model(
         preset.vision, preset.text, files, name=preset.name, device=device, dtype=dtype

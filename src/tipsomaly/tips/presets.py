@@ -116,133 +116,38 @@ def _preset(
     hub_repo: str | None = None,
     description: str = "",
 ) -> Preset:
-    vision, text = _configs(size, image_size)
-    return Preset(
-        name=name,
-        short_name=short,
-        version=version,
-        checkpoint=checkpoint,
-        vision=vision,
-        text=text,
-        image_size=image_size,
-        params_vision_m=params[0],
-        params_text_m=params[1],
-        temperature=temperature,
-        hub_repo=hub_repo,
-        description=description,
-    )
+    head = (name, short, version, checkpoint, *_configs(size, image_size), image_size)
+    return Preset(*head, *params, temperature, hub_repo, description)  # the fields in order
 
 
-PRESETS: dict[str, Preset] = {
-    p.name: p
-    for p in [
-        _preset(
-            "tips-v1-s14-highres",
-            "s14h",
-            "v1",
-            "tips_oss_s14_highres_distilled",
-            "s14",
-            (21.92, 33.58),
-            0.0054977,
-            description="TIPS v1 S/14, 448 px, distilled",
-        ),
-        _preset(
-            "tips-v1-b14-highres",
-            "b14h",
-            "v1",
-            "tips_oss_b14_highres_distilled",
-            "b14",
-            (86.32, 109.63),
-            0.0039754,
-            description="TIPS v1 B/14, 448 px, distilled",
-        ),
-        _preset(
-            "tips-v1-l14-highres",
-            "l14h",
-            "v1",
-            "tips_oss_l14_highres_distilled",
-            "l14",
-            (304.02, 183.92),
-            0.0042056,
-            description="TIPS v1 L/14, 448 px, distilled (the TipsOmaly paper's backbone)",
-        ),
-        _preset(
-            "tips-v1-so400m14-highres",
-            "so400m14h",
-            "v1",
-            "tips_oss_so400m14_highres_largetext_distilled",
-            "so400m14",
-            (413.39, 448.33),
-            0.0026997,
-            description="TIPS v1 So400m/14, 448 px, large text tower, distilled",
-        ),
-        _preset(
-            "tips-v1-g14-highres",
-            "g14h",
-            "v1",
-            "tips_oss_g14_highres",
-            "g14",
-            (1135.95, 389.13),
-            0.0035175,
-            description="TIPS v1 g/14, 448 px",
-        ),
-        _preset(
-            "tips-v1-g14-lowres",
-            "g14l",
-            "v1",
-            "tips_oss_g14_lowres",
-            "g14",
-            (1134.77, 389.13),
-            0.0038066,
-            image_size=224,
-            description="TIPS v1 g/14, 224 px",
-        ),
-        _preset(
-            "tips-v2-b14",
-            "v2-b14",
-            "v2",
-            "tips_v2_oss_b14",
-            "b14",
-            (86.32, 109.63),
-            None,
-            hub_repo="google/tipsv2-b14",
-            description="TIPSv2 B/14, 448 px",
-        ),
-        _preset(
-            "tips-v2-l14",
-            "v2-l14",
-            "v2",
-            "tips_v2_oss_l14",
-            "l14",
-            (304.02, 183.92),
-            0.0047851,
-            hub_repo="google/tipsv2-l14",
-            description="TIPSv2 L/14, 448 px",
-        ),
-        _preset(
-            "tips-v2-so400m14",
-            "v2-so400m14",
-            "v2",
-            "tips_v2_oss_so14",
-            "so400m14",
-            (413.39, 448.33),
-            0.0046380,
-            hub_repo="google/tipsv2-so400m14",
-            description="TIPSv2 So400m/14, 448 px",
-        ),
-        _preset(
-            "tips-v2-g14",
-            "v2-g14",
-            "v2",
-            "tips_v2_oss_g14",
-            "g14",
-            (1135.95, 389.13),
-            0.0036227,
-            hub_repo="google/tipsv2-g14",
-            description="TIPSv2 g/14, 448 px",
-        ),
-    ]
-}
+# fmt: off
+PRESETS: dict[str, Preset] = {p.name: p for p in [
+    # name, short name, version, checkpoint, size, (vision, text) parameters (M), temperature
+    _preset("tips-v1-s14-highres", "s14h", "v1", "tips_oss_s14_highres_distilled", "s14",
+            (21.92, 33.58), 0.0054977, description="TIPS v1 S/14, 448 px, distilled"),
+    _preset("tips-v1-b14-highres", "b14h", "v1", "tips_oss_b14_highres_distilled", "b14",
+            (86.32, 109.63), 0.0039754, description="TIPS v1 B/14, 448 px, distilled"),
+    _preset("tips-v1-l14-highres", "l14h", "v1", "tips_oss_l14_highres_distilled", "l14",
+            (304.02, 183.92), 0.0042056,
+            description="TIPS v1 L/14, 448 px, distilled (the TipsOmaly paper's backbone)"),
+    _preset("tips-v1-so400m14-highres", "so400m14h", "v1",
+            "tips_oss_so400m14_highres_largetext_distilled", "so400m14", (413.39, 448.33),
+            0.0026997, description="TIPS v1 So400m/14, 448 px, large text tower, distilled"),
+    _preset("tips-v1-g14-highres", "g14h", "v1", "tips_oss_g14_highres", "g14",
+            (1135.95, 389.13), 0.0035175, description="TIPS v1 g/14, 448 px"),
+    _preset("tips-v1-g14-lowres", "g14l", "v1", "tips_oss_g14_lowres", "g14",
+            (1134.77, 389.13), 0.0038066, image_size=224, description="TIPS v1 g/14, 224 px"),
+    _preset("tips-v2-b14", "v2-b14", "v2", "tips_v2_oss_b14", "b14", (86.32, 109.63), None,
+            hub_repo="google/tipsv2-b14", description="TIPSv2 B/14, 448 px"),
+    _preset("tips-v2-l14", "v2-l14", "v2", "tips_v2_oss_l14", "l14", (304.02, 183.92),
+            0.0047851, hub_repo="google/tipsv2-l14", description="TIPSv2 L/14, 448 px"),
+    _preset("tips-v2-so400m14", "v2-so400m14", "v2", "tips_v2_oss_so14", "so400m14",
+            (413.39, 448.33), 0.0046380, hub_repo="google/tipsv2-so400m14",
+            description="TIPSv2 So400m/14, 448 px"),
+    _preset("tips-v2-g14", "v2-g14", "v2", "tips_v2_oss_g14", "g14", (1135.95, 389.13),
+            0.0036227, hub_repo="google/tipsv2-g14", description="TIPSv2 g/14, 448 px"),
+]}
+# fmt: on
 
 DEFAULT_PRESET = "tips-v1-l14-highres"
 
@@ -292,10 +197,18 @@ def model_configs(model: str | os.PathLike) -> tuple[VisionConfig, TextConfig]:
     if path.is_dir():
         vision, text, _ = read_model_json(path / MODEL_FILE)
         return vision, text
-    if is_preset(str(model)):
-        preset = get_preset(str(model))
-        return preset.vision, preset.text
-    if path.exists() or os.sep in str(model) or (os.altsep and os.altsep in str(model)):
+    preset = named_preset(model)
+    return preset.vision, preset.text
+
+
+def named_preset(model: str | os.PathLike) -> Preset:
+    """The preset ``model`` names (not a model directory: the caller tried that first).
+
+    Raises :class:`ConfigError` for a path (a file, or a name with a separator), else
+    :class:`~tipsomaly.errors.UnknownModelError` listing the presets.
+    """
+    name = str(model)
+    is_path = Path(model).exists() or any(s and s in name for s in (os.sep, os.altsep))
+    if not is_preset(name) and is_path:
         raise ConfigError(f"{model} is not a model directory (a folder holding {MODEL_FILE})")
-    get_preset(str(model))  # raises with the list of known presets
-    raise AssertionError("unreachable")
+    return get_preset(name)

@@ -117,10 +117,7 @@ class TextTransformer(nn.Module):
         return self.token_embedding(ids) * (self.config.hidden_size**0.5)
 
     def forward(
-        self,
-        ids: torch.Tensor,
-        paddings: torch.Tensor,
-        prefix: torch.Tensor | None = None,
+        self, ids: torch.Tensor, paddings: torch.Tensor, prefix: torch.Tensor | None = None
     ) -> torch.Tensor:
         x = self.embed_tokens(ids)
         paddings = paddings.to(torch.bool)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import http.client
 import json
 import logging
 import os
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -17,11 +15,15 @@ import urllib.request
 from pathlib import Path
 
 from ..errors import TipsomalyError
-from ..validation import in_range
+from ..files import atomic_path
+from ..fingerprint import file_digest
+from ..validation import env_seconds
 
 logger = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
+#: a download's progress bar counts bytes (KiB, MiB) and disappears when done
+BYTES = {"unit": "B", "unit_scale": True, "unit_divisor": 1024, "leave": False}
 USER_AGENT = "tipsomaly"
 # Seconds to wait for a connection, and then for each read, before giving up on a download.
 DEFAULT_TIMEOUT = 30.0
@@ -51,14 +53,7 @@ def download_timeout() -> float:
     """Seconds a download waits to connect and then for each read: ``$TIPSOMALY_DOWNLOAD_TIMEOUT``
     or 30. A value that is not a positive number raises
     :class:`~tipsomaly.errors.InvalidOptionError`."""
-    text = os.environ.get(TIMEOUT_ENV, "").strip()
-    if not text:
-        return DEFAULT_TIMEOUT
-    try:
-        value = float(text)
-    except ValueError:
-        value = text  # type: ignore[assignment]  # in_range names it as not a number
-    return in_range(value, TIMEOUT_ENV, 0, None, low_open=True, hint="seconds")
+    return env_seconds(TIMEOUT_ENV, DEFAULT_TIMEOUT)
 
 
 def _host(url: str) -> str:
@@ -95,14 +90,6 @@ def weights_dir() -> Path:
     return cache_dir() / "weights"
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class ChecksumRegistry:
     """``checksums.json`` beside the cached files: name → SHA-256 recorded at first download."""
 
@@ -125,25 +112,9 @@ class ChecksumRegistry:
     def record(self, name: str, sha256: str) -> None:
         data = self.read()
         data[name] = sha256
-        _atomic_write_text(self.path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-    def forget(self, name: str) -> None:
-        data = self.read()
-        if data.pop(name, None) is not None:
-            _atomic_write_text(self.path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.path) as tmp:
+            tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def download(
@@ -199,19 +170,8 @@ def download(
         with response:
             length = response.headers.get("Content-Length")
             total = offset + int(length) if length and length.isdigit() else None
-            with (
-                open(part, mode) as f,
-                tqdm(
-                    total=total,
-                    initial=offset,
-                    unit="B",
-                    unit_scale=True,
-                    unit_divisor=1024,
-                    desc=dest.name,
-                    disable=not progress,
-                    leave=False,
-                ) as bar,
-            ):
+            bar = tqdm(total=total, initial=offset, desc=dest.name, disable=not progress, **BYTES)
+            with open(part, mode) as f, bar:
                 received = 0
                 for chunk in iter(lambda: response.read(CHUNK), b""):
                     f.write(chunk)
@@ -292,17 +252,12 @@ def fetch(
     return dest
 
 
-_verified: dict[tuple[str, int, int], str] = {}
-
-
 def verify(
     path: Path, registry: ChecksumRegistry | None = None, expected_sha256: str | None = None
 ) -> str:
     """Check ``path`` against ``expected_sha256`` or its recorded SHA-256 (recording it if new)."""
     registry = registry or ChecksumRegistry(path.parent)
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    sha = _verified.get(key) or sha256_of(path)  # hash once per process per file version
+    sha = file_digest(path)  # hashed once per process per file version
     expected = (expected_sha256 or registry.get(path.name) or "").lower()
     if expected and sha != expected:
         raise ChecksumError(
@@ -312,5 +267,4 @@ def verify(
     if not expected:
         logger.info("recording SHA-256 of %s", path)
         registry.record(path.name, sha)
-    _verified[key] = sha
     return sha

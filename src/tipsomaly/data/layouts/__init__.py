@@ -122,18 +122,11 @@ def build_meta(
 ) -> Meta:
     """Scan a native dataset tree and return its ``meta.json`` dict.
 
-    Args:
-        root: dataset root.
-        layout: a key of :data:`LAYOUTS` (case-insensitive); ``None`` detects it
-            (:func:`detect_layout`).
-        classes: keep only these classes (all by default).
-        strict_masks: an anomalous image whose mask folder lacks its mask is an error
-            (``True``) or an image without a mask (``False``, logged).
-        **options: layout-specific options (``csv_path`` for ``visa``; ``class_name`` for
-            ``ksdd`` and ``medical``).
-
-    Returns:
-        ``{"train": {cls: [entries]}, "test": {cls: [entries]}}``, paths relative to ``root``.
+    ``layout``: a key of :data:`LAYOUTS` (case-insensitive); None detects it
+    (:func:`detect_layout`). ``strict_masks``: an anomalous image whose mask folder lacks its
+    mask is an error (True) or an image without a mask (False, logged). ``options``: the
+    layout's own (``csv_path`` for ``visa``; ``class_name`` for ``ksdd`` and ``medical``).
+    Returns ``{"train": {cls: [entries]}, "test": {cls: [entries]}}``, paths relative to root.
 
     Raises:
         LayoutError: unknown layout, unrecognised tree, missing masks, no test images, a

@@ -16,20 +16,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .base import DEFAULT_RUNTIME, RUNTIMES, ExportedDetector, GraphRunner, open_runner
+from .base import ExportedDetector, open_runner
 from .onnx import OnnxRunner
 from .openvino import OpenVinoRunner
 
-__all__ = [
-    "DEFAULT_RUNTIME",
-    "RUNTIMES",
-    "ExportedDetector",
-    "GraphRunner",
-    "OnnxRunner",
-    "OpenVinoRunner",
-    "load_inferencer",
-    "open_runner",
-]
+__all__ = ["ExportedDetector", "OnnxRunner", "OpenVinoRunner", "load_inferencer", "open_runner"]
 
 
 def load_inferencer(

@@ -13,6 +13,7 @@ refused, and a baked profile's tiling and ROI are kept (checked) as a profile's 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -40,12 +41,11 @@ logger = logging.getLogger(__name__)
 __all__ = ["DEFAULT_RUNTIME", "RUNTIMES", "ExportedDetector", "GraphRunner", "open_runner"]
 
 #: each runtime, the graph formats it reads, and the extra that installs it
-RUNTIMES = {
-    "onnxruntime": (("onnx",), "onnx"),
-    "openvino": (("onnx", "openvino"), "openvino"),
-}
+RUNTIMES = {"onnxruntime": (("onnx",), "onnx"), "openvino": (("onnx", "openvino"), "openvino")}
 #: the runtime a format runs on unless told otherwise
 DEFAULT_RUNTIME = {"onnx": "onnxruntime", "openvino": "openvino"}
+#: the dtype names of fp32 (and ``auto``: an export runs in fp32 whatever the machine)
+FP32 = ("auto", "fp32", "float32")
 #: the outputs a version-1 graph lacks (it scores whole images without an ROI only)
 EVIDENCE = ("global_cls1", "global_cls2", "patch_evidence")
 
@@ -136,10 +136,7 @@ class ExportedDetector(Predictor):
             n in (o["name"] for o in record["graph"]["outputs"]) for n in EVIDENCE
         )
         if not self.has_evidence and (self.config.tile is not None or self.config.roi is not None):
-            raise ExportError(
-                f"{self.folder} was exported by an older tipsomaly: its graph scores whole "
-                "images only (no tiles, no ROI); export it again"
-            )
+            raise self._too_old("no tiles, no ROI")
         if self.baked is not None:  # a baked profile's tiling and ROI are part of its numbers
             fitted = self.baked.get("identity") or {}
             keys = [k for k in profile_keys(fitted) if k in ("tiling", "roi")]
@@ -159,10 +156,7 @@ class ExportedDetector(Predictor):
         if recorded.get("roi"):
             recorded["roi"] = str(folder / recorded["roi"])
         given = {k: v for k, v in given.items() if v is not None}
-        fixed = {
-            "prompt_type": recorded.get("prompt_type"),
-            "mode": self._mode,
-        }
+        fixed = {"prompt_type": recorded.get("prompt_type"), "mode": self._mode}
         for name, value in fixed.items():
             if name in given and given[name] != value:
                 raise SetupMismatchError(
@@ -187,11 +181,7 @@ class ExportedDetector(Predictor):
             )
         if str(given.get("device", "cpu")) not in ("auto", "cpu"):
             raise InvalidOptionError(f"device {given['device']}: an export runs on the CPU")
-        if str(given.get("dtype", "fp32")).removeprefix("torch.") not in (
-            "auto",
-            "fp32",
-            "float32",
-        ):
+        if str(given.get("dtype", "fp32")).removeprefix("torch.") not in FP32:
             raise InvalidOptionError(f"dtype {given['dtype']}: an export runs in fp32")
         for name in ("device", "dtype", "prompt_type", "profiles", "prompt_file"):
             given.pop(name, None)
@@ -215,6 +205,12 @@ class ExportedDetector(Predictor):
             device="cpu",
         )
 
+    def _too_old(self, what: str) -> ExportError:
+        return ExportError(
+            f"{self.folder} was exported by an older tipsomaly: its graph scores whole images "
+            f"only ({what}); export it again"
+        )
+
     def __repr__(self) -> str:
         return (
             f"ExportedDetector({str(self.folder)!r}, class {self.class_name!r}, "
@@ -232,15 +228,12 @@ class ExportedDetector(Predictor):
 
     @property
     def identity(self) -> Identity:
-        recorded = Identity.from_dict(self.record["identity"])
-        return Identity(
-            **{
-                **recorded.to_dict(),
-                "tiling": self.config.tiling,
-                "roi": None if self._roi is None else roi_digest(self._roi),
-                "engine": self.runtime,
-                "precision": "fp32",
-            }
+        return dataclasses.replace(
+            Identity.from_dict(self.record["identity"]),
+            tiling=self.config.tiling,
+            roi=None if self._roi is None else roi_digest(self._roi),
+            engine=self.runtime,
+            precision="fp32",
         )
 
     @property
@@ -281,10 +274,7 @@ class ExportedDetector(Predictor):
     def iter_predict(self, inputs, class_names=None, **kwargs: Any) -> Iterator[Prediction]:  # type: ignore[override]
         """:meth:`Predictor.iter_predict`; ``class_names`` may be left out (the export's)."""
         if kwargs.get("roi") is not None and not self.has_evidence:
-            raise ExportError(
-                f"{self.folder} was exported by an older tipsomaly: its graph scores whole "
-                "images only (no ROI); export it again"
-            )
+            raise self._too_old("no ROI")
         return super().iter_predict(inputs, class_names or self.class_name, **kwargs)
 
     def predict(self, inputs, class_names=None, **kwargs: Any) -> list[Prediction]:  # type: ignore[override]
@@ -292,18 +282,10 @@ class ExportedDetector(Predictor):
 
     def score(self, images: torch.Tensor, class_names: Sequence[str]) -> DetectorOutput:
         out = self.run(images.numpy())
-        b = images.shape[0]
-        missing = torch.full((b,), float("nan"))
-        return DetectorOutput(
-            **{
-                n: torch.from_numpy(np.asarray(out[n]))
-                if n in out
-                else missing[:, None]
-                if n == "patch_evidence"
-                else missing
-                for n in SCORE_NAMES
-            }
-        )
+        nan = torch.full((images.shape[0],), float("nan"))  # what a version-1 graph lacks
+        fill = {n: nan[:, None] if n == "patch_evidence" else nan for n in SCORE_NAMES}
+        given = {n: torch.from_numpy(np.asarray(v)) for n, v in out.items() if n in SCORE_NAMES}
+        return DetectorOutput(**{**fill, **given})
 
     # -- the graph ---------------------------------------------------------------------------
     @property
