@@ -116,8 +116,21 @@ def _preset(
     hub_repo: str | None = None,
     description: str = "",
 ) -> Preset:
-    head = (name, short, version, checkpoint, *_configs(size, image_size), image_size)
-    return Preset(*head, *params, temperature, hub_repo, description)  # the fields in order
+    vision, text = _configs(size, image_size)
+    return Preset(
+        name=name,
+        short_name=short,
+        version=version,
+        checkpoint=checkpoint,
+        vision=vision,
+        text=text,
+        image_size=image_size,
+        params_vision_m=params[0],
+        params_text_m=params[1],
+        temperature=temperature,
+        hub_repo=hub_repo,
+        description=description,
+    )
 
 
 # fmt: off
