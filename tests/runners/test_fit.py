@@ -353,3 +353,30 @@ def test_overlays_with_a_profile_put_the_pixel_threshold_at_the_middle_colour(
     image = np.asarray(Image.open(bad).convert("RGB"), np.float32)
     heat = jet(np.clip(amap / (2 * t), 0, 1)).astype(np.float32)
     np.testing.assert_allclose(shown, 0.5 * image + 0.5 * heat, atol=1.0)
+
+
+def test_fit_with_a_profile_takes_its_settings_tiling_and_roi_included(data, tmp_path, capsys):
+    """`fit --profile OLD` fits a new profile of OLD's setup (a line refits with new good
+    images); an option contradicting OLD's setup is refused before the model loads."""
+    roi = np.zeros((84, 84), np.uint8)
+    roi[:, :60] = 255
+    Image.fromarray(roi).save(tmp_path / "roi.png")
+    old = tmp_path / "old"
+    base = ["fit", str(data["root"] / "refs"), "--class-name", "tile", "-q", "--dtype", "fp32"]
+    model = ["--model", str(data["model"]), "--image-size", str(SIZE)]
+    assert main([*base, *model, "--tile", "56", "--roi", str(tmp_path / "roi.png"),
+                 "--out", str(old)]) == 0  # fmt: skip
+    new = tmp_path / "new"
+    refs = str(data["root"] / "test" / "good")
+    assert main(["fit", refs, "--class-name", "tile", "-q", "--profile", str(old),
+                 "--dtype", "fp32", "--out", str(new)]) == 0  # fmt: skip
+    a, b = (Profile.load(p) for p in (old, new))
+    assert b.identity == a.identity  # model, size, prompts, sigma, cls, tiling and ROI
+    assert b.info["settings"]["tile"] == 56 and (new / "roi.png").is_file()
+    assert b.info["references"]["used"] == 6  # its own references, not OLD's bank
+    capsys.readouterr()
+    argv = ["fit", refs, "--class-name", "tile", "--profile", str(old), "--tile", "84"]
+    assert main([*argv, "--out", str(tmp_path / "no")]) == 1
+    err = capsys.readouterr().err
+    assert "tiling tile 56, overlap 0.25 (this run: tile 84, overlap 0.25)" in err
+    assert not (tmp_path / "no" / "profile.json").exists()

@@ -19,7 +19,6 @@ from .exit_codes import ExitCode
 from .options import (
     DECISION_SETTINGS,
     DEFAULTS,
-    PROFILE_SETTINGS,
     HelpFormatter,
     add_settings,
     config_from_args,
@@ -32,7 +31,7 @@ from .options import (
 )
 
 #: settings that decide with a profile, not fit one
-NOT_FITTING = PROFILE_SETTINGS + DECISION_SETTINGS
+NOT_FITTING = ("mode", *DECISION_SETTINGS)
 
 rate = float_type(0, 1, low_open=True, high_open=True, hint="a fraction, e.g. 0.01 = 1 in 100")
 
@@ -82,7 +81,17 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         "--class-name", type=non_empty, required=True, help='what the images show, e.g. "tile"'
     )
     p.add_argument("--out", required=True, help="the profile folder to write")
-    add_settings(p, skip=NOT_FITTING, defaults=DEFAULTS)
+    add_settings(
+        p,
+        skip=NOT_FITTING,
+        defaults=DEFAULTS,
+        recorded_note="with --profile, the profile's",
+        profiles={
+            "help": "fit with the settings of these profiles (the first one's: model, size, "
+            "prompts, sigma, CLS token, tiling, ROI): a new profile of the same setup",
+            "nargs": 1,
+        },
+    )
     p.add_argument(
         "--false-alarm-rate",
         type=rate,
@@ -122,7 +131,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from ..deploy.metadata import is_export_dir
     from ..runners.fit import run_fit
 
-    config = resolved(config_from_args(args, defaults=DEFAULTS))
+    # a profile given lends its settings; the new one is fitted without scoring against it
+    config = resolved(config_from_args(args, defaults=DEFAULTS)).replace(profiles=())
     if is_export_dir(config.model):
         raise InvalidOptionError(
             f"--model {config.model} is an export: fit a profile with the model itself (a "

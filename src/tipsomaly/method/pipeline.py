@@ -41,6 +41,7 @@ import torch
 from ..data.images import ImageInput, ImageLoadError, load_image, preprocess, to_pil
 from ..data.roi import RoiInput, as_roi, boxes_touching, fit_roi, read_roi, roi_cells
 from ..identity import Identity
+from ..validation import choice
 from .config import DetectorConfig
 from .decision import Thresholds
 from .defects import extract_defects
@@ -251,8 +252,7 @@ class Predictor:
         Raises:
             ImageLoadError: with ``on_error="raise"``, an unreadable image or ROI mask.
         """
-        if on_error not in ("raise", "record"):
-            raise ValueError(f"on_error must be 'raise' or 'record', got {on_error!r}")
+        choice(on_error, "on_error", ("raise", "record"))
         if isinstance(class_names, str):
             self.check_classes([class_names])
         else:
