@@ -329,20 +329,23 @@ def servers(world):
                 running[(profile, tiled)] = (process, f"http://127.0.0.1:{port}", log)
         deadline = time.monotonic() + 180
         for process, url, log in running.values():
-            while True:
+            while not _healthy(httpx, url):
                 assert process.poll() is None, log.read_text(errors="replace")[-2000:]
                 assert time.monotonic() < deadline, log.read_text(errors="replace")[-2000:]
-                try:
-                    if httpx.get(url + "/health", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
                 time.sleep(0.2)
         yield {key: url for key, (_, url, _) in running.items()}
     finally:
         for process, _, _ in running.values():
             process.send_signal(signal.SIGTERM)
             process.wait(60)
+
+
+def _healthy(httpx, url: str) -> bool:
+    """Whether the server answers 200 on /health (not yet listening: False)."""
+    try:
+        return httpx.get(url + "/health", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 @pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
