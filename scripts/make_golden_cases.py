@@ -89,14 +89,6 @@ TEXTS = (
     "z",
     "an image of the skin with a lesion on the left side of the picture",
 )
-METRIC_NAMES = (
-    "image_auroc",
-    "image_ap",
-    "image_f1-max",
-    "pixel_auroc",
-    "pixel_aupro",
-    "pixel_f1-max",
-)
 
 
 def random_arrays(module: torch.nn.Module, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -141,6 +133,7 @@ def images_and_masks(n: int, size: int, n_classes: int, rng: np.random.Generator
 
 def metric_cases(rng: np.random.Generator) -> tuple[dict[str, np.ndarray], dict]:
     from tipsomaly.metrics import image_metrics, pixel_metrics
+    from tipsomaly.report.results import TABLE_METRICS
 
     arrays, cases = {}, {}
     for c in range(2):
@@ -161,7 +154,7 @@ def metric_cases(rng: np.random.Generator) -> tuple[dict[str, np.ndarray], dict]
             }
         )
         got = {**image_metrics(scores, labels), **pixel_metrics(maps, masks, aupro="zsad")}
-        cases[f"case{c}"] = {"metrics": {k: float(got[k]) for k in METRIC_NAMES}}
+        cases[f"case{c}"] = {"metrics": {k: float(got[k]) for k in TABLE_METRICS}}
     return arrays, cases
 
 

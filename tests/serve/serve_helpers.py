@@ -3,12 +3,14 @@ answers for them, and ``tipsomaly serve`` in a subprocess on a free port of 127.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,11 +81,9 @@ class Server:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError(f"serve exited {self.process.returncode}: {self.output()}")
-            try:
+            with contextlib.suppress(httpx.TransportError):  # not listening yet
                 if httpx.get(self.url + "/health", timeout=2).status_code == 200:
                     return
-            except httpx.TransportError:
-                pass
             time.sleep(0.1)
         raise AssertionError(f"no 200 from /health within {timeout} s: {self.output()}")
 
@@ -116,3 +116,21 @@ def start_serve(root: Path, *args: str, env: dict[str, str] | None = None) -> Se
         env={**os.environ, **(env or {})},
     )
     return Server(process, f"http://127.0.0.1:{port}", log)
+
+
+class Blocking:
+    """A detector whose predictions wait for ``gate`` (to queue requests behind one, or to
+    hold the queue full); ``entered`` is set once one is waiting."""
+
+    def __init__(self, detector) -> None:
+        self._detector = detector
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self._detector, name)
+
+    def predict(self, *args, **kwargs):
+        self.entered.set()
+        assert self.gate.wait(30)
+        return self._detector.predict(*args, **kwargs)

@@ -24,7 +24,7 @@ pytest.importorskip("multipart")
 pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
-from serve_helpers import SIZE, TOKEN  # noqa: E402
+from serve_helpers import SIZE, TOKEN, Blocking  # noqa: E402
 
 from tipsomaly.cli.options import resolve_runtime  # noqa: E402
 from tipsomaly.data.images import load_image  # noqa: E402
@@ -322,23 +322,6 @@ def test_a_model_that_fails_to_load_is_reported(serve_data):
                             "error": "weights are damaged", "queued": None}  # fmt: skip
         r = c.post("/v1/predict", files=files_part(serve_data.images["tile"][:1]))
         assert r.status_code == 503 and "could not be loaded" in r.json()["detail"]
-
-
-class Blocking:
-    """The detector, whose forward passes wait for ``gate`` (to hold the queue full)."""
-
-    def __init__(self, detector: Detector) -> None:
-        self._detector = detector
-        self.gate = threading.Event()
-        self.entered = threading.Event()
-
-    def __getattr__(self, name):
-        return getattr(self._detector, name)
-
-    def predict(self, *args, **kwargs):
-        self.entered.set()
-        assert self.gate.wait(30)
-        return self._detector.predict(*args, **kwargs)
 
 
 def test_a_full_queue_is_503_with_retry_after_and_nothing_is_lost(detector, serve_data):

@@ -25,7 +25,7 @@ pytest.importorskip("multipart")
 pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
-from serve_helpers import SIZE, cli_rows  # noqa: E402
+from serve_helpers import SIZE, Blocking, cli_rows  # noqa: E402
 
 from tipsomaly.cli.main import main  # noqa: E402
 from tipsomaly.cli.options import resolve_runtime  # noqa: E402
@@ -165,23 +165,6 @@ def test_without_any_roi_the_whole_image_is_inspected(client, serve_data):
         serve_data.cli[paths[0].name]["image_score"], abs=1e-6
     )
     assert npy(res["map_npy"]).all()  # no pixel zeroed
-
-
-class Blocking:
-    """The detector, whose predictions wait for ``gate`` (to queue requests behind one)."""
-
-    def __init__(self, detector: Detector) -> None:
-        self._detector = detector
-        self.gate = threading.Event()
-        self.entered = threading.Event()
-
-    def __getattr__(self, name):
-        return getattr(self._detector, name)
-
-    def predict(self, *args, **kwargs):
-        self.entered.set()
-        assert self.gate.wait(30)
-        return self._detector.predict(*args, **kwargs)
 
 
 def test_requests_with_different_rois_share_a_forward_and_keep_their_own(
