@@ -12,6 +12,14 @@ if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
       chromium chromium-driver; } >/dev/null 2>&1 \
     || echo "note: could not install chromium and chromium-driver; the browser test will skip" >&2
 fi
+# The records tests start a real PostgreSQL server (initdb, pg_ctl) in a temporary folder;
+# install Debian's postgresql likewise (quiet, never fatal: without it those tests skip).
+if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && ! command -v pg_ctl >/dev/null 2>&1 \
+    && ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      postgresql; } >/dev/null 2>&1 \
+    || echo "note: could not install postgresql; the PostgreSQL records tests will skip" >&2
+fi
 python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install --quiet --upgrade pip

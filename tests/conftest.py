@@ -37,3 +37,18 @@ def golden(request: pytest.FixtureRequest) -> Golden:
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Remove the throw-away cache folder: the tests leave nothing behind in the temp dir."""
     shutil.rmtree(_TEST_HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server on 127.0.0.1 for the session (tests/pg_server.py); the tests
+    using it skip, saying why, where it cannot run."""
+    import pg_server
+
+    server = pg_server.start()
+    if isinstance(server, str):
+        pytest.skip(server)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -3,7 +3,8 @@
 The layer rule (lowest first; a module may import its own top-level package and the layers below
 it, never a layer above it nor a different package of its own layer)::
 
-    errors → validation, fingerprint, files, resources → tips → data, metrics → method → report
+    errors → validation, fingerprint, files, resources → tips → data, metrics, identity, records
+    → method → report
     → deploy → runners → serve → cli
 
 Every ``import``/``from … import`` statement counts, wherever it is: module level, under
@@ -33,7 +34,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors",),
     ("validation", "fingerprint", "files", "resources"),
     ("tips",),
-    ("data", "metrics", "identity"),
+    ("data", "metrics", "identity", "records"),
     ("method",),
     ("report",),
     ("deploy",),

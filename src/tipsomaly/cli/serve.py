@@ -28,6 +28,7 @@ from ..serve.config import (
     DEFAULT_MAX_UPLOAD_MB,
     DEFAULT_MAX_WAIT_MS,
     DEFAULT_PORT,
+    RECORD_MODES,
     TOKEN_ENV,
 )
 from ..validation import float_type, int_type
@@ -60,6 +61,14 @@ endpoints:
   GET  /health       200 {{"status": "ready"}} once the model is loaded; 503 while loading
   GET  /v1/info      identity, model, image size, dtype, device, engine, prompts, tiling,
                      ROI, profiles, limits, counters
+  GET  /metrics      Prometheus metrics (requests, latency, batch sizes, queue, decisions,
+                     flag rate, records, profile versions)
+  POST /v1/profiles/reload  switch to the profile folders' current versions (or SIGHUP);
+                     in-flight batches finish on the old ones
+  with --db: GET /v1/records (filters outcome, unreviewed, class_name, station, since,
+                     until; before_id pages), GET /v1/records/ID[/image|/overlay],
+                     POST /v1/records/ID/review {{"verdict", "reviewer", "class"}}, GET
+                     /v1/monitor (drift per class); the page's review view
   POST /v1/predict   multipart: one or more `file` parts, `class_name` (default: the one
                      profile's class), optional `threshold` (image score, [0, 2]), optional
                      `roi` (a mask image for every file; default: --roi), `return_map`
@@ -157,7 +166,33 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         metavar="S",
         help="on SIGTERM, seconds the requests in flight may take to finish",
     )
+    add_record_options(p)
     p.set_defaults(func=cmd_serve)
+
+
+def add_record_options(p: argparse.ArgumentParser) -> None:
+    """``--db``, ``--keep-images``, ``--records`` (serve's; the records extra)."""
+    g = p.add_argument_group("records (pip install 'tipsomaly[records]')")
+    g.add_argument(
+        "--db",
+        metavar="URL",
+        help="store one record per decision: a SQLite file path, or postgresql://USER@HOST/DB "
+        "for several replicas; enables GET /v1/records, reviews and /v1/monitor",
+    )
+    g.add_argument(
+        "--keep-images",
+        metavar="DIR",
+        help="keep each recorded image and its map in DIR, named by SHA-256 (repeats are "
+        "stored once); the review page shows them, `profile update --from-db` reads them",
+    )
+    g.add_argument(
+        "--records",
+        choices=RECORD_MODES,
+        default="strict",
+        help="strict: a decision is answered only after its record is committed (503 when the "
+        "database cannot take it); best-effort: answered anyway, the failure logged and "
+        'counted (tipsomaly_records_total{result="failed"})',
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -190,6 +225,9 @@ def _serve(args: argparse.Namespace, stop: _Stop) -> int:
         classes=tuple(args.classes or ()),
         max_pixels=config.max_pixels,
         drain_timeout_s=args.drain_timeout,
+        db=args.db,
+        keep_images=args.keep_images,
+        records=args.records,
         settings=config,
     )
     sock = _listen(args.host, args.port)
@@ -247,7 +285,8 @@ def _run(
         )
         if stop.requested:  # a signal while starting: start and stop at once
             stop.now()
-        stop.server.run(sockets=[sock])
+        with _reload_on_sighup(app.state.service):
+            stop.server.run(sockets=[sock])
     if failed:
         exc = failed[0]
         print(f"tipsomaly: error: the model could not be loaded: {exc}", file=sys.stderr)
@@ -283,6 +322,27 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+@contextlib.contextmanager
+def _reload_on_sighup(service: Any) -> Iterator[None]:
+    """While serving, SIGHUP reloads the profiles (as POST /v1/profiles/reload), in a thread:
+    a signal handler must not wait for the model."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGHUP"):
+        yield
+        return
+
+    def reload() -> None:
+        with contextlib.suppress(Exception):  # logged by the service; the server goes on
+            service.reload()
+
+    previous = signal.signal(
+        signal.SIGHUP, lambda signum, frame: threading.Thread(target=reload, daemon=True).start()
+    )
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 class _Stop:

@@ -12,12 +12,17 @@ from __future__ import annotations
 from ..errors import MissingExtraError, available
 
 #: import name → distribution name of what ``tipsomaly[serve]`` installs
-EXTRA_MODULES = {"fastapi": "fastapi", "uvicorn": "uvicorn", "multipart": "python-multipart"}
+EXTRA_MODULES = {
+    "fastapi": "fastapi",
+    "uvicorn": "uvicorn",
+    "multipart": "python-multipart",
+    "prometheus_client": "prometheus-client",
+}
 
 
 def require_extra() -> None:
     """Raise :class:`MissingExtraError` naming what is missing and the command that installs
-    it, unless FastAPI, uvicorn and python-multipart are importable."""
+    it, unless FastAPI, uvicorn, python-multipart and prometheus-client are importable."""
     missing = [dist for mod, dist in EXTRA_MODULES.items() if not available(mod)]
     if missing:
         raise MissingExtraError(

@@ -28,6 +28,8 @@ from fastapi.staticfiles import StaticFiles
 from .. import __version__
 from .config import ServeConfig
 from .errors import QueueFullError, ServiceError
+from .monitoring import CountRequests
+from .records_routes import router as records_router
 from .routes import STATIC, router
 from .service import Service
 
@@ -92,10 +94,12 @@ def create_app(
     )
     app.state.service = service
     app.include_router(router)
+    app.include_router(records_router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_exception_handler(ServiceError, _service_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected)
     app.add_middleware(Guard, token=config.token, max_body=config.max_upload_bytes)
+    app.add_middleware(CountRequests, metrics=service.metrics)  # outermost: counts refusals too
     return app
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..data.images import DEFAULT_MAX_PIXELS
 from ..errors import InvalidOptionError
-from ..validation import in_range, non_empty, positive_int
+from ..validation import choice, in_range, non_empty, positive_int
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -25,6 +25,12 @@ MAX_CLASS_NAME = 200
 TOKEN_ENV = "TIPSOMALY_SERVE_TOKEN"
 #: how the anomaly map comes back: not at all, as PNG images, as a float32 ``.npy`` array
 RETURN_MAPS = ("none", "png", "npy")
+#: how a decision relates to its record (``--records``): ``strict`` answers only once the record
+#: is committed (503 when it cannot be); ``best-effort`` answers anyway, logging and counting
+#: the records lost
+RECORD_MODES = ("strict", "best-effort")
+#: the request header naming the client's station (stored with each record)
+STATION_HEADER = "X-Station-Id"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,6 +52,11 @@ class ServeConfig:
             when there are no profiles, else only the profiles' classes). Their text embeddings
             are computed while loading.
         drain_timeout_s: on SIGTERM, how long in-flight requests may take to finish.
+        db: the records database (``--db``: a SQLite file path or a PostgreSQL URL); None:
+            decisions are not recorded.
+        keep_images: a folder keeping each recorded image and its map by SHA-256
+            (``--keep-images``; needs ``db``).
+        records: ``strict`` or ``best-effort`` (:data:`RECORD_MODES`).
         settings: the detector's :class:`~tipsomaly.method.config.DetectorConfig` (what
             ``GET /v1/info`` shows while the model loads; afterwards the detector's own).
 
@@ -62,6 +73,9 @@ class ServeConfig:
     classes: tuple[str, ...] = ()
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     drain_timeout_s: float = 60.0
+    db: str | None = None
+    keep_images: str | None = None
+    records: str = "strict"
     settings: Any = None
 
     def __post_init__(self) -> None:
@@ -82,6 +96,9 @@ class ServeConfig:
             non_empty(self.token, "token")
         for name in self.classes:
             check_class_name(name)
+        choice(self.records, "records", RECORD_MODES)
+        if self.keep_images is not None and self.db is None:
+            raise InvalidOptionError("--keep-images needs --db (the records name the images)")
 
 
 def check_class_name(name: str) -> str:
@@ -107,7 +124,9 @@ __all__ = [
     "DEFAULT_MAX_WAIT_MS",
     "DEFAULT_PORT",
     "MAX_CLASS_NAME",
+    "RECORD_MODES",
     "RETURN_MAPS",
+    "STATION_HEADER",
     "TOKEN_ENV",
     "ServeConfig",
     "check_class_name",

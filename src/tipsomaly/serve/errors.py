@@ -41,6 +41,22 @@ class BadRequestError(ServiceError, ValueError):
     status = 422
 
 
+class NotFoundError(ServiceError, KeyError):
+    """An unknown record id, or a record whose image was not kept: 404."""
+
+    status = 404
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class ConflictError(ServiceError):
+    """A request that contradicts the state it acts on (a review of another class, a reload
+    with nothing to reload): 409."""
+
+    status = 409
+
+
 class TooLargeError(ServiceError, ValueError):
     """A request body or file count over the limits: 413."""
 
@@ -57,4 +73,12 @@ class QueueFullError(UnavailableError):
     """More images wait for the model than the queue holds: 503 with ``Retry-After``."""
 
 
-__all__ = ["BadRequestError", "QueueFullError", "ServiceError", "TooLargeError", "UnavailableError"]
+__all__ = [
+    "BadRequestError",
+    "ConflictError",
+    "NotFoundError",
+    "QueueFullError",
+    "ServiceError",
+    "TooLargeError",
+    "UnavailableError",
+]

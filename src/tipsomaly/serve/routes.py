@@ -17,9 +17,10 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 
+from .config import STATION_HEADER
 from .errors import TooLargeError
 from .schemas import ErrorResponse, Health, Info, PredictResponse
-from .service import LOADING_RETRY_S, Service, upload_label
+from .service import LOADING_RETRY_S, Service, station_of, upload_label
 
 STATIC = Path(__file__).resolve().parent / "static"
 #: the page loads nothing from elsewhere (no CDN): scripts and styles from /static only
@@ -93,7 +94,9 @@ async def predict(
         ),
     ] = None,
 ):
-    """Score each uploaded image; the answers come in the order of the ``file`` parts."""
+    """Score each uploaded image; the answers come in the order of the ``file`` parts. With
+    ``--db``, each answer's record is stored first (``record_id``); the ``X-Station-Id`` header
+    names the client's station in it."""
     start = time.perf_counter()
     service = service_of(request)
     service.check_options(threshold, return_map)
@@ -101,6 +104,7 @@ async def predict(
     if len(file) > limit:
         raise TooLargeError(f"{len(file)} files in one request; at most {limit} (--max-files)")
     name = service.resolve_class(class_name)
+    station = station_of(request.headers.get(STATION_HEADER))
     service.check_room(len(file))  # a full queue: 503 before decoding anything
     uploads = [(upload_label(f.filename, i), await f.read()) for i, f in enumerate(file)]
     mask_part = None if roi is None else (upload_label(roi.filename or "roi", 0), await roi.read())
@@ -128,12 +132,20 @@ async def predict(
                 return_map=return_map,
                 request_roi=mask is not None,
             )
-            for (label, _), image, (pred, batch) in zip(uploads, images, answers, strict=True)
+            for (label, _), image, ((pred, _ref), batch) in zip(
+                uploads, images, answers, strict=True
+            )
         ]
 
     # overlays and maps take a while for large images: off the event loop; scores alone are quick
     results = render() if return_map == "none" else await run_in_threadpool(render)
+    if service.recorder is not None:  # committed before the answer leaves (or 503, strict)
+        await run_in_threadpool(
+            service.record, uploads, answers, results, station=station, started=start
+        )
+    service.metrics.decided(results)
     end = time.perf_counter()
+    service.metrics.latency.observe(end - start)
     ms = 1000.0
     return {
         "results": results,

@@ -74,6 +74,9 @@ class FileResult(BaseModel):
         None, description="return_map=npy: base64 .npy file, float32 (H, W) map, original size"
     )
     error: str | None = Field(None, description="why this image has no score (non-finite)")
+    record_id: int | None = Field(
+        None, description="with --db: the id of this decision's record (null: not recorded)"
+    )
 
 
 class Timing(BaseModel):

@@ -39,11 +39,15 @@ from ..data.images import ImageLoadError, load_image
 from ..data.roi import RoiError, as_roi
 from ..errors import InvalidOptionError, TipsomalyError, first_line
 from ..method.decision import decide
+from ..method.profile import ProfileError
 from ..report.overlay import overlay
 from ..validation import in_range
 from .batching import BatchInfo, MicroBatcher
-from .config import RETURN_MAPS, ServeConfig, check_class_name
-from .errors import BadRequestError, UnavailableError
+from .config import MAX_CLASS_NAME, RETURN_MAPS, ServeConfig, check_class_name
+from .errors import BadRequestError, ConflictError, UnavailableError
+from .monitoring import Metrics
+from .profiles import NO_PROFILE, ProfileRef, load_current, monitor, ref_of, versions_of
+from .recording import Decision, Recorder, grey_png
 
 if TYPE_CHECKING:
     from ..identity import Identity
@@ -81,8 +85,18 @@ def _png(array: np.ndarray, mode: str) -> str:
 
 def map_png(anomaly_map: np.ndarray) -> str:
     """(H, W) map in [0, 1] → base64 8-bit grey PNG, ``round(255 · clip(map, 0, 1))``."""
-    m = np.nan_to_num(np.asarray(anomaly_map, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
-    return _png(np.round(np.clip(m, 0.0, 1.0) * 255.0).astype(np.uint8), "L")
+    return base64.b64encode(grey_png(anomaly_map)).decode("ascii")
+
+
+def station_of(value: str | None) -> str | None:
+    """The ``X-Station-Id`` header's value: printable, at most 200 characters (422 else)."""
+    if value is None or not value.strip():
+        return None
+    if len(value) > MAX_CLASS_NAME or not value.isprintable():
+        raise BadRequestError(
+            f"the X-Station-Id header must be printable and at most {MAX_CLASS_NAME} characters"
+        )
+    return value.strip()
 
 
 def map_npy(anomaly_map: np.ndarray) -> str:
@@ -118,6 +132,13 @@ class Service:
         self._seen: set[str] = set()  # class names served (when any name is accepted)
         self._tmp: str | None = None  # uploads' folder, made by start(), removed by close()
         self._thread: threading.Thread | None = None
+        # held by the model thread around each batch, and by a reload while it swaps profiles:
+        # a batch is decided by one set of profile versions, the one its records name
+        self._model_lock = threading.Lock()
+        self._reload_lock = threading.Lock()  # one reload at a time
+        self.versions: dict[str, ProfileRef] = {}
+        self.metrics = Metrics(lambda: 0 if self.batcher is None else self.batcher.queued)
+        self.recorder = None if config.db is None else Recorder(config, self.metrics)
 
     # -- life ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -157,6 +178,8 @@ class Service:
             if self.status == "stopping":  # closed while loading
                 return
             self.detector, self.identity = detector, identity
+            self.versions = versions_of(detector)
+            self.metrics.versions(self.versions)
             self.batcher = batcher.start()
             self.load_s = time.monotonic() - start
             self.status = "ready"
@@ -179,6 +202,8 @@ class Service:
             logger.warning("the model thread did not finish within %s s", timeout)
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
+        if self.recorder is not None:
+            self.recorder.close()
 
     def check_ready(self) -> Predictor:
         """The detector, or :class:`UnavailableError` (503) saying why there is none."""
@@ -337,21 +362,94 @@ class Service:
 
     def _forward(
         self, items: list[tuple[Image.Image, np.ndarray | None]], classes: list[str]
-    ) -> list[Prediction]:
+    ) -> list[tuple[Prediction, ProfileRef]]:
         """One micro-batch on the model thread: its images, each with its own ROI, in one
         forward pass (tiled: each image's tiles in batches of the predictor's batch size, as
-        ``predict`` cuts them)."""
-        detector = self.detector
-        assert detector is not None
+        ``predict`` cuts them); each prediction with the profile version that decided it."""
         images = [image for image, _ in items]
         rois = [roi for _, roi in items]
-        return detector.predict(
-            images,
-            classes,
-            batch_size=None if detector.tile is not None else len(images),
-            on_error="record",
-            roi=None if all(r is None for r in rois) else rois,
-        )
+        self.metrics.batch.observe(len(items))
+        with self._model_lock:
+            detector, versions = self.detector, self.versions
+            assert detector is not None
+            predictions = detector.predict(
+                images,
+                classes,
+                batch_size=None if detector.tile is not None else len(images),
+                on_error="record",
+                roi=None if all(r is None for r in rois) else rois,
+            )
+        return [(p, versions.get(p.class_name, NO_PROFILE)) for p in predictions]
+
+    # -- records and profile versions ----------------------------------------------------------
+    def record(
+        self,
+        uploads: Sequence[tuple[str, bytes]],
+        answers: Sequence[tuple[tuple[Prediction, ProfileRef], BatchInfo]],
+        results: Sequence[dict[str, Any]],
+        *,
+        station: str | None,
+        started: float,
+    ) -> None:
+        """Store the request's records (``--db``); sets each result's ``record_id``.
+
+        Raises:
+            UnavailableError: strict records that cannot be stored (503).
+        """
+        if self.recorder is None:
+            return
+        decisions = [
+            Decision(label, data, pred, result, ref)
+            for (label, data), ((pred, ref), _), result in zip(
+                uploads, answers, results, strict=True
+            )
+        ]
+        identity = None if self.identity is None else self.identity.to_dict()
+        latency = (time.perf_counter() - started) * 1000.0
+        self.recorder.write(decisions, station=station, identity=identity, latency_ms=latency)
+
+    def reload(self) -> dict[str, Any]:
+        """Switch to the profile folders' current versions (see :mod:`.profiles`): the batch
+        running finishes on the old ones. Returns each class's previous and current version.
+
+        Raises:
+            ConflictError: nothing to reload (an export, no profile) or a folder that cannot be
+                read or does not fit the model; the old versions stay in use.
+        """
+        detector = self.check_ready()
+        with self._reload_lock:
+            try:
+                fresh = load_current(detector)
+                refs = {p.class_name: ref_of(p) for p in fresh}
+                with self._model_lock:
+                    before = self.versions
+                    detector.set_profiles(fresh, detector.config.mode)  # type: ignore[attr-defined]
+                    self.versions = refs
+            except (ProfileError, ValueError) as exc:
+                self.metrics.reloads.labels("failed").inc()
+                logger.error("profile reload failed (the old versions stay): %s", first_line(exc))
+                raise ConflictError(f"profiles not reloaded: {first_line(exc)}") from None
+        self.metrics.reloads.labels("done").inc()
+        self.metrics.versions(refs)
+        out = []
+        for name, ref in sorted(refs.items()):
+            old = before.get(name, NO_PROFILE)
+            out.append(
+                {
+                    "class_name": name,
+                    "previous": old.to_dict(),
+                    "current": ref.to_dict(),
+                    "changed": old.id != ref.id,
+                }  # fmt: skip
+            )
+        shown = ", ".join(f"{o['class_name']} v{o['current']['version']}" for o in out)
+        logger.info("profiles reloaded: %s", shown)
+        return {"profiles": out}
+
+    def monitor(self, store: Any) -> dict[str, Any]:
+        """``GET /v1/monitor`` (:func:`.profiles.monitor`) of the versions deciding now."""
+        detector = self.check_ready()
+        return monitor(detector, self.versions, store)
 
     # -- answers -----------------------------------------------------------------------------
     def result(
