@@ -268,7 +268,7 @@ def _new_references(
 ) -> tuple[list[Path], list[str]]:
     """The new images and their SHA-256; a duplicate (of a reference or of another new
     image) is refused. ``known``: SHA-256 → the reference it belongs to."""
-    seen = dict(known)
+    seen = {sha: f"reference {source} of the profile" for sha, source in known.items()}
     out, digests = [], []
     for given in paths:
         path = Path(given)
@@ -276,8 +276,10 @@ def _new_references(
             raise ProfileError(f"{path}: no such image file")
         sha = _readable(path, "the image")
         if sha in seen:
-            raise ProfileError(f"{path}: the same image as {seen[sha]} (same SHA-256); not added")
-        seen[sha] = str(path)
+            raise ProfileError(
+                f"{path}: a duplicate of {seen[sha]} (same SHA-256); nothing was added"
+            )
+        seen[sha] = f"{path}, also given"
         out.append(path)
         digests.append(sha)
     return out, digests
