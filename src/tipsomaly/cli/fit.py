@@ -53,6 +53,7 @@ outputs (in --out):
   profile.json       class, counts, settings, thresholds per mode, versions
   bank.safetensors   the references' features
   calibration.csv    each reference's leave-one-out score per mode
+  references/        a copy of each reference image (by SHA-256), for `profile update`
 use it:
   tipsomaly predict IMAGES --profile DIR   (adds is_anomalous, threshold, mode; masks at
                                             the calibrated pixel threshold)

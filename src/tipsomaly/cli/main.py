@@ -14,6 +14,7 @@ from . import evaluate as eval_cli
 from . import export as export_cli
 from . import fit as fit_cli
 from . import predict as predict_cli
+from . import profile as profile_cli
 from . import serve as serve_cli
 from . import train as train_cli
 from . import weights as weights_cli
@@ -24,7 +25,17 @@ from .options import HelpFormatter, Parser
 PACKAGE_LOGGER = "tipsomaly"
 
 # Every verb module exposes add_parser(subparsers, common) and sets args.func.
-VERBS = [predict_cli, fit_cli, export_cli, serve_cli, eval_cli, train_cli, data_cli, weights_cli]
+VERBS = [
+    predict_cli,
+    fit_cli,
+    profile_cli,
+    export_cli,
+    serve_cli,
+    eval_cli,
+    train_cli,
+    data_cli,
+    weights_cli,
+]
 
 
 # Third-party loggers quiet unless -vv; PIL's plugin chatter (a line per PNG chunk) never shown.

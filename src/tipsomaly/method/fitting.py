@@ -33,6 +33,7 @@ import torch
 
 from ..data.images import ImageLoadError
 from ..data.roi import fit_roi, roi_cells
+from ..fingerprint import file_digest
 from ..tips.vision import VisionFeatures
 from ..validation import choice, in_range, positive_int
 from .calibration import Calibration, conformal_threshold, pixel_threshold, pixels_to_keep
@@ -126,6 +127,8 @@ def fit_profile(
             "failed": len(refs.failed),
             "views_per_image": 8 if augment else 1,
             "sources": refs.sources,
+            # each reference's file by content: updates refuse duplicates, copies are found
+            "sha256": [_sha256(images[p]) for p in refs.positions],
             "errors": [{"path": s, "error": e} for s, e in refs.failed],
         },
         "bank": {
@@ -159,6 +162,11 @@ def fit_profile(
             "scores": scores,
         }
     return profile
+
+
+def _sha256(image: Any) -> str | None:
+    """SHA-256 of a reference given as a file (None for an in-memory image)."""
+    return file_digest(image) if isinstance(image, (str, os.PathLike)) else None
 
 
 def _not_finite(source: str, what: str) -> ProfileError:

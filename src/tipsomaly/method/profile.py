@@ -37,6 +37,7 @@ from .names import DEFAULT_MODE, MODES
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "FORMATS",
     "PROFILE_FORMAT",
     "NotCalibratedError",
     "Profile",
@@ -49,6 +50,10 @@ __all__ = [
 ]
 
 PROFILE_FORMAT = "tipsomaly-profile-1"
+#: a version written by ``profile update`` / ``rollback``: its bank lies in ``versions/<n>/``
+#: (named by ``bank_file.name``), which readers of format 1 would not look for
+VERSIONED_FORMAT = "tipsomaly-profile-2"
+FORMATS = (PROFILE_FORMAT, VERSIONED_FORMAT)
 PROFILE_JSON, BANK_FILE, ROI_FILE = "profile.json", "bank.safetensors", "roi.png"
 _CALIB_FIELDS = ("threshold", "false_alarm_rate", "guaranteed_rate", "n", "k", "attainable")
 
@@ -118,16 +123,50 @@ class Profile:
             )
         return value
 
+    # -- versions (see method/profile_versions.py) ----------------------------------------------
+    @property
+    def version(self) -> int:
+        """1 for a freshly fitted profile, one more for each update or rollback."""
+        return int(self.info.get("version", 1))
+
+    @property
+    def parent(self) -> str | None:
+        """The :func:`profile_digest` of the version this one replaced (None for version 1)."""
+        return self.info.get("parent")
+
+    @property
+    def calibration_scores(self) -> dict[str, list[float]]:
+        """Mode → each reference's leave-one-out image score (one per reference, in reference
+        order: :attr:`reference_names`); what the thresholds were computed from, and what a
+        drift check compares recent scores against. Empty when not calibrated."""
+        scores = self.info.get("calibration", {}).get("scores", {})
+        return {mode: [float(v) for v in values] for mode, values in scores.items()}
+
+    @property
+    def reference_names(self) -> list[str]:
+        """Each reference's file name (its input's name for in-memory images), in order."""
+        return [Path(s).name for s in self.info.get("references", {}).get("sources", [])]
+
     # -- files ------------------------------------------------------------------------------
     def save(self, folder: str | os.PathLike) -> Path:
         """Write ``profile.json`` and ``bank.safetensors`` (and ``roi.png``) into ``folder``
         (created); each file is written under a temporary name and renamed, the JSON last."""
-        from safetensors.torch import save_file
-
-        from .. import __version__
-
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out / BANK_FILE) as tmp:
+            self.write_bank(tmp)
+        record = self.record(out, BANK_FILE)
+        with atomic_path(out / PROFILE_JSON) as tmp:
+            tmp.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        self.path = out
+        if self.roi is not None:
+            self.roi = str(out / ROI_FILE)
+        return out
+
+    def write_bank(self, path: str | os.PathLike) -> None:
+        """The bank's tensors into the safetensors file ``path`` (written as it is named)."""
+        from safetensors.torch import save_file
+
         tensors = {
             "patches": self.bank.patches.features,
             "patch_sources": self.bank.patches.sources.to(torch.int32),
@@ -135,16 +174,26 @@ class Profile:
             "cls2": self.bank.cls2.features,
             "cls_sources": self.bank.cls1.sources.to(torch.int32),
         }
-        with atomic_path(out / BANK_FILE) as tmp:
-            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
+
+    def record(
+        self, folder: Path, bank_name: str, bank_sha256: str | None = None
+    ) -> dict[str, Any]:
+        """``profile.json``'s content for the profile folder ``folder`` whose bank is the
+        file ``folder / bank_name`` (``bank_sha256``: its SHA-256, read from it when None);
+        copies the ROI mask into the folder when it is not there yet. Format 1 when the bank
+        is the folder's ``bank.safetensors``, else the versioned format. ``created`` is kept
+        from :attr:`info` when there (a version keeps its time), else now."""
+        from .. import __version__
+
         info = dict(self.info)
         if self.roi is not None:  # the profile holds its own copy: it travels with it
-            if Path(self.roi).resolve() != (out / ROI_FILE).resolve():
-                with atomic_path(out / ROI_FILE) as tmp:
+            if Path(self.roi).resolve() != (folder / ROI_FILE).resolve():
+                with atomic_path(folder / ROI_FILE) as tmp:
                     shutil.copyfile(self.roi, tmp)
             info["settings"] = {**info.get("settings", {}), "roi": ROI_FILE}
-        record = {
-            "format": PROFILE_FORMAT,
+        return {
+            "format": PROFILE_FORMAT if bank_name == BANK_FILE else VERSIONED_FORMAT,
             "class_name": self.class_name,
             "mode": self.mode,
             "identity": self.identity,
@@ -156,30 +205,36 @@ class Profile:
                 "image score = global (CLS) evidence + max patch evidence, in [0, 2]"
             ),
             **info,
-            "bank_file": {"name": BANK_FILE, "sha256": file_digest(out / BANK_FILE)},
+            "bank_file": {
+                "name": bank_name,
+                "sha256": bank_sha256 or file_digest(folder / bank_name),
+            },
             "versions": {"tipsomaly": __version__, "torch": torch.__version__},
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "created": info.get("created")
+            or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
-        with atomic_path(out / PROFILE_JSON) as tmp:
-            tmp.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-        self.path = out
-        if self.roi is not None:
-            self.roi = str(out / ROI_FILE)
-        return out
 
     @classmethod
     def load(cls, folder: str | os.PathLike, device: str | torch.device = "cpu") -> Profile:
-        """Read a profile folder written by :meth:`save`.
+        """Read a profile folder written by :meth:`save`: its current version (the top-level
+        ``profile.json``, which an update or rollback replaces in one rename).
 
         Raises:
             ProfileError: a missing, unreadable, altered or malformed file (named).
         """
+        folder = _folder(folder)
+        return cls.from_record(folder, read_record(folder), device)
+
+    @classmethod
+    def from_record(
+        cls, folder: Path, record: dict[str, Any], device: str | torch.device = "cpu"
+    ) -> Profile:
+        """The profile a checked ``profile.json`` record of the profile folder ``folder``
+        describes (its bank and ROI named relative to ``folder``)."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        folder = _folder(folder)
-        record = read_record(folder)
-        bank_path = folder / BANK_FILE
+        bank_path = folder / record["bank_file"].get("name", BANK_FILE)
         try:
             actual = file_digest(bank_path)
         except OSError as exc:
@@ -276,8 +331,17 @@ def _check_record(record: object, path: Path) -> None:
 
     if not isinstance(record, dict):
         raise bad("not a JSON object")
-    if record.get("format") != PROFILE_FORMAT:
-        raise bad(f"format {record.get('format')!r}, expected {PROFILE_FORMAT!r}")
+    fmt = record.get("format")
+    if fmt not in FORMATS:
+        number = fmt.rpartition("-")[2] if isinstance(fmt, str) else ""
+        newer = fmt == f"tipsomaly-profile-{number}" and number.isdigit()
+        known = ", ".join(FORMATS)
+        raise ProfileError(
+            f"{path}: profile format {fmt!r} was written by a newer tipsomaly (this one reads "
+            f"{known}); upgrade tipsomaly"
+            if newer and int(number) > len(FORMATS)
+            else f"{path}: not a valid profile: format {fmt!r}, expected one of {known}"
+        )
     if not isinstance(record.get("class_name"), str) or not record["class_name"]:
         raise bad("class_name must be a non-empty string")
     if record.get("mode", DEFAULT_MODE) not in MODES:
@@ -288,6 +352,9 @@ def _check_record(record: object, path: Path) -> None:
         record["bank_file"].get("sha256"), str
     ):
         raise bad("bank_file.sha256 missing")
+    name = record["bank_file"].get("name", BANK_FILE)
+    if not isinstance(name, str) or not _inside(name):
+        raise bad("bank_file.name must be a relative path inside the profile folder")
     thresholds = record.get("thresholds")
     if not isinstance(thresholds, dict):
         raise bad("thresholds must be an object")
@@ -302,6 +369,12 @@ def _check_record(record: object, path: Path) -> None:
             t = c["threshold"]
             if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
                 raise bad(f"thresholds.{mode}.{kind}.threshold must be a finite number")
+
+
+def _inside(name: str) -> bool:
+    """A relative file name that stays inside its folder (no absolute path, no ``..``)."""
+    p = Path(name)
+    return bool(name) and not p.is_absolute() and ".." not in p.parts and "\\" not in name
 
 
 def _bank_from_tensors(

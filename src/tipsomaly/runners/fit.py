@@ -6,6 +6,8 @@ Output layout under ``out_dir``::
     bank.safetensors   the references' patch and CLS features (see method/profile.py)
     calibration.csv    each reference's leave-one-out image score per mode (what the
                        thresholds were computed from), with its path
+    references/        a copy of each reference image, named by its SHA-256 (what
+                       ``profile update`` scores again)
 
 One run at a time writes into ``out_dir`` (:class:`~.lock.OutputLock`); the profile files
 are written under temporary names and renamed, ``profile.json`` last, so a folder never holds
@@ -37,6 +39,7 @@ from ..method.config import (
 from ..method.detector import Detector
 from ..method.fitting import fit_profile
 from ..method.profile import Profile
+from ..method.profile_versions import store_references
 from .lock import OutputLock
 
 logger = logging.getLogger(__name__)
@@ -116,15 +119,18 @@ def run_fit(
         if settings:
             profile.info["settings"] = {**profile.info["settings"], **settings}
         try:
+            # copies of the references (by content) first: `profile update` scores them again
+            store_references(out, profile.info["references"]["sources"],
+                             profile.info["references"]["sha256"])  # fmt: skip
             profile.save(out)
-            _write_calibration_csv(out / CALIBRATION_CSV, profile)
+            write_calibration_csv(out / CALIBRATION_CSV, profile)
         except OSError as exc:
             raise OutputError(getattr(exc, "filename", None) or out, exc) from None
     failed = [(e["path"], e["error"]) for e in profile.info["references"]["errors"]]
     return FitSummary(profile, out, profile.info["references"]["used"], failed)
 
 
-def _write_calibration_csv(path: Path, profile: Profile) -> None:
+def write_calibration_csv(path: Path, profile: Profile) -> None:
     calib = profile.info.get("calibration", {})
     scores: dict[str, list[float]] = calib.get("scores", {})
     modes = [m for m in MODES if m in scores]
