@@ -61,6 +61,17 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         metavar="IMAGE",
         help="normal images: files, folders (searched recursively) or glob patterns",
     )
+    sources.add_argument(
+        "--from-db",
+        metavar="URL",
+        help="the images reviewed as normal (false_alarm, confirmed_normal) in this records "
+        "database (serve --db) since the profile's current version; needs --keep-images",
+    )
+    sources.add_argument(
+        "--keep-images",
+        metavar="DIR",
+        help="with --from-db: the folder the server kept the images in (serve --keep-images)",
+    )
     note = "the profile's when it recorded one"
     for name in ("device", "dtype", "batch_size"):
         add_config_option(update, DetectorConfig, name, note=note if name == "dtype" else "")
@@ -89,9 +100,22 @@ def image_sources(args: argparse.Namespace) -> list[str]:
     """The images ``update`` adds, from every source option given."""
     from ..errors import InvalidOptionError
 
-    if not args.add_normal:
-        raise InvalidOptionError("profile update needs images to add: --add-normal IMAGE...")
-    return list(args.add_normal)
+    images = list(args.add_normal)
+    if args.from_db is not None:
+        if args.keep_images is None:
+            raise InvalidOptionError("--from-db needs --keep-images DIR (where the images are)")
+        from ..runners.feedback import reviewed_normal_images
+
+        images += [
+            str(p) for p in reviewed_normal_images(args.from_db, args.keep_images, args.profile)
+        ]
+    elif args.keep_images is not None:
+        raise InvalidOptionError("--keep-images is for --from-db")
+    if not images:
+        raise InvalidOptionError(
+            "profile update needs images to add: --add-normal IMAGE... or --from-db URL"
+        )
+    return images
 
 
 def cmd_update(args: argparse.Namespace) -> int:
