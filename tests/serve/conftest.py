@@ -12,7 +12,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from serve_helpers import SIZE, TOKEN, ServeData, Server, cli_rows, start_server, write_images
+from serve_helpers import (
+    CHROMIUM,
+    DRIVER,
+    SIZE,
+    TOKEN,
+    ServeData,
+    Server,
+    cli_rows,
+    start_server,
+    write_images,
+)
 
 from synthetic import tiny_model_dir
 from tipsomaly.cli.main import main
@@ -73,3 +83,23 @@ def server(_servers) -> Server:
 def drain_server(_servers) -> Server:
     _servers["drain"].wait_ready()
     return _servers["drain"]
+
+
+@pytest.fixture
+def browser():
+    """Headless Chromium through Selenium (the page tests; they skip without it)."""
+    from selenium import webdriver
+    from selenium.common.exceptions import WebDriverException
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--window-size=1280,1200", "--force-device-scale-factor=1"):  # fmt: skip
+        options.add_argument(flag)
+    try:
+        driver = webdriver.Chrome(service=webdriver.ChromeService(DRIVER), options=options)
+    except WebDriverException as exc:
+        pytest.skip(f"chromium could not start: {exc.msg}")
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,6 +21,9 @@ from PIL import Image
 
 SIZE = 70  # the golden pipeline's image size: fast on CPU
 TOKEN = "s3cret-token"
+#: Debian's chromium and its driver, for the page tests (None: not installed)
+CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser"))), None)
+DRIVER = shutil.which("chromedriver")
 
 
 def texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:

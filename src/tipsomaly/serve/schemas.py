@@ -150,6 +150,9 @@ class Info(BaseModel):
     classes: list[str] | None = Field(description="class names accepted (null: any)")
     limits: dict[str, Any]
     auth: bool = Field(description="whether /v1/ needs a bearer token")
+    records: dict[str, Any] | None = Field(
+        None, description="with --db: {db (no password), keep_images, mode strict|best-effort}"
+    )
     stats: dict[str, Any]
 
 

@@ -537,6 +537,13 @@ class Service:
             "classes": self.classes,
             "limits": {k: getattr(c, k) for k in LIMITS},
             "auth": c.token is not None,
+            "records": None
+            if self.recorder is None
+            else {
+                "db": self.recorder.store.shown,
+                "keep_images": c.keep_images is not None,
+                "mode": c.records,
+            },
             "stats": stats,
         }
 

@@ -78,6 +78,7 @@ async function loadInfo() {
   if (profiles.length === 1 && !$("class-name").value) $("class-name").value = profiles[0];
   $("class-hint").textContent = body.classes
     ? "one of: " + body.classes.join(", ") : "what the images show (any name)";
+  if (typeof initReview === "function") initReview(body); // review.js: with --db
 }
 
 // -- drawing -------------------------------------------------------------------------------
@@ -116,7 +117,8 @@ function drawBoxes(card, r) {
   layer.replaceChildren();
   const [h, w] = r.size;
   layer.setAttribute("viewBox", "0 0 " + w + " " + h);
-  const unit = w / 320; // one screen pixel in image pixels (the figure is 320 px wide)
+  // one screen pixel in image pixels (the figure is 320 px wide, or card.width)
+  const unit = w / (card.width || 320);
   for (const d of r.defects || []) {
     const [x0, y0, x1, y1] = d.bbox;
     const box = { x: x0, y: y0, width: x1 - x0, height: y1 - y0, fill: "none",
