@@ -111,6 +111,18 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         "colour (green), twice it red (default with --profile)",
     )
     p.add_argument("--out", default="tipsomaly-out", help="output folder (default: tipsomaly-out)")
+    records = p.add_argument_group("records (pip install 'tipsomaly[records]')")
+    records.add_argument(
+        "--db",
+        metavar="URL",
+        help="also store one record per scored image in this records database (a SQLite file "
+        "path or postgresql://...), as serve --db does; each is committed before its row",
+    )
+    records.add_argument(
+        "--keep-images",
+        metavar="DIR",
+        help="with --db: keep each image and its map in DIR, named by SHA-256",
+    )
     p.set_defaults(func=cmd_predict)
 
 
@@ -135,6 +147,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not files:
         raise NoInputsError(args.paths)  # main() says so, exit status 2
     ensure_out_dir(args.out)  # read-only, full, or under a file: one line before the model
+    if args.keep_images is not None and args.db is None:
+        raise InvalidOptionError("--keep-images needs --db (the records name the images)")
+    records = None
+    if args.db is not None:  # a database that cannot be used: one line before the model
+        from ..runners.recording import PredictRecords
+
+        records = PredictRecords(args.db, args.keep_images)
     # prompt, pixel-prompt and model-file problems are TipsomalyErrors: main() shows them
     predictor = open_predictor(config, given_settings(args))
     overlay_scale = args.overlay_scale or ("threshold" if predictor.profile_classes() else "fixed")
@@ -151,6 +170,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             roi_dir=args.roi_dir,
             boxes=args.boxes,
+            records=records,
         )
     except KeyboardInterrupt:
         print(
@@ -159,6 +179,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return ExitCode.INTERRUPTED
+    finally:
+        if records is not None:
+            records.close()
     if not dist.is_main:  # rank 0 merged every rank's rows and reports them
         return ExitCode.OK
     print(f"{summary.images} image(s): {summary.ok} ok, {summary.failed} failed")
@@ -175,6 +198,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if predictor.config.defects_format == "coco":
             outputs.append("defects_coco.json")
     print(f"outputs in {summary.out_dir}/: {', '.join(outputs)}")
+    if records is not None:
+        print(f"{records.written} record(s) in {records.store.shown}")
     if summary.failed:
         failed = summary.failed_paths
         shown = ", ".join(failed[:10]) + (

@@ -4,8 +4,12 @@ their bytes, written whole or not at all; a repeat costs one ``stat``."""
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 from ..errors import OutputError
 from ..files import atomic_write
@@ -14,6 +18,14 @@ from ..files import atomic_write
 def sha256(data: bytes) -> str:
     """The SHA-256 of ``data``, as 64 hex digits."""
     return hashlib.sha256(data).hexdigest()
+
+
+def map_png(anomaly_map: np.ndarray) -> bytes:
+    """(H, W) map in [0, 1] → 8-bit grey PNG bytes, ``round(255 · clip(map, 0, 1))`` (NaN 0)."""
+    m = np.nan_to_num(np.asarray(anomaly_map, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+    buf = io.BytesIO()
+    Image.fromarray(np.round(np.clip(m, 0, 1) * 255).astype(np.uint8), mode="L").save(buf, "PNG")
+    return buf.getvalue()
 
 
 class ImageStore:
@@ -52,6 +64,11 @@ class ImageStore:
         atomic_write(path, lambda f: f.write(data))
         return digest
 
+    def keep(self, data: bytes, anomaly_map: np.ndarray | None) -> tuple[str, str | None]:
+        """Keep an image and its map (:func:`map_png`, when there is one); their SHA-256s."""
+        image = self.put(data)
+        return image, None if anomaly_map is None else self.put(map_png(anomaly_map))
+
     def get(self, digest: str) -> bytes | None:
         """The bytes kept under ``digest``, or None."""
         try:
@@ -60,4 +77,4 @@ class ImageStore:
             return None
 
 
-__all__ = ["ImageStore", "sha256"]
+__all__ = ["ImageStore", "map_png", "sha256"]

@@ -371,6 +371,19 @@ class RecordStore:
             return "; ".join(str(r[0]) for r in conn.exec_driver_sql("PRAGMA integrity_check"))
 
 
+#: the entries of an answer (``Prediction.to_dict()`` or serve's result) a record copies
+DECISION_FIELDS = (
+    "class_name", "mode", "image_score", "score_cls1", "score_cls2", "threshold",
+    "threshold_source", "pixel_threshold", "is_anomalous", "defects", "roi", "error",
+)  # fmt: skip
+
+
+def decision_record(answer: Mapping[str, Any], **fields: Any) -> dict[str, Any]:
+    """A record of one answer: its :data:`DECISION_FIELDS` (missing ones None), then
+    ``fields`` (source, station, image_sha256, profile_id, identity, ...)."""
+    return {**{k: answer.get(k) for k in DECISION_FIELDS}, **fields}
+
+
 def iso(t: float | None) -> str | None:
     """Epoch seconds → ISO 8601 UTC with milliseconds (None stays None)."""
     if t is None:
@@ -390,4 +403,13 @@ def as_dict(row: Any) -> dict[str, Any]:
     return out
 
 
-__all__ = ["MAX_PAGE", "OUTCOMES", "RecordStore", "as_dict", "database_url", "iso"]
+__all__ = [
+    "DECISION_FIELDS",
+    "MAX_PAGE",
+    "OUTCOMES",
+    "RecordStore",
+    "as_dict",
+    "database_url",
+    "decision_record",
+    "iso",
+]

@@ -100,6 +100,7 @@ class _Inspection:
     with_defects: bool
     with_roi: bool
     files: ImageOutputs = ImageOutputs()
+    records: Any = None  # runners.recording.PredictRecords (--db), or None
 
     def roi_for(self, file: Path, name: str) -> Any:
         """The ROI mask file of one input from ``roi_dir``, None without ``roi_dir``, or a
@@ -129,6 +130,7 @@ def run_predict(
     settings: dict[str, Any] | None = None,
     roi_dir: str | os.PathLike | None = None,
     boxes: bool = True,
+    records: Any = None,
 ) -> PredictSummary:
     """Score every image named by ``paths`` and write the outputs (layout in the module doc).
 
@@ -151,6 +153,8 @@ def run_predict(
         roi_dir: a folder of per-image ROI masks (matched by name, see the module doc), in
             place of the predictor's one ROI.
         boxes: draw each defect's box on its overlay, labelled ``#<id> <peak>``.
+        records: a :class:`~.recording.PredictRecords` (``--db``): each scored image's record
+            is committed before its row is written.
 
     Returns:
         a :class:`PredictSummary`; a failed image is a row with status ``error``, not an
@@ -205,6 +209,7 @@ def run_predict(
         with_defects=config.pixel_threshold is not None or bool(profiled),
         with_roi=with_roi,
         files=ImageOutputs(save_maps, overlays, overlay_scale, overlay_alpha, bool(boxes)),
+        records=records,
     )
     run_settings = {
         **run_record(detector, roi_dir),
@@ -331,6 +336,8 @@ def _run(
                 if row["status"] != "ok":
                     logger.warning("%s", printable(row["error"]))
                 try:
+                    if inspect.records is not None:  # the record first: no row without it
+                        inspect.records.add(detector, pred)
                     table.add(row)
                 except BaseException:
                     discard(written)

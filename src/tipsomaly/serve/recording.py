@@ -14,19 +14,15 @@ without a record, after a failure, is harmless: the next request of it reuses it
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from PIL import Image
-
 from ..errors import OutputError, first_line
 from ..records import RecordsError
 from ..records.images import ImageStore, sha256
-from ..records.store import RecordStore
+from ..records.store import RecordStore, decision_record
 from .config import ServeConfig
 from .errors import UnavailableError
 
@@ -36,12 +32,6 @@ if TYPE_CHECKING:
     from .profiles import ProfileRef
 
 logger = logging.getLogger(__name__)
-
-#: the answer's entries a record copies as they are
-COPIED = (
-    "class_name", "mode", "image_score", "score_cls1", "score_cls2", "threshold",
-    "threshold_source", "pixel_threshold", "is_anomalous", "defects", "roi", "error",
-)  # fmt: skip
 
 
 @dataclass
@@ -53,14 +43,6 @@ class Decision:
     prediction: Prediction
     result: dict[str, Any]
     profile: ProfileRef
-
-
-def grey_png(anomaly_map: np.ndarray) -> bytes:
-    """(H, W) map in [0, 1] → 8-bit grey PNG bytes (value / 255 = map)."""
-    m = np.nan_to_num(np.asarray(anomaly_map, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
-    buf = io.BytesIO()
-    Image.fromarray(np.round(np.clip(m, 0, 1) * 255).astype(np.uint8), mode="L").save(buf, "PNG")
-    return buf.getvalue()
 
 
 class Recorder:
@@ -121,33 +103,29 @@ class Recorder:
     def _row(
         self, d: Decision, station: str | None, identity: dict[str, Any] | None, latency_ms: float
     ) -> dict[str, Any]:
-        digest = sha256(d.data)
-        kept, map_digest = False, None
+        digest, map_digest = sha256(d.data), None
         if self.images is not None:
-            self.images.put(d.data, digest)
-            kept = True
-            m = d.prediction.anomaly_map_original
-            if m is not None and d.prediction.ok:
-                map_digest = self.images.put(grey_png(m))
+            m = d.prediction.anomaly_map_original if d.prediction.ok else None
+            digest, map_digest = self.images.keep(d.data, m)
         height, width = d.result.get("size") or (None, None)
-        return {
-            "source": "serve",
-            "station": station,
-            "filename": d.filename,
-            "image_sha256": digest,
-            "image_kept": kept,
-            "map_sha256": map_digest,
-            "width": width,
-            "height": height,
-            "profile_id": d.profile.id,
-            "profile_version": d.profile.version,
-            "identity": identity or {},
-            "latency_ms": round(latency_ms, 3),
-            **{k: d.result.get(k) for k in COPIED},
-        }
+        return decision_record(
+            d.result,
+            source="serve",
+            station=station,
+            filename=d.filename,
+            image_sha256=digest,
+            image_kept=self.images is not None,
+            map_sha256=map_digest,
+            width=width,
+            height=height,
+            profile_id=d.profile.id,
+            profile_version=d.profile.version,
+            identity=identity or {},
+            latency_ms=round(latency_ms, 3),
+        )
 
     def close(self) -> None:
         self.store.close()
 
 
-__all__ = ["COPIED", "Decision", "Recorder", "grey_png"]
+__all__ = ["Decision", "Recorder"]

@@ -40,6 +40,7 @@ from ..data.roi import RoiError, as_roi
 from ..errors import InvalidOptionError, TipsomalyError, first_line
 from ..method.decision import decide
 from ..method.profile import ProfileError
+from ..records.images import map_png as grey_png
 from ..report.overlay import overlay
 from ..validation import in_range
 from .batching import BatchInfo, MicroBatcher
@@ -47,7 +48,7 @@ from .config import MAX_CLASS_NAME, RETURN_MAPS, ServeConfig, check_class_name
 from .errors import BadRequestError, ConflictError, UnavailableError
 from .monitoring import Metrics
 from .profiles import NO_PROFILE, ProfileRef, load_current, monitor, ref_of, versions_of
-from .recording import Decision, Recorder, grey_png
+from .recording import Decision, Recorder
 
 if TYPE_CHECKING:
     from ..identity import Identity
