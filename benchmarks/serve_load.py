@@ -2,6 +2,7 @@
 
     python benchmarks/serve_load.py                     # 32 clients, 3 rounds × 4 requests each
     python benchmarks/serve_load.py --rounds 1 --clients 8      # quicker
+    python benchmarks/serve_load.py --records           # the cost of recording (serve --db)
 
 Starts two ``tipsomaly serve`` processes on free ports of 127.0.0.1 (the tiny golden model of
 ``tests/fixtures/golden/tips-tiny`` unless ``--model``, ``--image-size`` 70), alike but for
@@ -19,7 +20,15 @@ checked against ``--min-speedup`` (1.5).
 Bounded: each request times out after 120 s, the whole run after ``--timeout`` seconds; the
 servers are stopped with SIGTERM and must exit 0. Exit status: 0 all answered right and the
 speed-up reached, 1 a lost, refused or wrong answer or a server that did not stop cleanly, 2
-the speed-up not reached. Images are generated textures (a dark square on every fourth); the
+the speed-up not reached.
+
+``--records``: the cost of recording instead. Three micro-batched servers, alike but for
+``--db``: none, a SQLite file, and a PostgreSQL database (``--postgres URL``, else a server
+started in a temporary folder as the tests start one: tests/pg_server.py; left out, saying why,
+where none can run). Printed: p50/p95 latency of each and the p50 cost of recording against
+the server without records, measured in the same rounds; each database must hold exactly one
+record per answered request. Exit status 2 when the SQLite cost is over ``--max-record-cost``
+(5 % of p50). Images are generated textures (a dark square on every fourth); the
 tiny model's weights are random, so the scores test the plumbing, not accuracy.
 """
 
@@ -139,6 +148,8 @@ class Server:
     log: Path | None = None
     rates: list[float] = field(default_factory=list)  # images/s, one per round
     latencies: list[float] = field(default_factory=list)
+    alone: list[float] = field(default_factory=list)  # --records: one request at a time
+    record_ms: list[float] = field(default_factory=list)  # the server's own timing.record_ms
     failures: list[str] = field(default_factory=list)
     wrong: list[str] = field(default_factory=list)
     answered: int = 0
@@ -256,6 +267,67 @@ def report(s: Server) -> None:
         print(f"    {line}")
 
 
+def one_at_a_time(servers: list[Server], files, bodies, n: int) -> None:
+    """``n`` requests to each server, one at a time, taking turns request by request (so each
+    sees the same machine load): the latency of a request that waits for no other."""
+    conns = [http.client.HTTPConnection("127.0.0.1", s.port, timeout=120) for s in servers]
+    for i in range(n):
+        body = bodies[files[i % len(files)].name]
+        turn = i % len(servers)  # who goes first changes: none always follows the same one
+        for s, conn in (
+            list(zip(servers, conns, strict=True))[turn:]
+            + list(zip(servers, conns, strict=True))[:turn]
+        ):
+            start = time.perf_counter()
+            status, answer = send(conn, body)
+            if status == 200:
+                s.alone.append(time.perf_counter() - start)
+                if answer["timing"].get("record_ms") is not None:
+                    s.record_ms.append(answer["timing"]["record_ms"] / 1000)
+                s.answered += 1
+            else:
+                s.failures.append(f"HTTP {status} one at a time")
+            s.sent += 1
+    for conn in conns:
+        conn.close()
+
+
+def record_counts(servers: list[Server], dbs: dict[str, str]) -> list[str]:
+    """Each recording server's database must hold one record per answer (and warm-up)."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from tipsomaly.records.store import RecordStore
+
+    problems = []
+    for s in servers:
+        if s.name in dbs:
+            store = RecordStore(dbs[s.name])
+            n = len(store.all_ids())
+            store.close()
+            want = s.answered + WARM_UP
+            print(f"  {s.name:15s} {n} records for {want} answers (warm-up included)")
+            if n != want:
+                problems.append(f"{s.name}: {n} records for {want} answers")
+    return problems
+
+
+def postgres_url(args, cleanup: list) -> str | None:
+    if args.postgres:
+        return args.postgres
+    sys.path.insert(0, str(ROOT / "tests"))
+    import pg_server
+
+    server = pg_server.start()
+    if isinstance(server, str):
+        print(f"  (PostgreSQL left out: {server})")
+        return None
+    cleanup.append(server.stop)
+    return server.create_database()
+
+
+#: requests each server gets before the rounds (not counted)
+WARM_UP = 4
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, help="model directory (default: the tiny golden model)")
@@ -268,17 +340,32 @@ def main() -> int:
     p.add_argument("--max-wait-ms", type=float, default=10.0)
     p.add_argument("--min-speedup", type=float, default=1.5)
     p.add_argument("--timeout", type=float, default=900.0, help="seconds for the whole run")
+    p.add_argument("--records", action="store_true", help="measure the cost of serve --db")
+    p.add_argument("--postgres", metavar="URL", help="--records: this PostgreSQL database")
+    p.add_argument("--max-record-cost", type=float, default=5.0, metavar="PERCENT")
+    p.add_argument(
+        "--alone", type=int, default=100, metavar="N",
+        help="--records: requests per server sent one at a time (the p50 compared)",
+    )  # fmt: skip
     args = p.parse_args()
     args.deadline = time.monotonic() + args.timeout
+    batching = ["--batch-size", str(args.batch_size), "--max-wait-ms", str(args.max_wait_ms)]
     servers = [
-        Server("micro-batched", ["--batch-size", str(args.batch_size),
-                                 "--max-wait-ms", str(args.max_wait_ms)]),
+        Server("micro-batched" if not args.records else "no records", batching),
         Server("one per forward", ["--batch-size", "1", "--max-wait-ms", "0"]),
-    ]  # fmt: skip
+    ]
+    dbs: dict[str, str] = {}
+    cleanup: list = []
     with tempfile.TemporaryDirectory(prefix="tipsomaly-serve-load-") as tmp:
         t = Path(tmp)
         model = args.model or model_dir(t / "model")
         files = images(t / "images", args.images, 96)
+        if args.records:
+            dbs["sqlite"] = str(t / "records.sqlite")
+            url = postgres_url(args, cleanup)
+            if url is not None:
+                dbs["postgresql"] = url
+            servers = servers[:1] + [Server(k, [*batching, "--db", v]) for k, v in dbs.items()]
         try:
             for s in servers:  # they load while the CLI scores the images
                 s.start(args, model, t)
@@ -294,17 +381,24 @@ def main() -> int:
             bodies = {f.name: multipart(f) for f in files}
             for s in servers:  # warm-up, not counted
                 conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=120)
-                for f in files[:4]:
+                for f in files[:WARM_UP]:
                     send(conn, bodies[f.name])
                 conn.close()
+            if args.records:
+                one_at_a_time(servers, files, bodies, args.alone)
             for _ in range(args.rounds):
                 for s in servers:
                     s.round(args, files, bodies, expected)
         finally:
             for s in servers:
                 s.stop()
-    for s in servers:
-        report(s)
+        for s in servers:
+            report(s)
+        if args.records:
+            problems = record_counts(servers, dbs)
+            for stop in cleanup:
+                stop()
+            return records_verdict(args, servers, problems)
     batched, single = servers
     speedup = statistics.median(batched.rates) / statistics.median(single.rates)
     per_round = " ".join(f"{a / b:.2f}" for a, b in zip(batched.rates, single.rates, strict=True))
@@ -320,6 +414,36 @@ def main() -> int:
         print("FAIL: micro-batching below the required speed-up")
         return 2
     print("OK: every answer equals the CLI's score; no request lost or refused")
+    return 0
+
+
+def records_verdict(args, servers: list[Server], problems: list[str]) -> int:
+    """The cost of recording: p50 of the one-at-a-time requests (a loaded server's latency is
+    mostly queueing, which moves with the machine's other load more than recording moves it)."""
+    base = percentile(servers[0].alone, 50)
+    for s in servers:
+        print(
+            f"  one at a time, {s.name:11s}: p50 {percentile(s.alone, 50):.2f} ms, p95 "
+            f"{percentile(s.alone, 95):.2f} ms ({len(s.alone)} requests)"
+        )
+    for s in servers[1:]:
+        p50, own = percentile(s.alone, 50), percentile(s.record_ms, 50)
+        print(
+            f"  recording cost, {s.name}: p50 {p50:.2f} ms against {base:.2f} ms without "
+            f"records: {p50 - base:+.2f} ms ({100 * (p50 - base) / base:+.1f} % of p50); the "
+            f"server's own timing.record_ms p50 {own:.2f} ms ({100 * own / base:.1f} % of p50)"
+        )
+    # the verdict on the server's own measure: the A/B difference of two p50s on a shared
+    # machine moves by more than recording costs (both are printed)
+    cost = 100 * percentile(servers[1].record_ms, 50) / base
+    if problems or any(s.failures or s.wrong or s.answered != s.sent or s.exit_code != 0
+                       for s in servers):  # fmt: skip
+        print("FAIL: lost, refused or wrong answers, a record count off, or a bad exit")
+        return 1
+    if cost > args.max_record_cost:
+        print(f"FAIL: recording to SQLite costs {cost:.1f} % of p50 (> {args.max_record_cost:g})")
+        return 2
+    print(f"OK: one record per answer; SQLite recording costs {cost:+.1f} % of p50")
     return 0
 
 

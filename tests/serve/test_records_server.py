@@ -3,6 +3,7 @@
 - load: 32 concurrent clients, 256 requests (one image each, two classes): exactly one record
   per answered request, no duplicate, each equal to its answer; on a SQLite file, and on a real
   PostgreSQL server shared by two replicas (the clients split between them);
+- SIGHUP reloads the profiles (as ``POST /v1/profiles/reload``);
 - crash: ``kill -9`` of the server while 16 clients send, then a restart on the same SQLite
   file: ``PRAGMA integrity_check`` is ok, every request that got an answer has its record, and
   the restarted server goes on recording.
@@ -98,6 +99,12 @@ def test_load_sqlite_one_record_per_answer(serve_data, tmp_path):
     try:
         server.wait_ready()
         answers, failures = hammer([server], serve_data, clients=32, per_client=8)
+        server.process.send_signal(signal.SIGHUP)  # reload the profiles, as the endpoint does
+        deadline = time.monotonic() + 30
+        done = 'tipsomaly_profile_reloads_total{result="done"} 1.0'
+        while done not in httpx.get(server.url + "/metrics").text:
+            assert time.monotonic() < deadline, server.output()
+            time.sleep(0.1)
     finally:
         assert server.stop() == 0, server.output()
     assert failures == []

@@ -139,6 +139,7 @@ async def predict(
 
     # overlays and maps take a while for large images: off the event loop; scores alone are quick
     results = render() if return_map == "none" else await run_in_threadpool(render)
+    rendered = time.perf_counter()
     if service.recorder is not None:  # committed before the answer leaves (or 503, strict)
         await run_in_threadpool(
             service.record, uploads, answers, results, station=station, started=start
@@ -153,7 +154,8 @@ async def predict(
             "read_ms": round((read - start) * ms, 3),
             "decode_ms": round((decoded - read) * ms, 3),
             "wait_ms": round((scored - decoded) * ms, 3),
-            "render_ms": round((end - scored) * ms, 3),
+            "render_ms": round((rendered - scored) * ms, 3),
+            "record_ms": None if service.recorder is None else round((end - rendered) * ms, 3),
             "total_ms": round((end - start) * ms, 3),
         },
     }

@@ -86,6 +86,9 @@ class Timing(BaseModel):
     decode_ms: float = Field(description="decoding the images")
     wait_ms: float = Field(description="queued and scored (the forward passes)")
     render_ms: float = Field(description="overlays, maps and the answer")
+    record_ms: float | None = Field(
+        None, description="with --db: storing the records (committed before answering)"
+    )
     total_ms: float
 
 
