@@ -91,9 +91,7 @@ def run_profile_update(
 
     with OutputLock(root):
         try:
-            profile = update_profile(
-                detector, root, files, batch_size=batch_size, progress=advance
-            )
+            profile = update_profile(detector, root, files, batch_size=batch_size, progress=advance)
         finally:
             bar.close()
         _calibration_csv(root, profile)
