@@ -302,7 +302,7 @@ def store_references(
             continue
         target = root / _stored_name(sha, path)
         if not target.is_file():
-            target.parent.mkdir(exist_ok=True)
+            target.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(target) as tmp:
                 shutil.copyfile(path, tmp)
 
