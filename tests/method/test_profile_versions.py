@@ -74,7 +74,8 @@ def fitted(setup, name: str, **kw) -> Path:
     folder = setup["root"] / name
     shutil.rmtree(folder, ignore_errors=True)
     profile = fit_profile(setup["detector"], setup["refs"], "tile", false_alarm_rate=0.2, **kw)
-    store_references(folder, profile.info["references"]["sources"], profile.info["references"]["sha256"])  # fmt: skip
+    refs = profile.info["references"]
+    store_references(folder, refs["sources"], refs["sha256"])
     profile.save(folder)
     return folder
 
