@@ -54,30 +54,81 @@ def test_shift_p_matches_u_counted_by_pairs_and_is_one_sided():
 def test_both_tests_share_alpha():
     """With both tests run each gets alpha / 2: a p-value between the two levels is no drift."""
     rng = np.random.default_rng(1)
-    calib = rng.normal(0, 1, 50)
-    # a flag count whose p-value lies in [alpha/2, alpha)
-    k = next(k for k in range(60) if binomial_tail(k, 60, 0.05) < 0.01)
-    p = binomial_tail(k, 60, 0.05)
-    assert 0.005 <= p < 0.01, "the case needs a p-value between the two levels"
-    alone = check_drift([], [], 60, k, 0.05, alpha=0.01)
-    both = check_drift(calib, rng.normal(0, 1, 50), 60, k, 0.05, alpha=0.01)
+    calib = rng.normal(0, 1, 200)
+
+    def flags_only(k: int):  # no recent scores: only the flag test runs, at alpha
+        return check_drift(calib, [], 200, k, 0.05, alpha=0.01)
+
+    k = next(k for k in range(200) if flags_only(k).flag_rate_p < 0.01)
+    alone = flags_only(k)
+    assert 0.005 <= alone.flag_rate_p < 0.01, "the case needs a p-value between the levels"
+    both = check_drift(calib, rng.normal(0, 1, 50), 200, k, 0.05, alpha=0.01)
     assert alone.drifted and alone.level == 0.01
-    assert both.level == 0.005 and both.flag_rate_p == pytest.approx(p)
+    assert both.level == 0.005 and both.flag_rate_p == alone.flag_rate_p
     assert not any("reviewed as normal" in r for r in both.reasons)
 
 
+def conformal(calib: np.ndarray, rate: float) -> float:
+    """The profile's threshold rule (method/calibration.py), written out: the k-th smallest."""
+    n = calib.size
+    k = min(n, math.ceil((n + 1) * (1 - rate) - 1e-9))
+    return float(np.sort(calib)[k - 1])
+
+
+def null_run(rng: np.random.Generator, n: int, m: int, rate: float) -> tuple:
+    """One line where nothing changed: n calibration scores, a threshold by the conformal rule,
+    m new normal images from the same (skewed) distribution, all reviewed as normal."""
+    calib = rng.gamma(2.0, 0.1, n)
+    recent = rng.gamma(2.0, 0.1, m)
+    return calib, recent, int((recent > conformal(calib, rate)).sum())
+
+
 def test_false_alarm_rate_of_the_check_itself_over_repeated_runs():
-    """Nothing changed (recent scores and flags drawn like the calibration's): over 2000 runs
-    at alpha = 0.05 the check flags at most alpha plus a binomial margin (3 standard errors)."""
+    """Nothing changed: over 2000 runs at alpha = 0.05 the check flags at most alpha plus a
+    binomial margin (3 standard errors)."""
     rng = np.random.default_rng(2)
     alpha, runs, alarms = 0.05, 2000, 0
     for _ in range(runs):
-        calib = rng.gamma(2.0, 0.1, 20)  # skewed, like distances
-        recent = rng.gamma(2.0, 0.1, 60)
-        flagged = int(rng.binomial(40, 0.05))
-        alarms += check_drift(calib, recent, 40, flagged, 0.05, alpha=alpha).drifted
+        calib, recent, flagged = null_run(rng, 20, 60, 0.05)
+        alarms += check_drift(calib, recent, 60, flagged, 0.05, alpha=alpha).drifted
     rate = alarms / runs
     assert rate <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / runs), rate
+
+
+def test_flag_rate_p_with_calibration_scores_is_beta_binomial():
+    """n = 19 scores at rate 0.1: k = 18, the true rate ~ Beta(2, 18); P(X >= 7 of 30) written
+    out with the beta function."""
+    n, m, j0, rate = 19, 30, 7, 0.1
+    k = math.ceil((n + 1) * (1 - rate) - 1e-9)
+    a, b = n + 1 - k, k
+
+    def log_beta(x: float, y: float) -> float:
+        return math.lgamma(x) + math.lgamma(y) - math.lgamma(x + y)
+
+    tail = sum(
+        math.comb(m, j) * math.exp(log_beta(j + a, m - j + b) - log_beta(a, b))
+        for j in range(j0, m + 1)
+    )
+    report = check_drift(np.linspace(0, 1, n), [], m, j0, rate)
+    assert report.flag_test == "beta-binomial"
+    assert report.flag_rate_p == pytest.approx(tail, rel=1e-9)
+    assert report.flag_rate_p > binomial_tail(j0, m, rate)  # wider than the binomial's
+
+
+def test_the_plain_binomial_test_false_alarms_where_the_beta_binomial_does_not():
+    """Why the flag test uses the calibration's n: with 400 reviews of an unchanged line, a
+    20-reference profile's realised rate varies so much that the binomial test (no calibration
+    scores given) rejects far more often than alpha; the beta-binomial keeps alpha."""
+    rng = np.random.default_rng(4)
+    alpha, runs = 0.05, 600
+    binomial = beta = 0
+    for _ in range(runs):
+        calib, recent, flagged = null_run(rng, 20, 400, 0.05)
+        binomial += check_drift([], [], 400, flagged, 0.05, alpha=alpha).drifted
+        beta += check_drift(calib, [], 400, flagged, 0.05, alpha=alpha).drifted
+    margin = 3 * math.sqrt(alpha * (1 - alpha) / runs)
+    assert beta / runs <= alpha + margin, beta / runs
+    assert binomial / runs > 3 * alpha, binomial / runs
 
 
 def test_power_a_shift_of_half_a_spread_is_found_in_most_runs():

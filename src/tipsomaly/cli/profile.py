@@ -119,14 +119,17 @@ def image_sources(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_update(args: argparse.Namespace) -> int:
-    from ..runners.profiles import profile_detector, run_profile_update
+    from ..runners.profiles import run_profile_update
 
     images = image_sources(args)
     given = {k: v for k, v in given_settings(args).items() if k in ("device", "dtype", "offline")}
-    detector = profile_detector(args.profile, given)
     try:
         change = run_profile_update(
-            detector, args.profile, images, batch_size=args.batch_size, progress=not args.quiet
+            args.profile,
+            images,
+            given=given,
+            batch_size=args.batch_size,
+            progress=not args.quiet,
         )
     except KeyboardInterrupt:
         print("tipsomaly: interrupted; the profile is unchanged", file=sys.stderr)

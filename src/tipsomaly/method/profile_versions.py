@@ -63,6 +63,7 @@ __all__ = [
     "REFERENCES_DIR",
     "VERSIONS_DIR",
     "VersionEntry",
+    "check_additions",
     "history",
     "load_version",
     "rollback",
@@ -214,8 +215,8 @@ def rollback(folder: str | os.PathLike, to: int | None = None, device: Any = "cp
     root = _folder(folder)
     current = read_record(root)
     version = int(current.get("version", 1))
-    numbers = version_numbers(root)
-    if len(numbers) < 2:
+    numbers = version_numbers(root) or [version]
+    if to is None and len(numbers) < 2:
         raise ProfileError(f"{root} has a single version ({version}): nothing to roll back to")
     to = version - 1 if to is None else int(to)
     if to not in numbers:
@@ -302,9 +303,31 @@ def store_references(
             continue
         target = root / _stored_name(sha, path)
         if not target.is_file():
-            target.parent.mkdir(exist_ok=True)
+            target.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(target) as tmp:
                 shutil.copyfile(path, tmp)
+
+
+def check_additions(
+    folder: str | os.PathLike, add_normal: Sequence[str | os.PathLike]
+) -> tuple[list[Path], list[str]]:
+    """What :func:`update_profile` checks before any model runs: the profile's format, every
+    reference image found (by content), and the new images readable files, none a duplicate.
+    Returns the current references' images and SHA-256 (old first, then new).
+
+    Raises:
+        ProfileError: the first problem, in one line naming the file.
+    """
+    root = _folder(folder)
+    record = read_record(root)
+    if not add_normal:
+        raise ProfileError(f"{root}: no image to add")
+    current = Profile.__new__(Profile)  # only its info is read here (no bank loaded)
+    current.info = record
+    old_paths, old_shas = _old_references(root, current)
+    sources = list(record["references"]["sources"])
+    new_paths, new_shas = _new_references(add_normal, dict(zip(old_shas, sources, strict=True)))
+    return old_paths + new_paths, old_shas + new_shas
 
 
 def update_profile(
@@ -336,16 +359,13 @@ def update_profile(
             f"{root} was fitted with another setup: {'; '.join(problems)}; update it with the "
             "profile's settings"
         )
-    if not add_normal:
-        raise ProfileError(f"{root}: no image to add")
-    old_paths, old_shas = _old_references(root, current)
+    paths, shas = check_additions(root, add_normal)
     sources = list(current.info["references"]["sources"])
-    new_paths, new_shas = _new_references(add_normal, dict(zip(old_shas, sources, strict=True)))
     calib = current.info.get("calibration", {})
     bank = current.info["bank"]
     fitted = fit_profile(
         detector,
-        [str(p) for p in old_paths + new_paths],
+        [str(p) for p in paths],
         current.class_name,
         false_alarm_rate=calib.get("false_alarm_rate", DEFAULT_FALSE_ALARM_RATE),
         pixel_false_alarm_rate=calib.get("pixel_false_alarm_rate", DEFAULT_PIXEL_FALSE_ALARM_RATE),
@@ -358,11 +378,7 @@ def update_profile(
     )
     fitted.mode = current.mode
     fitted.info["settings"] = current.info["settings"]
-    all_shas = old_shas + new_shas
-    fitted.info["references"].update(
-        sources=sources + [str(p) for p in new_paths],
-        sha256=all_shas,
-        added=[str(p) for p in new_paths],
-    )
-    store_references(root, old_paths + new_paths, all_shas)
+    added = [str(p) for p in paths[len(sources) :]]
+    fitted.info["references"].update(sources=sources + added, sha256=shas, added=added)
+    store_references(root, paths, shas)
     return _commit(root, fitted)

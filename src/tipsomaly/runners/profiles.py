@@ -23,7 +23,13 @@ from ..errors import OutputError
 from ..method.config import DetectorConfig
 from ..method.detector import Detector
 from ..method.profile import Profile, _folder, profile_digest, read_record
-from ..method.profile_versions import VersionEntry, history, rollback, update_profile
+from ..method.profile_versions import (
+    VersionEntry,
+    check_additions,
+    history,
+    rollback,
+    update_profile,
+)
 from .fit import CALIBRATION_CSV, write_calibration_csv
 from .lock import OutputLock
 
@@ -61,15 +67,18 @@ def profile_detector(folder: str | os.PathLike, given: dict[str, Any] | None = N
 
 
 def run_profile_update(
-    detector: Detector,
     folder: str | os.PathLike,
     add_normal: Iterable[str | os.PathLike],
     *,
+    detector: Detector | None = None,
+    given: dict[str, Any] | None = None,
     batch_size: int | None = None,
     progress: bool = False,
 ) -> ProfileChange:
     """Add the normal images named by ``add_normal`` (files, folders, glob patterns) to the
-    profile in ``folder`` as a new version (:func:`update_profile`).
+    profile in ``folder`` as a new version (:func:`update_profile`). The images are checked
+    (readable, no duplicate) before the model loads: ``detector``, or one set up as the
+    profile with the options ``given`` (:func:`profile_detector`).
 
     Raises:
         NoInputsError: ``add_normal`` names no image file.
@@ -78,12 +87,14 @@ def run_profile_update(
         OutputLockedError: another run is writing the profile.
     """
     root = _folder(folder)
-    given = list(add_normal)
-    files = [str(f) for f in expand_inputs(given, exclude=[root])]
+    specs = list(add_normal)
+    files = [str(f) for f in expand_inputs(specs, exclude=[root])]
     if not files:
-        raise NoInputsError(given)
+        raise NoInputsError(specs)
+    check_additions(root, files)
     previous = int(read_record(root).get("version", 1))
     references = int(read_record(root)["references"]["used"])
+    detector = detector or profile_detector(root, given)
     bar = tqdm(total=references + len(files), unit="img", desc="update", disable=not progress)
 
     def advance(done: int) -> None:
@@ -91,9 +102,7 @@ def run_profile_update(
 
     with OutputLock(root):
         try:
-            profile = update_profile(
-                detector, root, files, batch_size=batch_size, progress=advance
-            )
+            profile = update_profile(detector, root, files, batch_size=batch_size, progress=advance)
         finally:
             bar.close()
         _calibration_csv(root, profile)

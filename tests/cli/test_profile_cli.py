@@ -1,0 +1,114 @@
+"""``tipsomaly profile update|history|rollback`` end to end, with ``fit`` and ``predict``.
+
+The feedback loop of issue 20 on generated textures (benchmarks/fewshot.py's): a class fitted
+on one texture variant flags a normal image of another legitimate variant (a false alarm);
+added with ``profile update --add-normal`` it is no longer flagged by ``predict --profile``;
+``profile rollback`` brings back the old decisions, scores.csv identical.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from synthetic import tiny_model_dir
+from tipsomaly.cli.exit_codes import ExitCode
+from tipsomaly.cli.main import main
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from fewshot import TextureClass, to_uint8  # noqa: E402
+
+SIZE = 112
+
+
+def save(folder: Path, images: list[np.ndarray]) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, image in enumerate(images):
+        path = folder / f"{folder.name}_{i:02d}.png"
+        Image.fromarray(to_uint8(image)).save(path)
+        paths.append(str(path))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("profile-cli")
+    usual, other = TextureClass("stripes", 0), TextureClass("stripes", 1)  # two normal looks
+    rng = np.random.default_rng(5)
+    refs = save(root / "refs", [usual.normal(rng, SIZE) for _ in range(19)])
+    variant = save(root / "variant", [other.normal(rng, SIZE) for _ in range(5)])
+    profile = root / "profile"
+    code = main(
+        ["fit", str(root / "refs"), "--class-name", "stripes", "--model",
+         str(tiny_model_dir(root / "model")), "--image-size", str(SIZE), "--dtype", "fp32",
+         "--false-alarm-rate", "0.1", "--out", str(profile), "-q"]
+    )  # fmt: skip
+    assert code == 0
+    return {"root": root, "profile": profile, "refs": refs, "variant": variant}
+
+
+def predict(data, images: list[str], out: Path) -> list[dict[str, str]]:
+    code = main(
+        ["predict", *images, "--class-name", "stripes", "--profile", str(data["profile"]),
+         "--dtype", "fp32", "--no-overlays", "--out", str(out), "-q"]
+    )  # fmt: skip
+    assert code == 0
+    with open(out / "scores.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_a_false_alarm_added_as_normal_is_no_longer_flagged_and_rollback_restores(
+    data, tmp_path, capsys
+):
+    false_alarm = data["variant"][0]
+    before = predict(data, data["variant"], tmp_path / "before")
+    assert before[0]["is_anomalous"] == "true", "the case needs a flagged normal variant"
+
+    code = main(["profile", "update", str(data["profile"]), "--add-normal", *data["variant"]])
+    assert code == ExitCode.OK
+    assert "version 2 (added 5 normal image(s); parent: version 1" in capsys.readouterr().out
+    after = predict(data, [false_alarm], tmp_path / "after")
+    assert after[0]["is_anomalous"] == "false"
+
+    capsys.readouterr()
+    assert main(["profile", "history", str(data["profile"])]) == ExitCode.OK
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:6] == ["version", "created", "digest", "parent", "refs", "zero-shot"]
+    assert table[1].split()[0] == "1" and table[1].split()[4] == "19"
+    assert table[2].split()[:2] == ["*", "2"] and table[2].split()[5] == "24"
+
+    assert main(["profile", "rollback", str(data["profile"]), "-q"]) == ExitCode.OK
+    restored = predict(data, data["variant"], tmp_path / "restored")
+    keys = ("path", "image_score", "is_anomalous", "threshold", "mode")
+    assert [[r[k] for k in keys] for r in restored] == [[r[k] for k in keys] for r in before]
+    capsys.readouterr()
+    assert main(["profile", "history", str(data["profile"])]) == ExitCode.OK
+    last = capsys.readouterr().out.splitlines()[3]
+    assert last.split()[:2] == ["*", "3"] and last.endswith("(restores 1)")
+
+
+@pytest.mark.parametrize(
+    "argv, code, message",
+    [
+        (["update", "{p}", "--add-normal", "{ref}"], ExitCode.ERROR, "a duplicate of reference"),
+        (["update", "{p}", "--add-normal", "{root}/none.png"], ExitCode.ERROR, "none.png"),
+        (["update", "{p}", "--add-normal", "{root}/empty"], ExitCode.NO_INPUTS, "empty"),
+        (["update", "{p}"], ExitCode.ERROR, "needs images to add: --add-normal"),
+        (["update", "{root}/nothing", "--add-normal", "{ref}"], ExitCode.ERROR, "does not exist"),
+        (["rollback", "{p}", "--to", "99"], ExitCode.ERROR, "no version 99"),
+    ],
+)
+def test_errors_are_one_line_with_their_exit_status(data, capsys, argv, code, message):
+    fill = {"p": str(data["profile"]), "ref": data["refs"][0], "root": str(data["root"])}
+    (data["root"] / "empty").mkdir(exist_ok=True)
+    before = (data["profile"] / "profile.json").read_text()
+    assert main(["profile", *(a.format(**fill) for a in argv)]) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tipsomaly: error:") and message in err[0]
+    assert (data["profile"] / "profile.json").read_text() == before
