@@ -10,7 +10,7 @@ import sqlite3
 import sys
 
 import pytest
-from conftest import record
+from records_helpers import record
 from sqlalchemy import create_engine, event, inspect, text
 
 from tipsomaly.errors import MissingExtraError

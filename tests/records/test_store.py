@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from conftest import record
+from records_helpers import record
 
 from tipsomaly.errors import InvalidOptionError
 from tipsomaly.records import RecordNotFoundError, ReviewConflictError

@@ -159,6 +159,8 @@ def test_kill_9_under_load_loses_no_answered_record(serve_data, tmp_path):
         store = RecordStore(db)
         assert store.integrity_check() == "ok"
         check_records(store, answers, all_of_them=False)  # a record may outlive its answer
+        print(f"kill -9: {len(answers)} answered, {len(result['failures'])} cut off, "
+              f"{len(store.all_ids())} records after the restart")  # fmt: skip
         before = max(store.all_ids())
         more, failures = hammer([again], serve_data, clients=2, per_client=2)
         assert failures == [] and min(a["record_id"] for a in more) > before
