@@ -90,8 +90,11 @@ class RecordStore:
             parsed = sa.make_url(self.url)
         except sa.exc.ArgumentError as exc:
             raise RecordsError(f"--db {url}: not a database URL ({one_line(exc)})") from None
-        #: the URL as shown in messages (no password)
-        self.shown = parsed.render_as_string(hide_password=True)
+        given = os.fspath(url)
+        #: the database as messages name it: the path given, or the URL without its password
+        self.shown = (
+            sa.make_url(given).render_as_string(hide_password=True) if "://" in given else given
+        )
         self.dialect = parsed.get_backend_name()
         self._write_lock = threading.Lock() if self.dialect == "sqlite" else None
         if self.dialect == "postgresql":
