@@ -260,3 +260,28 @@ def test_a_failure_while_writing_leaves_no_half_version(setup, monkeypatch):
         k: v for k, v in before.items() if not k.startswith("references/")
     }
     assert Profile.load(folder).version == 2 and version_numbers(folder) == [1, 2]
+
+
+def test_a_tiled_profile_with_a_roi_updates_as_a_fresh_fit(setup, tmp_path):
+    """Tiled references are read again to be scored; the ROI travels in the folder."""
+    roi = tmp_path / "roi.png"
+    mask = np.zeros((84, 84), np.uint8)
+    mask[:, :60] = 255
+    Image.fromarray(mask).save(roi)
+    tiled = Detector(
+        setup["model"], image_size=SIZE, text_cache=False, dtype="fp32", tile=56, roi=str(roi)
+    )
+    folder = setup["root"] / "tiled"
+    shutil.rmtree(folder, ignore_errors=True)
+    profile = fit_profile(tiled, setup["refs"][:4], "tile", false_alarm_rate=0.2)
+    store_references(
+        folder, profile.info["references"]["sources"], profile.info["references"]["sha256"]
+    )
+    profile.save(folder)
+    config = DetectorConfig.from_profile(str(folder), given={"dtype": "fp32"})
+    again = Detector.from_config(config.replace(profiles=()), text_cache=False)
+    v2 = update_profile(again, folder, setup["new"][:2])
+    fresh = fit_profile(tiled, setup["refs"][:4] + setup["new"][:2], "tile", false_alarm_rate=0.2)
+    assert v2.info["bank"]["tiles"] == fresh.info["bank"]["tiles"] > 6
+    assert profile_digest(v2) == profile_digest(fresh) and v2.thresholds == fresh.thresholds
+    assert Profile.load(folder).roi == str(folder / "roi.png")

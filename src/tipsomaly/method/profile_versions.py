@@ -240,9 +240,10 @@ def _readable(path: Path, what: str) -> str:
         raise ProfileError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
 
 
-def _old_references(root: Path, profile: Profile) -> tuple[list[Path], list[str]]:
-    """Each current reference's image (its stored copy, else its recorded path) and SHA-256."""
-    refs = profile.info.get("references", {})
+def _old_references(root: Path, record: dict[str, Any]) -> tuple[list[Path], list[str]]:
+    """Each current reference's image (its stored copy, else its recorded path) and SHA-256;
+    ``record``: the profile's ``profile.json``."""
+    refs = record.get("references", {})
     sources = refs.get("sources", [])
     shas = refs.get("sha256") or [None] * len(sources)
     paths, digests = [], []
@@ -322,9 +323,7 @@ def check_additions(
     record = read_record(root)
     if not add_normal:
         raise ProfileError(f"{root}: no image to add")
-    current = Profile.__new__(Profile)  # only its info is read here (no bank loaded)
-    current.info = record
-    old_paths, old_shas = _old_references(root, current)
+    old_paths, old_shas = _old_references(root, record)
     sources = list(record["references"]["sources"])
     new_paths, new_shas = _new_references(add_normal, dict(zip(old_shas, sources, strict=True)))
     return old_paths + new_paths, old_shas + new_shas
