@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -285,3 +286,32 @@ def test_a_tiled_profile_with_a_roi_updates_as_a_fresh_fit(setup, tmp_path):
     assert v2.info["bank"]["tiles"] == fresh.info["bank"]["tiles"] > 6
     assert profile_digest(v2) == profile_digest(fresh) and v2.thresholds == fresh.thresholds
     assert Profile.load(folder).roi == str(folder / "roi.png")
+
+
+def test_a_reader_loading_while_versions_are_written_never_sees_half_of_one(setup):
+    """What a service's reload does: Profile.load of the folder, again and again, while an
+    update and a rollback write new versions; every load succeeds and is a whole version."""
+    folder = fitted(setup, "readers")
+    seen: list[tuple[int, str]] = []
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            try:
+                p = Profile.load(folder)
+                seen.append((p.version, profile_digest(p)))
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        update_profile(setup["detector"], folder, setup["new"])
+        rollback(folder)
+    finally:
+        done.set()
+        reader.join()
+    assert not errors, errors[:1]
+    written = {(e.version, e.digest) for e in history(folder)}
+    assert set(seen) <= written and len(seen) > 3
