@@ -242,17 +242,22 @@ def test_a_newer_format_and_another_setup_are_refused(setup):
         update_profile(wrong, other, setup["new"])
 
 
-def test_a_failure_while_writing_leaves_no_half_version(setup, monkeypatch):
-    """The version folder is written under a temporary name: an error in the middle (here the
-    record's write) leaves the folder as it was, no temporary files behind."""
+@pytest.mark.parametrize("history_first", [False, True])
+@pytest.mark.parametrize("where", ["atomic_write_text", "atomic_path"])
+def test_a_failure_while_writing_leaves_no_half_version(setup, monkeypatch, where, history_first):
+    """An error while the version folder is written (``atomic_write_text``: its record) or
+    while the top-level record is replaced (``atomic_path``) leaves the folder as it was: the
+    version folders written by the call are removed, the current version unchanged."""
     folder = fitted(setup, "crash")
-    update_profile(setup["detector"], folder, setup["new"][:1])
+    if history_first:
+        update_profile(setup["detector"], folder, setup["new"][:1])
     before = snapshot(folder)
+    version = Profile.load(folder).version
 
     def fail(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("tipsomaly.method.profile_versions.atomic_write_text", fail)
+    monkeypatch.setattr(f"tipsomaly.method.profile_versions.{where}", fail)
     with pytest.raises(OSError, match="No space left"):
         update_profile(setup["detector"], folder, setup["new"][1:2])
     after = snapshot(folder)
@@ -260,7 +265,8 @@ def test_a_failure_while_writing_leaves_no_half_version(setup, monkeypatch):
     assert {k: v for k, v in after.items() if not k.startswith("references/")} == {
         k: v for k, v in before.items() if not k.startswith("references/")
     }
-    assert Profile.load(folder).version == 2 and version_numbers(folder) == [1, 2]
+    assert Profile.load(folder).version == version
+    assert version_numbers(folder) == ([1, 2] if history_first else [])
 
 
 def test_a_tiled_profile_with_a_roi_updates_as_a_fresh_fit(setup, tmp_path):

@@ -187,18 +187,29 @@ def _write_version(root: Path, profile: Profile, n: int, bank: Path | None = Non
 
 
 def _commit(root: Path, profile: Profile, bank: Path | None = None) -> Profile:
-    """Write ``profile`` as the folder's next version and make it the current one."""
+    """Write ``profile`` as the folder's next version and make it the current one; on an
+    error the version folders this call wrote are removed again."""
     record = read_record(root)
     current = Profile.from_record(root, record)
     numbers = version_numbers(root)
-    if not numbers:  # the fitted version joins the history first (its own copy of the bank)
-        current.info.setdefault("created", record.get("created"))
-        _write_version(root, current, current.version, bank=root / record["bank_file"]["name"])
-        numbers = [current.version]
-    profile.info["parent"] = record.get("digest") or profile_digest(current)
-    text = _write_version(root, profile, max(numbers) + 1, bank)
-    with atomic_path(root / PROFILE_JSON) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    written: list[Path] = []
+    try:
+        if not numbers:  # the fitted version joins the history first (its own bank copy)
+            current.info.setdefault("created", record.get("created"))
+            bank_1 = root / record["bank_file"]["name"]
+            _write_version(root, current, current.version, bank=bank_1)
+            written.append(root / VERSIONS_DIR / str(current.version))
+            numbers = [current.version]
+        profile.info["parent"] = record.get("digest") or profile_digest(current)
+        n = max(numbers) + 1
+        text = _write_version(root, profile, n, bank)
+        written.append(root / VERSIONS_DIR / str(n))
+        with atomic_path(root / PROFILE_JSON) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    except BaseException:
+        for folder in written:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     profile.path = root
     logger.info("%s: version %d is current", root, profile.version)
     return profile
