@@ -9,10 +9,9 @@ images to :func:`run_profile_update` the same way.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..data.inputs import NoInputsError, expand_inputs
-from ..errors import OutputError, TipsomalyError
+from ..errors import OutputError
 from ..method.config import DetectorConfig
 from ..method.detector import Detector
 from ..method.profile import Profile, _folder, profile_digest, read_record
@@ -101,7 +100,7 @@ def run_profile_update(
     def advance(done: int) -> None:
         bar.update(done - bar.n)
 
-    with OutputLock(root), _writing(root):
+    with OutputLock(root):
         try:
             profile = update_profile(detector, root, files, batch_size=batch_size, progress=advance)
         finally:
@@ -115,7 +114,7 @@ def run_profile_rollback(folder: str | os.PathLike, to: int | None = None) -> Pr
     version (:func:`~tipsomaly.method.profile_versions.rollback`)."""
     root = _folder(folder)
     previous = int(read_record(root).get("version", 1))
-    with OutputLock(root), _writing(root):
+    with OutputLock(root):
         profile = rollback(root, to)
         _calibration_csv(root, profile)
     return ProfileChange(profile, root, previous, [])
@@ -124,18 +123,6 @@ def run_profile_rollback(folder: str | os.PathLike, to: int | None = None) -> Pr
 def profile_history(folder: str | os.PathLike) -> list[VersionEntry]:
     """Every version of the profile in ``folder``, oldest first."""
     return history(folder)
-
-
-@contextlib.contextmanager
-def _writing(root: Path) -> Iterator[None]:
-    """A file error while a version is written (a read-only folder, a full disk) as the
-    one-line :class:`OutputError`; the version was not made current."""
-    try:
-        yield
-    except OSError as exc:
-        if isinstance(exc, TipsomalyError):
-            raise
-        raise OutputError(getattr(exc, "filename", None) or root, exc) from None
 
 
 def _calibration_csv(root: Path, profile: Profile) -> None:
