@@ -9,7 +9,10 @@ such a detector again (:func:`profile_settings`,
 
 On disk a profile is a folder: ``profile.json`` (class, counts, settings, thresholds,
 versions, the bank file's SHA-256), ``bank.safetensors`` (the tensors) and, when it was fitted
-with a region of interest, ``roi.png`` (its settings name it).
+with a region of interest, ``roi.png`` (its settings name it). A folder with a history
+(:mod:`~tipsomaly.method.profile_versions`: ``profile update`` / ``rollback``) also holds
+``versions/<n>/`` and ``references/``; its ``profile.json`` is the current version and names
+that version's bank file (``bank_file.name``, relative to the folder).
 """
 
 from __future__ import annotations
