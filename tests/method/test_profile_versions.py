@@ -21,6 +21,7 @@ from PIL import Image
 
 from synthetic import tiny_model_dir
 from tipsomaly.data.images import ImageLoadError
+from tipsomaly.method import profile_versions
 from tipsomaly.method.config import DetectorConfig
 from tipsomaly.method.detector import Detector
 from tipsomaly.method.fitting import fit_profile
@@ -243,28 +244,40 @@ def test_a_newer_format_and_another_setup_are_refused(setup):
 
 
 @pytest.mark.parametrize("history_first", [False, True])
-@pytest.mark.parametrize("where", ["atomic_write_text", "atomic_path"])
+@pytest.mark.parametrize("where", ["reference copy", "version record", "top record"])
 def test_a_failure_while_writing_leaves_no_half_version(setup, monkeypatch, where, history_first):
-    """An error while the version folder is written (``atomic_write_text``: its record) or
-    while the top-level record is replaced (``atomic_path``) leaves the folder as it was: the
-    version folders written by the call are removed, the current version unchanged."""
+    """A write error (a full disk) while the new image is copied in, while the version folder
+    is written or while the top-level record is replaced leaves the folder as it was: the
+    version folders and reference copies written by the call are removed."""
     folder = fitted(setup, "crash")
     if history_first:
         update_profile(setup["detector"], folder, setup["new"][:1])
     before = snapshot(folder)
     version = Profile.load(folder).version
+    real_path, real_text = profile_versions.atomic_path, profile_versions.atomic_write_text
 
-    def fail(*args, **kwargs):
-        raise OSError(28, "No space left on device")
+    def full(path: Path) -> None:
+        hit = {
+            "reference copy": "references" in Path(path).parts,
+            "version record": Path(path).parent.parent.name == "versions",
+            "top record": Path(path) == folder / "profile.json",
+        }[where]
+        if hit:
+            raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(f"tipsomaly.method.profile_versions.{where}", fail)
+    def atomic_path(path, *args, **kwargs):
+        full(path)
+        return real_path(path, *args, **kwargs)
+
+    def atomic_write_text(path, *args, **kwargs):
+        full(path)
+        return real_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(profile_versions, "atomic_path", atomic_path)
+    monkeypatch.setattr(profile_versions, "atomic_write_text", atomic_write_text)
     with pytest.raises(OSError, match="No space left"):
         update_profile(setup["detector"], folder, setup["new"][1:2])
-    after = snapshot(folder)
-    # the new image's copy may be stored (by content, unused); nothing else changed
-    assert {k: v for k, v in after.items() if not k.startswith("references/")} == {
-        k: v for k, v in before.items() if not k.startswith("references/")
-    }
+    assert snapshot(folder) == before
     assert Profile.load(folder).version == version
     assert version_numbers(folder) == ([1, 2] if history_first else [])
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable, Sequence
@@ -73,6 +74,7 @@ __all__ = [
 ]
 
 VERSIONS_DIR, REFERENCES_DIR = "versions", "references"
+_SHA256 = re.compile("[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -259,6 +261,8 @@ def _old_references(root: Path, record: dict[str, Any]) -> tuple[list[Path], lis
     shas = refs.get("sha256") or [None] * len(sources)
     paths, digests = [], []
     for source, sha in zip(sources, shas, strict=True):
+        if sha is not None and not _SHA256.fullmatch(str(sha)):
+            raise ProfileError(f"{root}: not a valid profile: references.sha256 {sha!r}")
         stored = None if sha is None else root / _stored_name(sha, source)
         path = stored if stored is not None and stored.is_file() else Path(source)
         if not path.is_file():
@@ -305,11 +309,12 @@ def _stored_name(sha: str, source: str | os.PathLike) -> str:
 
 def store_references(
     folder: str | os.PathLike, paths: Sequence[str | os.PathLike], digests: Sequence[str | None]
-) -> None:
+) -> list[Path]:
     """Copy each reference image into ``folder/references/<sha256><suffix>`` (skipped when
     there, or when it has no SHA-256: an in-memory image), so that updates find every
-    reference wherever the profile travels."""
+    reference wherever the profile travels. Returns the files it created."""
     root = _folder(folder)
+    created = []
     for path, sha in zip(paths, digests, strict=True):
         if sha is None:
             continue
@@ -318,6 +323,8 @@ def store_references(
             target.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(target) as tmp:
                 shutil.copyfile(path, tmp)
+            created.append(target)
+    return created
 
 
 def check_additions(
@@ -390,5 +397,11 @@ def update_profile(
     fitted.info["settings"] = current.info["settings"]
     added = [str(p) for p in paths[len(sources) :]]
     fitted.info["references"].update(sources=sources + added, sha256=shas, added=added)
-    store_references(root, paths, shas)
-    return _commit(root, fitted)
+    created: list[Path] = []
+    try:
+        created = store_references(root, paths, shas)
+        return _commit(root, fitted)
+    except BaseException:  # the copies this update made belong to no version
+        for path in created:
+            path.unlink(missing_ok=True)
+        raise
