@@ -334,3 +334,13 @@ def test_a_reader_loading_while_versions_are_written_never_sees_half_of_one(setu
     assert not errors, errors[:1]
     written = {(e.version, e.digest) for e in history(folder)}
     assert set(seen) <= written and len(seen) > 3
+
+
+@pytest.mark.parametrize("name", ["../bank.safetensors", "/etc/passwd", "C:bank.safetensors", ""])
+def test_a_bank_named_outside_the_folder_is_refused(setup, name):
+    folder = fitted(setup, "outside")
+    record = json.loads((folder / "profile.json").read_text())
+    record["bank_file"]["name"] = name
+    (folder / "profile.json").write_text(json.dumps(record))
+    with pytest.raises(ProfileError, match="bank_file.name must be a relative path inside"):
+        Profile.load(folder)

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from ..errors import SetupMismatchError, TipsomalyError, first_line
-from ..files import atomic_path
+from ..files import atomic_path, inside_folder
 from ..fingerprint import digest, file_digest, tensor_digest
 from .decision import Thresholds
 from .memory_bank import MemoryBank, ReferenceBank
@@ -356,7 +356,7 @@ def _check_record(record: object, path: Path) -> None:
     ):
         raise bad("bank_file.sha256 missing")
     name = record["bank_file"].get("name", BANK_FILE)
-    if not isinstance(name, str) or not _inside(name):
+    if not inside_folder(name):
         raise bad("bank_file.name must be a relative path inside the profile folder")
     thresholds = record.get("thresholds")
     if not isinstance(thresholds, dict):
@@ -372,12 +372,6 @@ def _check_record(record: object, path: Path) -> None:
             t = c["threshold"]
             if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
                 raise bad(f"thresholds.{mode}.{kind}.threshold must be a finite number")
-
-
-def _inside(name: str) -> bool:
-    """A relative file name that stays inside its folder (no absolute path, no ``..``)."""
-    p = Path(name)
-    return bool(name) and not p.is_absolute() and ".." not in p.parts and "\\" not in name
 
 
 def _bank_from_tensors(
