@@ -48,6 +48,7 @@ __all__ = [
     "ProfileMismatchError",
     "load_profiles",
     "profile_digest",
+    "profile_folder",
     "profile_settings",
     "read_record",
 ]
@@ -225,7 +226,7 @@ class Profile:
         Raises:
             ProfileError: a missing, unreadable, altered or malformed file (named).
         """
-        folder = _folder(folder)
+        folder = profile_folder(folder)
         return cls.from_record(folder, read_record(folder), device)
 
     @classmethod
@@ -286,7 +287,7 @@ def profile_settings(profile: Any, folder: Path | None = None) -> tuple[dict[str
     elif isinstance(profile, dict):
         recorded, name = profile.get("settings") or {}, str(folder)
     else:
-        folder = _folder(profile)
+        folder = profile_folder(profile)
         recorded, name = read_record(folder).get("settings") or {}, str(folder)
     settings = dict(recorded)
     if isinstance(profile, Profile) and profile.roi is not None:
@@ -297,7 +298,7 @@ def profile_settings(profile: Any, folder: Path | None = None) -> tuple[dict[str
     return settings, name
 
 
-def _folder(path: str | os.PathLike) -> Path:
+def profile_folder(path: str | os.PathLike) -> Path:
     """A profile's folder, also when given its ``profile.json``."""
     path = Path(path)
     return path.parent if path.is_file() and path.name == PROFILE_JSON else path
@@ -309,7 +310,7 @@ def read_record(folder: str | os.PathLike) -> dict[str, Any]:
     Raises:
         ProfileError: no such profile, or an unreadable or malformed ``profile.json``.
     """
-    folder = _folder(folder)
+    folder = profile_folder(folder)
     meta_path = folder / PROFILE_JSON
     if not meta_path.is_file():
         what = (

@@ -53,8 +53,8 @@ from .profile import (
     Profile,
     ProfileError,
     ProfileMismatchError,
-    _folder,
     profile_digest,
+    profile_folder,
     read_record,
 )
 
@@ -99,7 +99,7 @@ class VersionEntry:
 
 def version_numbers(folder: str | os.PathLike) -> list[int]:
     """The versions kept in ``folder/versions/``, ascending (empty for a fitted folder)."""
-    versions = _folder(folder) / VERSIONS_DIR
+    versions = profile_folder(folder) / VERSIONS_DIR
     if not versions.is_dir():
         return []
     return sorted(
@@ -113,7 +113,7 @@ def load_version(folder: str | os.PathLike, version: int, device: Any = "cpu") -
     Raises:
         ProfileError: no such version, or its files are unreadable or damaged.
     """
-    root = _folder(folder)
+    root = profile_folder(folder)
     numbers = version_numbers(root)
     if not numbers:
         current = Profile.load(root, device)
@@ -129,7 +129,7 @@ def load_version(folder: str | os.PathLike, version: int, device: Any = "cpu") -
 
 def history(folder: str | os.PathLike) -> list[VersionEntry]:
     """Every version of a profile folder, oldest first (see :class:`VersionEntry`)."""
-    root = _folder(folder)
+    root = profile_folder(folder)
     current = read_record(root)
     numbers = version_numbers(root)
     records = {n: read_record(root / VERSIONS_DIR / str(n)) for n in numbers}
@@ -225,7 +225,7 @@ def rollback(folder: str | os.PathLike, to: int | None = None, device: Any = "cp
     Raises:
         ProfileError: no history, no such version, or ``to`` is already current.
     """
-    root = _folder(folder)
+    root = profile_folder(folder)
     current = read_record(root)
     version = int(current.get("version", 1))
     numbers = version_numbers(root) or [version]
@@ -313,7 +313,7 @@ def store_references(
     """Copy each reference image into ``folder/references/<sha256><suffix>`` (skipped when
     there, or when it has no SHA-256: an in-memory image), so that updates find every
     reference wherever the profile travels. Returns the files it created."""
-    root = _folder(folder)
+    root = profile_folder(folder)
     created = []
     for path, sha in zip(paths, digests, strict=True):
         if sha is None:
@@ -337,7 +337,7 @@ def check_additions(
     Raises:
         ProfileError: the first problem, in one line naming the file.
     """
-    root = _folder(folder)
+    root = profile_folder(folder)
     record = read_record(root)
     if not add_normal:
         raise ProfileError(f"{root}: no image to add")
@@ -368,7 +368,7 @@ def update_profile(
             decoded or breaks the pixel limit.
         ProfileMismatchError: the detector is set up differently from the profile.
     """
-    root = _folder(folder)
+    root = profile_folder(folder)
     current = Profile.load(root, detector.device)
     problems = diff(current.identity, detector.identity.scoring(), profile_keys(current.identity))
     if problems:
