@@ -9,6 +9,7 @@ added with ``profile update --add-normal`` it is no longer flagged by ``predict 
 from __future__ import annotations
 
 import csv
+import shutil
 import sys
 from pathlib import Path
 
@@ -112,3 +113,40 @@ def test_errors_are_one_line_with_their_exit_status(data, capsys, argv, code, me
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("tipsomaly: error:") and message in err[0]
     assert (data["profile"] / "profile.json").read_text() == before
+
+
+def test_a_folder_that_cannot_be_written_is_one_line(data, capsys, monkeypatch):
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr("tipsomaly.method.profile_versions.atomic_path", refuse)
+    extra = save(
+        data["root"] / "extra", [TextureClass("stripes", 2).normal(np.random.default_rng(0), SIZE)]
+    )
+    before = (data["profile"] / "profile.json").read_text()
+    assert main(["profile", "update", str(data["profile"]), "--add-normal", *extra, "-q"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tipsomaly: error: cannot write ")
+    assert err[0].endswith(": Permission denied")
+    assert (data["profile"] / "profile.json").read_text() == before
+
+
+def test_an_unreadable_image_and_a_newer_format_are_one_line(data, capsys, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    assert main(["profile", "update", str(data["profile"]), "--add-normal", str(broken), "-q"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "broken.png" in err[0]
+    newer = tmp_path / "newer"
+    shutil.copytree(data["profile"], newer)
+    record = (newer / "profile.json").read_text()
+    (newer / "profile.json").write_text(
+        record.replace('"tipsomaly-profile-', '"tipsomaly-profile-7', 1)
+    )
+    for verb in (
+        ["update", str(newer), "--add-normal", data["variant"][0]],
+        ["history", str(newer)],
+    ):
+        assert main(["profile", *verb]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "written by a newer tipsomaly" in err[0]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from PIL import Image
 
 from synthetic import tiny_model_dir
 from tipsomaly.data.images import ImageLoadError
+from tipsomaly.method import profile_versions
 from tipsomaly.method.config import DetectorConfig
 from tipsomaly.method.detector import Detector
 from tipsomaly.method.fitting import fit_profile
@@ -241,22 +243,104 @@ def test_a_newer_format_and_another_setup_are_refused(setup):
         update_profile(wrong, other, setup["new"])
 
 
-def test_a_failure_while_writing_leaves_no_half_version(setup, monkeypatch):
-    """The version folder is written under a temporary name: an error in the middle (here the
-    record's write) leaves the folder as it was, no temporary files behind."""
+@pytest.mark.parametrize("history_first", [False, True])
+@pytest.mark.parametrize("where", ["reference copy", "version record", "top record"])
+def test_a_failure_while_writing_leaves_no_half_version(setup, monkeypatch, where, history_first):
+    """A write error (a full disk) while the new image is copied in, while the version folder
+    is written or while the top-level record is replaced leaves the folder as it was: the
+    version folders and reference copies written by the call are removed."""
     folder = fitted(setup, "crash")
-    update_profile(setup["detector"], folder, setup["new"][:1])
+    if history_first:
+        update_profile(setup["detector"], folder, setup["new"][:1])
     before = snapshot(folder)
+    version = Profile.load(folder).version
+    real_path, real_text = profile_versions.atomic_path, profile_versions.atomic_write_text
 
-    def fail(*args, **kwargs):
-        raise OSError(28, "No space left on device")
+    def full(path: Path) -> None:
+        hit = {
+            "reference copy": "references" in Path(path).parts,
+            "version record": Path(path).parent.parent.name == "versions",
+            "top record": Path(path) == folder / "profile.json",
+        }[where]
+        if hit:
+            raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("tipsomaly.method.profile_versions.atomic_write_text", fail)
+    def atomic_path(path, *args, **kwargs):
+        full(path)
+        return real_path(path, *args, **kwargs)
+
+    def atomic_write_text(path, *args, **kwargs):
+        full(path)
+        return real_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(profile_versions, "atomic_path", atomic_path)
+    monkeypatch.setattr(profile_versions, "atomic_write_text", atomic_write_text)
     with pytest.raises(OSError, match="No space left"):
         update_profile(setup["detector"], folder, setup["new"][1:2])
-    after = snapshot(folder)
-    # the new image's copy may be stored (by content, unused); nothing else changed
-    assert {k: v for k, v in after.items() if not k.startswith("references/")} == {
-        k: v for k, v in before.items() if not k.startswith("references/")
-    }
-    assert Profile.load(folder).version == 2 and version_numbers(folder) == [1, 2]
+    assert snapshot(folder) == before
+    assert Profile.load(folder).version == version
+    assert version_numbers(folder) == ([1, 2] if history_first else [])
+
+
+def test_a_tiled_profile_with_a_roi_updates_as_a_fresh_fit(setup, tmp_path):
+    """Tiled references are read again to be scored; the ROI travels in the folder."""
+    roi = tmp_path / "roi.png"
+    mask = np.zeros((84, 84), np.uint8)
+    mask[:, :60] = 255
+    Image.fromarray(mask).save(roi)
+    tiled = Detector(
+        setup["model"], image_size=SIZE, text_cache=False, dtype="fp32", tile=56, roi=str(roi)
+    )
+    folder = setup["root"] / "tiled"
+    shutil.rmtree(folder, ignore_errors=True)
+    profile = fit_profile(tiled, setup["refs"][:4], "tile", false_alarm_rate=0.2)
+    store_references(
+        folder, profile.info["references"]["sources"], profile.info["references"]["sha256"]
+    )
+    profile.save(folder)
+    config = DetectorConfig.from_profile(str(folder), given={"dtype": "fp32"})
+    again = Detector.from_config(config.replace(profiles=()), text_cache=False)
+    v2 = update_profile(again, folder, setup["new"][:2])
+    fresh = fit_profile(tiled, setup["refs"][:4] + setup["new"][:2], "tile", false_alarm_rate=0.2)
+    assert v2.info["bank"]["tiles"] == fresh.info["bank"]["tiles"] > 6
+    assert profile_digest(v2) == profile_digest(fresh) and v2.thresholds == fresh.thresholds
+    assert Profile.load(folder).roi == str(folder / "roi.png")
+
+
+def test_a_reader_loading_while_versions_are_written_never_sees_half_of_one(setup):
+    """What a service's reload does: Profile.load of the folder, again and again, while an
+    update and a rollback write new versions; every load succeeds and is a whole version."""
+    folder = fitted(setup, "readers")
+    seen: list[tuple[int, str]] = []
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            try:
+                p = Profile.load(folder)
+                seen.append((p.version, profile_digest(p)))
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        update_profile(setup["detector"], folder, setup["new"])
+        rollback(folder)
+    finally:
+        done.set()
+        reader.join()
+    assert not errors, errors[:1]
+    written = {(e.version, e.digest) for e in history(folder)}
+    assert set(seen) <= written and len(seen) > 3
+
+
+@pytest.mark.parametrize("name", ["../bank.safetensors", "/etc/passwd", "C:bank.safetensors", ""])
+def test_a_bank_named_outside_the_folder_is_refused(setup, name):
+    folder = fitted(setup, "outside")
+    record = json.loads((folder / "profile.json").read_text())
+    record["bank_file"]["name"] = name
+    (folder / "profile.json").write_text(json.dumps(record))
+    with pytest.raises(ProfileError, match="bank_file.name must be a relative path inside"):
+        Profile.load(folder)

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from .exit_codes import ExitCode
-from .options import HelpFormatter, add_config_option, given_settings
+from .options import HelpFormatter, add_config_option, given_settings, writing
 
 _EPILOG = """\
 what it does:
@@ -124,13 +124,14 @@ def cmd_update(args: argparse.Namespace) -> int:
     images = image_sources(args)
     given = {k: v for k, v in given_settings(args).items() if k in ("device", "dtype", "offline")}
     try:
-        change = run_profile_update(
-            args.profile,
-            images,
-            given=given,
-            batch_size=args.batch_size,
-            progress=not args.quiet,
-        )
+        with writing(args.profile):  # a read-only folder, a full disk: one line
+            change = run_profile_update(
+                args.profile,
+                images,
+                given=given,
+                batch_size=args.batch_size,
+                progress=not args.quiet,
+            )
     except KeyboardInterrupt:
         print("tipsomaly: interrupted; the profile is unchanged", file=sys.stderr)
         return ExitCode.INTERRUPTED
@@ -141,7 +142,8 @@ def cmd_update(args: argparse.Namespace) -> int:
 def cmd_rollback(args: argparse.Namespace) -> int:
     from ..runners.profiles import run_profile_rollback
 
-    change = run_profile_rollback(args.profile, args.to)
+    with writing(args.profile):
+        change = run_profile_rollback(args.profile, args.to)
     restored = change.profile.info.get("restored_from")
     _report(change, f"restored version {restored}")
     return ExitCode.OK

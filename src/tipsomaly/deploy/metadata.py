@@ -35,11 +35,11 @@ from __future__ import annotations
 import datetime
 import json
 import os
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any
 
 from ..errors import TipsomalyError, first_line
-from ..files import atomic_path
+from ..files import atomic_path, inside_folder
 
 __all__ = [
     "EXPORT_JSON",
@@ -193,7 +193,7 @@ def read_metadata(folder: str | os.PathLike) -> dict[str, Any]:
         raise ExportError(f"{path}: graph.format must be one of {', '.join(FORMATS)}")
     names = [graph.get("file"), *(graph.get("sha256") or {})]
     for name in names:  # a record must not send the runtime outside its folder
-        if not isinstance(name, str) or not _inside_folder(name):
+        if not isinstance(name, str) or not inside_folder(name):
             raise ExportError(f"{path}: the graph file {name!r} must be a name in {folder}")
     if not (folder / graph["file"]).is_file():
         raise ExportError(f"{path}: the graph file {graph.get('file')!r} is not in {folder}")
@@ -203,21 +203,8 @@ def read_metadata(folder: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise ExportError(f"{path}: bad image_size {size!r}")
     roi = record["settings"].get("roi")  # a file the export holds: a name inside its folder
-    if roi is not None and not _inside_folder(roi):
+    if roi is not None and not inside_folder(roi):
         raise ExportError(f"{path}: settings.roi {roi!r} must name a file in {folder}")
     if not isinstance(record["class_name"], str) or not record["class_name"]:
         raise ExportError(f"{path}: bad class_name {record['class_name']!r}")
     return record
-
-
-def _inside_folder(name: object) -> bool:
-    """A non-empty relative path that stays inside the export folder: no ``..``, not
-    absolute, no root and no drive, read as a POSIX and as a Windows path (a record written on
-    one system may be read on the other; ``C:model.onnx`` is relative to drive C's folder)."""
-    if not isinstance(name, str) or not name:
-        return False
-    for flavour in (PurePosixPath, PureWindowsPath):
-        p = flavour(name)
-        if p.is_absolute() or p.root or p.drive or ".." in p.parts:
-            return False
-    return True

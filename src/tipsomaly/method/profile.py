@@ -9,7 +9,10 @@ such a detector again (:func:`profile_settings`,
 
 On disk a profile is a folder: ``profile.json`` (class, counts, settings, thresholds,
 versions, the bank file's SHA-256), ``bank.safetensors`` (the tensors) and, when it was fitted
-with a region of interest, ``roi.png`` (its settings name it).
+with a region of interest, ``roi.png`` (its settings name it). A folder with a history
+(:mod:`~tipsomaly.method.profile_versions`: ``profile update`` / ``rollback``) also holds
+``versions/<n>/`` and ``references/``; its ``profile.json`` is the current version and names
+that version's bank file (``bank_file.name``, relative to the folder).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any
 import torch
 
 from ..errors import SetupMismatchError, TipsomalyError, first_line
-from ..files import atomic_path
+from ..files import atomic_path, inside_folder
 from ..fingerprint import digest, file_digest, tensor_digest
 from .decision import Thresholds
 from .memory_bank import MemoryBank, ReferenceBank
@@ -45,6 +48,7 @@ __all__ = [
     "ProfileMismatchError",
     "load_profiles",
     "profile_digest",
+    "profile_folder",
     "profile_settings",
     "read_record",
 ]
@@ -222,7 +226,7 @@ class Profile:
         Raises:
             ProfileError: a missing, unreadable, altered or malformed file (named).
         """
-        folder = _folder(folder)
+        folder = profile_folder(folder)
         return cls.from_record(folder, read_record(folder), device)
 
     @classmethod
@@ -283,7 +287,7 @@ def profile_settings(profile: Any, folder: Path | None = None) -> tuple[dict[str
     elif isinstance(profile, dict):
         recorded, name = profile.get("settings") or {}, str(folder)
     else:
-        folder = _folder(profile)
+        folder = profile_folder(profile)
         recorded, name = read_record(folder).get("settings") or {}, str(folder)
     settings = dict(recorded)
     if isinstance(profile, Profile) and profile.roi is not None:
@@ -294,7 +298,7 @@ def profile_settings(profile: Any, folder: Path | None = None) -> tuple[dict[str
     return settings, name
 
 
-def _folder(path: str | os.PathLike) -> Path:
+def profile_folder(path: str | os.PathLike) -> Path:
     """A profile's folder, also when given its ``profile.json``."""
     path = Path(path)
     return path.parent if path.is_file() and path.name == PROFILE_JSON else path
@@ -306,7 +310,7 @@ def read_record(folder: str | os.PathLike) -> dict[str, Any]:
     Raises:
         ProfileError: no such profile, or an unreadable or malformed ``profile.json``.
     """
-    folder = _folder(folder)
+    folder = profile_folder(folder)
     meta_path = folder / PROFILE_JSON
     if not meta_path.is_file():
         what = (
@@ -353,7 +357,7 @@ def _check_record(record: object, path: Path) -> None:
     ):
         raise bad("bank_file.sha256 missing")
     name = record["bank_file"].get("name", BANK_FILE)
-    if not isinstance(name, str) or not _inside(name):
+    if not inside_folder(name):
         raise bad("bank_file.name must be a relative path inside the profile folder")
     thresholds = record.get("thresholds")
     if not isinstance(thresholds, dict):
@@ -369,12 +373,6 @@ def _check_record(record: object, path: Path) -> None:
             t = c["threshold"]
             if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
                 raise bad(f"thresholds.{mode}.{kind}.threshold must be a finite number")
-
-
-def _inside(name: str) -> bool:
-    """A relative file name that stays inside its folder (no absolute path, no ``..``)."""
-    p = Path(name)
-    return bool(name) and not p.is_absolute() and ".." not in p.parts and "\\" not in name
 
 
 def _bank_from_tensors(

@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable, Sequence
@@ -52,8 +53,8 @@ from .profile import (
     Profile,
     ProfileError,
     ProfileMismatchError,
-    _folder,
     profile_digest,
+    profile_folder,
     read_record,
 )
 
@@ -73,6 +74,7 @@ __all__ = [
 ]
 
 VERSIONS_DIR, REFERENCES_DIR = "versions", "references"
+_SHA256 = re.compile("[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,7 @@ class VersionEntry:
 
 def version_numbers(folder: str | os.PathLike) -> list[int]:
     """The versions kept in ``folder/versions/``, ascending (empty for a fitted folder)."""
-    versions = _folder(folder) / VERSIONS_DIR
+    versions = profile_folder(folder) / VERSIONS_DIR
     if not versions.is_dir():
         return []
     return sorted(
@@ -111,7 +113,7 @@ def load_version(folder: str | os.PathLike, version: int, device: Any = "cpu") -
     Raises:
         ProfileError: no such version, or its files are unreadable or damaged.
     """
-    root = _folder(folder)
+    root = profile_folder(folder)
     numbers = version_numbers(root)
     if not numbers:
         current = Profile.load(root, device)
@@ -127,7 +129,7 @@ def load_version(folder: str | os.PathLike, version: int, device: Any = "cpu") -
 
 def history(folder: str | os.PathLike) -> list[VersionEntry]:
     """Every version of a profile folder, oldest first (see :class:`VersionEntry`)."""
-    root = _folder(folder)
+    root = profile_folder(folder)
     current = read_record(root)
     numbers = version_numbers(root)
     records = {n: read_record(root / VERSIONS_DIR / str(n)) for n in numbers}
@@ -187,18 +189,29 @@ def _write_version(root: Path, profile: Profile, n: int, bank: Path | None = Non
 
 
 def _commit(root: Path, profile: Profile, bank: Path | None = None) -> Profile:
-    """Write ``profile`` as the folder's next version and make it the current one."""
+    """Write ``profile`` as the folder's next version and make it the current one; on an
+    error the version folders this call wrote are removed again."""
     record = read_record(root)
     current = Profile.from_record(root, record)
     numbers = version_numbers(root)
-    if not numbers:  # the fitted version joins the history first (its own copy of the bank)
-        current.info.setdefault("created", record.get("created"))
-        _write_version(root, current, current.version, bank=root / record["bank_file"]["name"])
-        numbers = [current.version]
-    profile.info["parent"] = record.get("digest") or profile_digest(current)
-    text = _write_version(root, profile, max(numbers) + 1, bank)
-    with atomic_path(root / PROFILE_JSON) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    written: list[Path] = []
+    try:
+        if not numbers:  # the fitted version joins the history first (its own bank copy)
+            current.info.setdefault("created", record.get("created"))
+            bank_1 = root / record["bank_file"]["name"]
+            _write_version(root, current, current.version, bank=bank_1)
+            written.append(root / VERSIONS_DIR / str(current.version))
+            numbers = [current.version]
+        profile.info["parent"] = record.get("digest") or profile_digest(current)
+        n = max(numbers) + 1
+        text = _write_version(root, profile, n, bank)
+        written.append(root / VERSIONS_DIR / str(n))
+        with atomic_path(root / PROFILE_JSON) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    except BaseException:
+        for folder in written:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     profile.path = root
     logger.info("%s: version %d is current", root, profile.version)
     return profile
@@ -212,7 +225,7 @@ def rollback(folder: str | os.PathLike, to: int | None = None, device: Any = "cp
     Raises:
         ProfileError: no history, no such version, or ``to`` is already current.
     """
-    root = _folder(folder)
+    root = profile_folder(folder)
     current = read_record(root)
     version = int(current.get("version", 1))
     numbers = version_numbers(root) or [version]
@@ -240,13 +253,16 @@ def _readable(path: Path, what: str) -> str:
         raise ProfileError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
 
 
-def _old_references(root: Path, profile: Profile) -> tuple[list[Path], list[str]]:
-    """Each current reference's image (its stored copy, else its recorded path) and SHA-256."""
-    refs = profile.info.get("references", {})
+def _old_references(root: Path, record: dict[str, Any]) -> tuple[list[Path], list[str]]:
+    """Each current reference's image (its stored copy, else its recorded path) and SHA-256;
+    ``record``: the profile's ``profile.json``."""
+    refs = record.get("references", {})
     sources = refs.get("sources", [])
     shas = refs.get("sha256") or [None] * len(sources)
     paths, digests = [], []
     for source, sha in zip(sources, shas, strict=True):
+        if sha is not None and not _SHA256.fullmatch(str(sha)):
+            raise ProfileError(f"{root}: not a valid profile: references.sha256 {sha!r}")
         stored = None if sha is None else root / _stored_name(sha, source)
         path = stored if stored is not None and stored.is_file() else Path(source)
         if not path.is_file():
@@ -293,11 +309,12 @@ def _stored_name(sha: str, source: str | os.PathLike) -> str:
 
 def store_references(
     folder: str | os.PathLike, paths: Sequence[str | os.PathLike], digests: Sequence[str | None]
-) -> None:
+) -> list[Path]:
     """Copy each reference image into ``folder/references/<sha256><suffix>`` (skipped when
     there, or when it has no SHA-256: an in-memory image), so that updates find every
-    reference wherever the profile travels."""
-    root = _folder(folder)
+    reference wherever the profile travels. Returns the files it created."""
+    root = profile_folder(folder)
+    created = []
     for path, sha in zip(paths, digests, strict=True):
         if sha is None:
             continue
@@ -306,6 +323,8 @@ def store_references(
             target.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(target) as tmp:
                 shutil.copyfile(path, tmp)
+            created.append(target)
+    return created
 
 
 def check_additions(
@@ -318,13 +337,11 @@ def check_additions(
     Raises:
         ProfileError: the first problem, in one line naming the file.
     """
-    root = _folder(folder)
+    root = profile_folder(folder)
     record = read_record(root)
     if not add_normal:
         raise ProfileError(f"{root}: no image to add")
-    current = Profile.__new__(Profile)  # only its info is read here (no bank loaded)
-    current.info = record
-    old_paths, old_shas = _old_references(root, current)
+    old_paths, old_shas = _old_references(root, record)
     sources = list(record["references"]["sources"])
     new_paths, new_shas = _new_references(add_normal, dict(zip(old_shas, sources, strict=True)))
     return old_paths + new_paths, old_shas + new_shas
@@ -351,7 +368,7 @@ def update_profile(
             decoded or breaks the pixel limit.
         ProfileMismatchError: the detector is set up differently from the profile.
     """
-    root = _folder(folder)
+    root = profile_folder(folder)
     current = Profile.load(root, detector.device)
     problems = diff(current.identity, detector.identity.scoring(), profile_keys(current.identity))
     if problems:
@@ -380,5 +397,11 @@ def update_profile(
     fitted.info["settings"] = current.info["settings"]
     added = [str(p) for p in paths[len(sources) :]]
     fitted.info["references"].update(sources=sources + added, sha256=shas, added=added)
-    store_references(root, paths, shas)
-    return _commit(root, fitted)
+    created: list[Path] = []
+    try:
+        created = store_references(root, paths, shas)
+        return _commit(root, fitted)
+    except BaseException:  # the copies this update made belong to no version
+        for path in created:
+            path.unlink(missing_ok=True)
+        raise

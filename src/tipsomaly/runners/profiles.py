@@ -22,7 +22,7 @@ from ..data.inputs import NoInputsError, expand_inputs
 from ..errors import OutputError
 from ..method.config import DetectorConfig
 from ..method.detector import Detector
-from ..method.profile import Profile, _folder, profile_digest, read_record
+from ..method.profile import Profile, profile_digest, profile_folder, read_record
 from ..method.profile_versions import (
     VersionEntry,
     check_additions,
@@ -62,7 +62,7 @@ def profile_detector(folder: str | os.PathLike, given: dict[str, Any] | None = N
     given = {k: v for k, v in (given or {}).items() if v is not None}
     if "dtype" not in given and isinstance(recorded.get("dtype"), str):
         given["dtype"] = recorded["dtype"]  # the references are scored as the fit scored them
-    config = DetectorConfig.from_profile(str(_folder(folder)), given=given)
+    config = DetectorConfig.from_profile(str(profile_folder(folder)), given=given)
     return Detector.from_config(config.replace(profiles=()))
 
 
@@ -86,7 +86,7 @@ def run_profile_update(
             nothing is written then.
         OutputLockedError: another run is writing the profile.
     """
-    root = _folder(folder)
+    root = profile_folder(folder)
     specs = list(add_normal)
     files = [str(f) for f in expand_inputs(specs, exclude=[root])]
     if not files:
@@ -112,7 +112,7 @@ def run_profile_update(
 def run_profile_rollback(folder: str | os.PathLike, to: int | None = None) -> ProfileChange:
     """Make version ``to`` (default: the one before the current) current again, as a new
     version (:func:`~tipsomaly.method.profile_versions.rollback`)."""
-    root = _folder(folder)
+    root = profile_folder(folder)
     previous = int(read_record(root).get("version", 1))
     with OutputLock(root):
         profile = rollback(root, to)
