@@ -105,6 +105,12 @@ def test_every_answer_has_one_record_equal_to_it(recorded, serve_data, tmp_path)
                               headers=AUTH).json()  # fmt: skip
     assert [x["id"] for x in by_station["records"]] == sorted(ids)[::-1][:2]
     assert by_station["next_before_id"] == sorted(ids)[::-1][1]
+    first = recorded.get(f"/v1/records/{min(ids)}", headers=AUTH).json()
+    for since, until, want in ((first["time"], None, 8), (None, first["time"], 0),
+                               (first["epoch"] + 3600, None, 0)):  # fmt: skip
+        params = {k: v for k, v in (("since", since), ("until", until)) if v is not None}
+        got = recorded.get("/v1/records", params=params, headers=AUTH).json()["records"]
+        assert len(got) == want, (since, until)
 
 
 def test_reviews_through_the_api_and_their_refusals(recorded, serve_data, tmp_path):
