@@ -1,9 +1,12 @@
 """``tipsomaly serve``: the detector as an HTTP service with a web page (FastAPI + uvicorn).
 
-FastAPI, uvicorn and python-multipart are the optional extra ``tipsomaly[serve]``; they are
-imported only inside this package, and only by :mod:`.app`, :mod:`.routes` and
-:mod:`.schemas`. The rest (:mod:`.config`, :mod:`.batching`, :mod:`.service`) is plain Python
-on top of the one prediction pipeline (:class:`~tipsomaly.method.pipeline.Predictor`: a
+FastAPI, uvicorn, python-multipart and prometheus-client are the optional extra
+``tipsomaly[serve]``; they are imported only inside this package: FastAPI only by :mod:`.app`,
+:mod:`.routes`, :mod:`.records_routes` and :mod:`.schemas`, prometheus-client only by
+:mod:`.monitoring`. With ``--db``, :mod:`.recording` writes one record per decision through
+:mod:`tipsomaly.records` (the ``records`` extra) and :mod:`.profiles` says which profile version
+decided it (and reloads them). The rest (:mod:`.config`, :mod:`.batching`, :mod:`.service`) is
+plain Python on top of the one prediction pipeline (:class:`~tipsomaly.method.pipeline.Predictor`: a
 :class:`~tipsomaly.method.detector.Detector` or an exported graph), testable without a server.
 """
 
