@@ -50,7 +50,7 @@ class NotFoundError(ServiceError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-class ConflictError(ServiceError):
+class ConflictError(ServiceError, ValueError):
     """A request that contradicts the state it acts on (a review of another class, a reload
     with nothing to reload): 409."""
 
