@@ -34,6 +34,7 @@ from tipsomaly.method.profile_versions import (
     update_profile,
     version_numbers,
 )
+from tipsomaly.metrics.drift import check_drift
 
 SIZE = 70
 
@@ -344,3 +345,19 @@ def test_a_bank_named_outside_the_folder_is_refused(setup, name):
     (folder / "profile.json").write_text(json.dumps(record))
     with pytest.raises(ProfileError, match="bank_file.name must be a relative path inside"):
         Profile.load(folder)
+
+
+def test_profile_check_drift_uses_its_calibration_scores_and_promise(setup):
+    p = Profile.load(fitted(setup, "drift"))
+    calib = p.thresholds.get("fused", "image")
+    assert calib.attainable and calib.false_alarm_rate == 0.2  # k = ceil(7 * 0.8) = 6 <= 6
+    recent = [s + 0.05 for s in p.calibration_scores["fused"]] * 3
+    report = p.check_drift(recent, 18, 9)
+    expected = check_drift(p.calibration_scores["fused"], recent, 18, 9, 0.2)
+    assert report.to_dict() == expected.to_dict() and report.drifted
+    zero = p.check_drift([0.5], 0, 0, mode="zero-shot")
+    assert zero.calibration_median == pytest.approx(np.median(p.calibration_scores["zero-shot"]))
+    # too few references for 0.01: the threshold is their maximum, which promises 1/7
+    few = fit_profile(setup["detector"], setup["refs"], "tile", false_alarm_rate=0.01)
+    assert few.check_drift([], 14, 2).promised_rate == pytest.approx(1 / 7)
+    assert "promises 14.3 %" in few.check_drift([], 14, 11).reasons[0]

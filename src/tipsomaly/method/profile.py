@@ -33,6 +33,7 @@ import torch
 from ..errors import SetupMismatchError, TipsomalyError, first_line
 from ..files import atomic_path, inside_folder
 from ..fingerprint import digest, file_digest, tensor_digest
+from ..metrics.drift import DriftReport, check_drift
 from .decision import Thresholds
 from .memory_bank import MemoryBank, ReferenceBank
 from .names import DEFAULT_MODE, MODES
@@ -150,6 +151,35 @@ class Profile:
     def reference_names(self) -> list[str]:
         """Each reference's file name (its input's name for in-memory images), in order."""
         return [Path(s).name for s in self.info.get("references", {}).get("sources", [])]
+
+    def check_drift(
+        self,
+        recent_scores: Sequence[float],
+        normal_reviewed: int,
+        normal_flagged: int,
+        mode: str | None = None,
+        alpha: float = 0.01,
+    ) -> DriftReport:
+        """:func:`~tipsomaly.metrics.drift.check_drift` of this profile in ``mode`` (default:
+        its own): recent image scores and reviews against its calibration scores and the rate
+        its threshold promises (the rate asked for, or the larger one it could guarantee with
+        too few references).
+
+        Raises:
+            NotCalibratedError: no image threshold in that mode.
+        """
+        mode = mode or self.mode
+        self.image_threshold(mode)  # calibrated, or the one-line error
+        calib = self.thresholds.get(mode, "image")
+        assert calib is not None
+        return check_drift(
+            self.calibration_scores.get(mode, []),
+            list(recent_scores),
+            normal_reviewed,
+            normal_flagged,
+            max(calib.false_alarm_rate, calib.guaranteed_rate),
+            alpha,
+        )
 
     # -- files ------------------------------------------------------------------------------
     def save(self, folder: str | os.PathLike) -> Path:
