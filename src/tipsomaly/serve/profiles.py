@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..method.profile import Profile, profile_digest
+from ..method.profile import NotCalibratedError, Profile, profile_digest
 
 if TYPE_CHECKING:
     from ..method.pipeline import Predictor
@@ -81,17 +81,14 @@ RECENT_SCORES = 200
 
 def monitor(detector: Predictor, versions: dict[str, ProfileRef], store: Any) -> dict[str, Any]:
     """``GET /v1/monitor``: for each class with a profile, the drift check
-    (:func:`tipsomaly.metrics.drift.check_drift`) of the records its current version decided:
-    the flag rate among images reviewed as normal against the false-alarm rate promised, and
-    the latest :data:`RECENT_SCORES` scores against the calibration scores."""
-    from ..metrics.drift import check_drift
-
+    (:meth:`Profile.check_drift <tipsomaly.method.profile.Profile.check_drift>`) of the records
+    its current version decided: the flag rate among images reviewed as normal against the
+    false-alarm rate promised, and the latest :data:`RECENT_SCORES` scores against the
+    calibration scores."""
     mode = detector.mode
     classes = []
     for name, profile in sorted(profiles_of(detector).items()):
         ref = versions.get(name, NO_PROFILE)
-        calibration = (getattr(profile, "calibration_scores", None) or {}).get(mode) or []
-        promise = profile.thresholds.get(mode, "image")
         recent, reviewed, flagged = store.monitor_inputs(
             name, profile_id=ref.id, mode=mode, recent=RECENT_SCORES
         )
@@ -99,23 +96,14 @@ def monitor(detector: Predictor, versions: dict[str, ProfileRef], store: Any) ->
             "class_name": name,
             **ref.to_dict(),
             "mode": mode,
-            "promised_rate": None if promise is None else promise.false_alarm_rate,
-            "calibration_scores": len(calibration),
             "recent_scores": len(recent),
             "normal_reviewed": reviewed,
             "normal_flagged": flagged,
         }
-        if promise is None or not calibration:
+        try:
+            entry.update(profile.check_drift(recent, reviewed, flagged, mode).to_dict())
+        except NotCalibratedError:
             entry.update(drifted=None, reasons=["no calibrated threshold: nothing promised"])
-        else:
-            report = check_drift(
-                calibration,
-                recent,
-                normal_reviewed=reviewed,
-                normal_flagged=flagged,
-                promised_rate=promise.false_alarm_rate,
-            )
-            entry.update(report.to_dict())
         classes.append(entry)
     return {"classes": classes, "recent_window": RECENT_SCORES}
 
