@@ -41,6 +41,10 @@ outputs (in --out):
                        "defects" list of each scores.json row (and boxes on the
                        overlays, unless --no-boxes)
   defects_coco.json    the defects as COCO results with RLE masks (--defects-format coco)
+  report.html          the run in a browser (no server, no network): images most anomalous
+                       first with thumbnails, decisions and defect boxes, filters by class
+                       and decision, a score histogram with the threshold, counts; its
+                       pictures in report-assets/ (--no-report: neither)
 NAME is the image's path relative to the deepest folder holding all inputs, without its
 extension (a/x.png -> a/x), so same-named files in different folders do not collide; two
 inputs differing only by extension keep it (x.png, x.jpg).
@@ -103,6 +107,12 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     )
     p.add_argument("--no-overlays", action="store_true", help="do not write overlays/NAME.png")
     p.add_argument(
+        "--no-report",
+        action="store_true",
+        help="do not write report.html and its thumbnails (the report needs matplotlib: "
+        "the report extra)",
+    )
+    p.add_argument(
         "--overlay-scale",
         choices=OVERLAY_SCALES,
         help="map values -> colours: fixed = [0, 1] absolute, comparable across images "
@@ -117,6 +127,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 def cmd_predict(args: argparse.Namespace) -> int:
     """Run ``predict``: check options, find the inputs, load the model, score, report."""
     from ..data.inputs import NoInputsError, expand_inputs
+    from ..report.plots import need_matplotlib
     from ..runners.distributed import init_if_needed
     from ..runners.predict import run_predict
 
@@ -125,6 +136,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     check_mode(args, "predict")
     if args.roi_dir is not None and not Path(args.roi_dir).is_dir():
         raise InvalidOptionError(f"--roi-dir {args.roi_dir}: not a folder")
+    if not args.no_report:
+        need_matplotlib()
     config = resolved(config_from_args(args, defaults=DEFAULTS))
     if config.profiles and args.class_name is not None:
         _check_profile_class(config.profiles, args.class_name)
@@ -151,6 +164,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             roi_dir=args.roi_dir,
             boxes=args.boxes,
+            report=not args.no_report,
         )
     except KeyboardInterrupt:
         print(
@@ -174,6 +188,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         outputs.append("defects.csv")
         if predictor.config.defects_format == "coco":
             outputs.append("defects_coco.json")
+    if not args.no_report:
+        outputs.append("report.html")
     print(f"outputs in {summary.out_dir}/: {', '.join(outputs)}")
     if summary.failed:
         failed = summary.failed_paths

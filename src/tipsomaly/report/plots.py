@@ -1,0 +1,115 @@
+"""The reports' plots as PNG bytes: matplotlib's Agg canvas, no display, no pyplot state.
+
+matplotlib is the optional ``report`` extra: :func:`need_matplotlib` raises the one-line
+:class:`~tipsomaly.errors.MissingExtraError` naming it (the CLI calls it before any work).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import require
+
+#: what the message of a missing matplotlib says the report is
+PURPOSE = "the HTML report (--no-report skips it)"
+#: colours of the reports (CSS uses the same)
+ANOMALOUS, NORMAL, UNDECIDED, LINE = "#d9480f", "#2b8a3e", "#868e96", "#1864ab"
+
+
+def need_matplotlib() -> Any:
+    """The ``matplotlib`` module, or :class:`~tipsomaly.errors.MissingExtraError` naming the
+    ``report`` extra."""
+    return require("matplotlib", "report", PURPOSE)
+
+
+def _figure(width: float, height: float) -> Any:
+    need_matplotlib()
+    from matplotlib.figure import Figure  # Figure + its Agg canvas: no pyplot, thread-safe
+
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    return fig
+
+
+def _png(fig: Any) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def histogram(
+    groups: Sequence[tuple[str, np.ndarray, str]],
+    thresholds: Sequence[tuple[str, float]] = (),
+    *,
+    xlabel: str = "image score",
+    title: str = "",
+    size: tuple[float, float] = (7.0, 2.8),
+) -> bytes:
+    """A stacked histogram of 1-D score ``groups`` ``(label, scores, colour)`` with dashed
+    vertical lines at ``thresholds`` ``(label, value)``; PNG bytes."""
+    fig = _figure(*size)
+    ax = fig.add_subplot()
+    values = [np.asarray(v, dtype=np.float64) for _, v, _ in groups]
+    shown = [(label, v, c) for (label, _, c), v in zip(groups, values, strict=True) if v.size]
+    every = np.concatenate([v for _, v, _ in shown]) if shown else np.zeros(0)
+    lines = [(label, t) for label, t in thresholds if t is not None and math.isfinite(t)]
+    ends = [t for _, t in lines] + ([float(every.min()), float(every.max())] if every.size else [])
+    low, high = (min(ends), max(ends)) if ends else (0.0, 1.0)
+    if high <= low:
+        low, high = low - 0.5, high + 0.5
+    bins = np.linspace(low, high, max(10, min(60, int(math.sqrt(max(1, every.size))) * 3)))
+    if shown:
+        ax.hist(
+            [v for _, v, _ in shown],
+            bins=bins,
+            stacked=True,
+            color=[c for _, _, c in shown],
+            label=[f"{label} ({v.size})" for label, v, _ in shown],
+        )
+    for i, (label, t) in enumerate(lines):
+        ax.axvline(t, color="black", linestyle=(0, (4, 2 + i)), linewidth=1.2, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("images")
+    if title:
+        ax.set_title(title, fontsize=10)
+    if shown or lines:
+        ax.legend(fontsize=8, loc="best", framealpha=0.8)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.spines[["top", "right"]].set_visible(False)
+    return _png(fig)
+
+
+def curve(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    xmax: float = 1.0,
+    diagonal: bool = False,
+    size: tuple[float, float] = (3.4, 3.0),
+) -> bytes:
+    """A step-free polyline ``(x, y)`` in ``[0, xmax] x [0, 1]`` (a chance diagonal with
+    ``diagonal``); PNG bytes. An empty curve draws the axes and "undefined"."""
+    fig = _figure(*size)
+    ax = fig.add_subplot()
+    if diagonal:
+        ax.plot([0, xmax], [0, xmax], color="#adb5bd", linewidth=0.8, linestyle="--")
+    if len(x):
+        ax.plot(x, y, color=LINE, linewidth=1.6)
+    else:
+        ax.text(0.5, 0.5, "undefined", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlim(0, xmax)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    return _png(fig)
