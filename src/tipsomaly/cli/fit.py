@@ -53,6 +53,12 @@ outputs (in --out):
   profile.json       class, counts, settings, thresholds per mode, versions
   bank.safetensors   the references' features
   calibration.csv    each reference's leave-one-out score per mode
+  report.html        the references as thumbnails with their leave-one-out scores, worst
+                     first; the scores' histogram with the threshold and the rate it
+                     guarantees; outliers (--no-report: none)
+outliers: a reference whose leave-one-out score is far above the others' (robust z-score
+  (score - median) / (1.4826 MAD) > 3.5, with 4 or more references) is named in a warning
+  and in the report: it may be defective or unlike the others; look at it.
 use it:
   tipsomaly predict IMAGES --profile DIR   (adds is_anomalous, threshold, mode; masks at
                                             the calibrated pixel threshold)
@@ -122,6 +128,11 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         "10 %% of a B/14 forward)",
     )
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the coreset")
+    p.add_argument(
+        "--no-report",
+        action="store_true",
+        help="do not write report.html (the report needs matplotlib: the report extra)",
+    )
     p.set_defaults(func=cmd_fit)
 
 
@@ -129,7 +140,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
     """Run ``fit``: check options, find the references, load the model, fit, report."""
     from ..data.inputs import NoInputsError, expand_inputs
     from ..deploy.metadata import is_export_dir
+    from ..report.plots import need_matplotlib
     from ..runners.fit import run_fit
+
+    if not args.no_report:
+        need_matplotlib()
 
     # a profile given lends its settings; the new one is fitted without scoring against it
     config = resolved(config_from_args(args, defaults=DEFAULTS)).replace(profiles=())
@@ -159,6 +174,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
             seed=args.seed,
             progress=not args.quiet,
             settings=settings,
+            report=not args.no_report,
         )
     except KeyboardInterrupt:
         print("tipsomaly: interrupted; no profile written", file=sys.stderr)
