@@ -7,13 +7,13 @@ a test artefact: in ``$TIPSOMALY_TEST_ARTIFACTS`` when set, else in the test's t
 folder (kept when the test fails).
 
 Needs Debian's ``chromium`` and ``chromium-driver`` (scripts/test.sh installs them where
-apt-get is available) and the ``selenium`` package; skipped with the reason otherwise.
+apt-get is available) and the ``selenium`` package; skipped with the reason otherwise (the
+``browser`` fixture of tests/conftest.py).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -21,39 +21,12 @@ import pytest
 selenium = pytest.importorskip("selenium", reason="selenium is not installed (the test extra)")
 httpx = pytest.importorskip("httpx")
 
-from selenium import webdriver  # noqa: E402
-from selenium.common.exceptions import WebDriverException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 from serve_helpers import TOKEN  # noqa: E402
 
 #: an element's box on the screen: [left, top, width, height] in CSS pixels
 RECT = "const r = arguments[0].getBoundingClientRect(); return [r.left, r.top, r.width, r.height];"
-
-CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser"))), None)
-DRIVER = shutil.which("chromedriver")
-
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None or DRIVER is None,
-    reason="no chromium/chromedriver on PATH: apt-get install chromium chromium-driver "
-    "(scripts/test.sh does where apt-get is available)",
-)
-
-
-@pytest.fixture
-def browser():
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1280,1200", "--force-device-scale-factor=1"):  # fmt: skip
-        options.add_argument(flag)
-    try:
-        driver = webdriver.Chrome(service=webdriver.ChromeService(DRIVER), options=options)
-    except WebDriverException as exc:
-        pytest.skip(f"chromium could not start: {exc.msg}")
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
 
 
 def test_upload_shows_the_apis_scores_decision_and_heat_map(browser, server, serve_data, tmp_path):

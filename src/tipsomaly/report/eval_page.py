@@ -124,7 +124,7 @@ def write_eval_report(
             f'<p class="note">{esc(result.root)}</p>{table(header, [mean])}'
             f"{''.join(blocks)}</section>"
         )
-    subtitle = f"{len(results)} dataset(s) · values in % · {out.resolve()}"
+    subtitle = f"{len(results)} dataset(s) · values in %"
     note = (
         '<p class="note">Worst images: the normal images scored highest (false positives at '
         "any threshold that flags them) and the anomalous ones scored lowest (false "

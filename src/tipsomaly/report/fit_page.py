@@ -171,7 +171,7 @@ def write_fit_report(
         "image would be), the scores the thresholds come from.</p>"
         + f'<div class="cases">{"".join(cards)}</div></section>'
     )
-    subtitle = f"profile of {class_name!r}: {len(sources)} reference(s) · {out.resolve()}"
+    subtitle = f"profile of {class_name!r}: {len(sources)} reference(s)"
     return write_report(out, page("tipsomaly fit", subtitle, body), assets)
 
 

@@ -19,6 +19,8 @@ from ..errors import require
 PURPOSE = "the HTML report (--no-report skips it)"
 #: colours of the reports (CSS uses the same)
 ANOMALOUS, NORMAL, UNDECIDED, LINE = "#d9480f", "#2b8a3e", "#868e96", "#1864ab"
+#: the dashed threshold lines, one colour per class
+THRESHOLD_COLOURS = ("#212529", "#7048e8", "#1098ad", "#e64980", "#f08c00", "#5c940d")
 
 
 def need_matplotlib() -> Any:
@@ -71,7 +73,8 @@ def histogram(
             label=[f"{label} ({v.size})" for label, v, _ in shown],
         )
     for i, (label, t) in enumerate(lines):
-        ax.axvline(t, color="black", linestyle=(0, (4, 2 + i)), linewidth=1.2, label=label)
+        colour = THRESHOLD_COLOURS[i % len(THRESHOLD_COLOURS)]
+        ax.axvline(t, color=colour, linestyle=(0, (4, 2)), linewidth=1.4, label=label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("images")
     if title:

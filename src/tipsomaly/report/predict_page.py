@@ -100,7 +100,7 @@ def write_predict_report(
     hist = _histogram(rows, settings)
     counts = _counts(rows, classes)
     failed = sum(r.get("status") != "ok" for r in rows)
-    subtitle = f"{len(rows)} image(s), {failed} failed · {out.resolve()}"
+    subtitle = f"{len(rows)} image(s), {failed} failed"
     body = (
         '<div class="row">'
         f"<section><h2>Image scores</h2>{image(f'{ASSETS}/scores.png', 'score histogram')}"
