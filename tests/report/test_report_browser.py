@@ -133,7 +133,7 @@ def test_predict_report_gallery_order_filters_and_no_outside_request(browser, ru
     expected = sorted(rows, key=lambda r: -float(r["image_score"]))
     assert [c["name"] for c in cards] == [r["name"] for r in expected]
     for card in cards:  # each card's thumbnail is the one written for it
-        assert (out / "report-assets" / "thumbs" / f"{card['name']}.png").is_file()
+        assert (out / "report-assets" / "thumbs" / f"{card['name']}.jpg").is_file()
     shown = browser.execute_script(
         "return [...document.querySelectorAll('#gallery .card img')].map(i => i.naturalWidth)"
     )
@@ -150,7 +150,9 @@ def test_predict_report_gallery_order_filters_and_no_outside_request(browser, ru
     classes.select_by_value("")
     decision = Select(browser.find_element(By.ID, "f-decision"))
     for value in ("anomalous", "normal"):
-        want = [r["name"] for r in expected if (r["is_anomalous"] == "true") == (value == "anomalous")]
+        want = [
+            r["name"] for r in expected if (r["is_anomalous"] == "true") == (value == "anomalous")
+        ]
         if not want:
             continue
         decision.select_by_value(value)

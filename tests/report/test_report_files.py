@@ -56,7 +56,7 @@ def setup(tmp_path_factory) -> dict:
 
 def thumbs(out: Path) -> set[str]:
     folder = out / "report-assets" / "thumbs"
-    return {p.relative_to(folder).with_suffix("").as_posix() for p in folder.rglob("*.png")}
+    return {p.relative_to(folder).with_suffix("").as_posix() for p in folder.rglob("*.jpg")}
 
 
 def names(out: Path) -> set[str]:
@@ -85,7 +85,7 @@ def test_each_kind_of_run_writes_a_report_with_a_thumbnail_per_image(setup, extr
     assert (out / "report-assets" / "scores.png").stat().st_size > 5000
     for name in names(out):
         assert f'"n":"{name}"' in page
-        with Image.open(out / "report-assets" / "thumbs" / f"{name}.png") as im:
+        with Image.open(out / "report-assets" / "thumbs" / f"{name}.jpg") as im:
             assert im.height <= 128 and im.width > im.height  # image | overlay
     # the cards link the full-size overlays where they were written
     linked = '"overlays":"overlays"' in page and '"o":1' in page and '"o":0' not in page

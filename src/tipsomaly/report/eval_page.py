@@ -26,7 +26,7 @@ from ..data.images import ImageLoadError, load_image
 from . import plots
 from .html import ASSETS, esc, image, page, table, write_report
 from .results import HEADERS, TABLE_METRICS, DatasetResult, dataset_rows
-from .thumbs import thumbnail
+from .thumbs import SUFFIX, thumbnail, thumbnail_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -145,11 +145,9 @@ def _upto(x: np.ndarray, y: np.ndarray, limit: float) -> tuple[np.ndarray, np.nd
 def _cases(cases: Sequence[Case], slug: str, assets: dict[str, bytes]) -> str:
     if not cases:
         return ""
-    import io
-
     cards = []
     for k, case in enumerate(cases):
-        name = f"{ASSETS}/cases/{slug}-{k}.png"
+        name = f"{ASSETS}/cases/{slug}-{k}{SUFFIX}"
         try:
             picture = thumbnail(load_image(case.path), case.map, mask=case.mask)
         except ImageLoadError as exc:
@@ -157,9 +155,7 @@ def _cases(cases: Sequence[Case], slug: str, assets: dict[str, bytes]) -> str:
             picture = None
         img = ""
         if picture is not None:
-            buffer = io.BytesIO()
-            picture.save(buffer, format="PNG")
-            assets[name] = buffer.getvalue()
+            assets[name] = thumbnail_bytes(picture)
             img = image(name, case.path, cls="")
         decision = "anomalous" if case.kind == "false negative" else "normal"
         cards.append(

@@ -31,7 +31,7 @@ from ..data.images import ImageLoadError, load_image
 from ..method.names import MODES
 from . import plots
 from .html import ASSETS, esc, image, page, settings_list, table, write_report
-from .thumbs import THUMB, small
+from .thumbs import SUFFIX, THUMB, small, thumbnail_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,9 @@ def reference_outliers(scores: Sequence[float], sources: Sequence[str]) -> list[
     z = robust_z(scores)
     median = float(np.median(np.asarray(scores, dtype=np.float64)))
     flagged = [i for i in np.argsort(-z, kind="stable") if z[i] > OUTLIER_Z]
-    return [Outlier(int(i), str(sources[i]), float(scores[i]), median, float(z[i])) for i in flagged]
+    return [
+        Outlier(int(i), str(sources[i]), float(scores[i]), median, float(z[i])) for i in flagged
+    ]
 
 
 def scored_mode(scores: Mapping[str, Sequence[float]], mode: str) -> str | None:
@@ -127,14 +129,14 @@ def write_fit_report(
     cards = []
     for rank, i in enumerate(order, start=1):
         i = int(i)
-        thumb = f"{ASSETS}/references/{i:05d}.png"
+        thumb = f"{ASSETS}/references/{i:05d}{SUFFIX}"
         try:
             picture = small(load_image(sources[i]), THUMB)
         except ImageLoadError as exc:
             logger.warning("report: no thumbnail of %s: %s", sources[i], exc)
             picture = None
         if picture is not None:
-            assets[thumb] = _png_bytes(picture)
+            assets[thumb] = thumbnail_bytes(picture)
         values = " · ".join(f"{m} {float(scores[m][i]):.4f}" for m in MODES if m in scores)
         flag = '<div class="flag">outlier: look at it</div>' if i in flagged else ""
         decision = "anomalous" if i in flagged else "normal"
@@ -143,7 +145,7 @@ def write_fit_report(
             f'<div class="card" data-index="{i}" data-decision="{decision}" '
             f'data-source="{esc(sources[i])}" data-score="{main[i] if main else ""}">{img}'
             f'<div class="head"><span class="name">{esc(Path(sources[i]).name)}</span>'
-            f"<span class=\"score\">#{rank}</span></div>"
+            f'<span class="score">#{rank}</span></div>'
             f'<div class="meta">{esc(sources[i])}</div><div class="meta">{esc(values)}'
             f"{'' if not main else f' · robust z {z[i]:.1f}'}</div>{flag}</div>"
         )
@@ -175,17 +177,7 @@ def write_fit_report(
     return write_report(out, page("tipsomaly fit", subtitle, body), assets)
 
 
-def _png_bytes(picture: Any) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _histogram(
-    scores: list[float], mode: str | None, calibration: Any, flagged: set[int]
-) -> bytes:
+def _histogram(scores: list[float], mode: str | None, calibration: Any, flagged: set[int]) -> bytes:
     lines = []
     title = f"{len(scores)} reference(s), {mode or 'no'} mode"
     if calibration:
@@ -196,7 +188,10 @@ def _histogram(
         )
     values = np.asarray(scores)
     out = np.isin(np.arange(values.size), sorted(flagged))
-    groups = [("references", values[~out], plots.NORMAL), ("outliers", values[out], plots.ANOMALOUS)]
+    groups = [
+        ("references", values[~out], plots.NORMAL),
+        ("outliers", values[out], plots.ANOMALOUS),
+    ]
     return plots.histogram(groups, lines, xlabel="leave-one-out image score", title=title)
 
 

@@ -20,12 +20,13 @@ import numpy as np
 
 from . import plots
 from .html import ASSETS, esc, image, json_script, page, settings_list, static, table, write_report
+from .thumbs import SUFFIX
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DECISIONS", "PAGE_SIZE", "THUMBS", "decision_of", "write_predict_report"]
 
-#: the thumbnails' folder, relative to the output folder (``THUMBS/<name>.png``)
+#: the thumbnails' folder, relative to the output folder (``THUMBS/<name>.jpg``)
 THUMBS = f"{ASSETS}/thumbs"
 PAGE_SIZE = 60
 #: the decisions a card can show, in the order of the script's codes
@@ -79,7 +80,7 @@ def write_predict_report(
             "c": class_index[str(r["class_name"])],
             "s": None if decision == "error" else float(r["image_score"]),
             "d": DECISIONS.index(decision),
-            "t": int(decision != "error" and (out / THUMBS / f"{name}.png").is_file()),
+            "t": int(decision != "error" and (out / THUMBS / f"{name}{SUFFIX}").is_file()),
             "o": int(overlays is not None and (out / overlays / f"{name}.png").is_file()),
         }
         if r.get("threshold") is not None:
@@ -95,6 +96,7 @@ def write_predict_report(
         "rows": items,
         "page_size": PAGE_SIZE,
         "thumbs": THUMBS,
+        "suffix": SUFFIX,
         "overlays": overlays,
     }
     hist = _histogram(rows, settings)

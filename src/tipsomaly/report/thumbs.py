@@ -1,13 +1,16 @@
-"""Thumbnails for the HTML reports: an image and its heat-map overlay side by side, one PNG.
+"""Thumbnails for the HTML reports: an image and its heat-map overlay side by side, one JPEG.
 
 A thumbnail is ``[image | overlay]``, each at most :data:`THUMB` pixels on its longer side
 (aspect kept), the overlay made at that size from the map (never from the full-size overlay:
 cheap), with defect boxes scaled onto it. One file per image halves the files and the
-browser's requests against two.
+browser's requests against two. JPEG, not PNG: a photo's thumbnail encodes about 15 times
+faster (0.5 against 7 ms for 258 x 128 px) and is about 8 times smaller, and ``predict`` writes
+one per image (the report must add little to a run).
 """
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,9 +22,8 @@ from .overlay import DEFAULT_ALPHA, overlay, resize_map
 
 #: the longer side of each half of a thumbnail, in pixels
 THUMB = 128
-#: zlib level of the thumbnails: 1 is several times faster than Pillow's default 6 and
-#: makes files about 10 % larger (a report of 10,000 images writes 10,000 of them)
-PNG_LEVEL = 1
+#: the thumbnails' file type and JPEG quality
+SUFFIX, QUALITY = ".jpg", 85
 
 Box = tuple[int, int, int, int]
 
@@ -92,9 +94,15 @@ def _outline(picture: Image.Image, mask: np.ndarray) -> None:
     picture.paste(Image.fromarray(pixels))
 
 
-def save_png(path: str | os.PathLike, picture: Image.Image) -> Path:
-    """Write ``picture`` as PNG at ``path`` (parent folders created; fast zlib level)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    picture.save(p, format="PNG", compress_level=PNG_LEVEL)
-    return p
+def save_thumbnail(path: str | os.PathLike | io.BytesIO, picture: Image.Image) -> None:
+    """Write ``picture`` as a JPEG thumbnail at ``path`` (parent folders created)."""
+    if not isinstance(path, io.BytesIO):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    picture.save(path, format="JPEG", quality=QUALITY)
+
+
+def thumbnail_bytes(picture: Image.Image) -> bytes:
+    """``picture`` as the bytes of a JPEG thumbnail."""
+    buffer = io.BytesIO()
+    save_thumbnail(buffer, picture)
+    return buffer.getvalue()

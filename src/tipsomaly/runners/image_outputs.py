@@ -21,8 +21,8 @@ from ..errors import OutputError
 from ..method.prediction import Prediction
 from ..report.overlay import DEFAULT_ALPHA, save_map, save_mask, save_overlay
 from ..report.predict_page import THUMBS
-from ..report.thumbs import save_png, thumbnail
 from ..report.results import printable
+from ..report.thumbs import SUFFIX, save_thumbnail, thumbnail
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 OVERLAY_DIR, MASK_DIR, MAP_DIR = "overlays", "masks", "maps"
-OUTPUT_KINDS = ((OVERLAY_DIR, ".png"), (MASK_DIR, ".png"), (MAP_DIR, ".npy"), (THUMBS, ".png"))
+OUTPUT_KINDS = ((OVERLAY_DIR, ".png"), (MASK_DIR, ".png"), (MAP_DIR, ".npy"), (THUMBS, SUFFIX))
 # errors that no other image would escape: the run stops with OutputError
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
@@ -142,11 +142,11 @@ def write_images(
                 )
                 written.append((tmp_name(final), final))
             if image is not None and files.thumbs:
-                final = out / THUMBS / f"{name}.png"
+                final = out / THUMBS / f"{name}{SUFFIX}"
                 # the report shows every defect's box, also with --no-boxes
                 every = [tuple(d["bbox"]) for d in defects or []]
                 small = thumbnail(image, amap, boxes=every, **look)
-                save_png(tmp_name(final), small)
+                save_thumbnail(tmp_name(final), small)
                 written.append((tmp_name(final), final))
     except BaseException as exc:
         discard([*written, (tmp_name(final), final)])

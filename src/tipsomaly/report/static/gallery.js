@@ -31,7 +31,7 @@
       const img = el("img");
       img.loading = "lazy";
       img.alt = r.n;
-      img.src = url(data.thumbs + "/" + r.n + ".png");
+      img.src = url(data.thumbs + "/" + r.n + data.suffix);
       if (r.o) {
         const a = el("a");
         a.href = url(data.overlays + "/" + r.n + ".png");
