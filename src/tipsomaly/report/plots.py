@@ -113,8 +113,8 @@ def curve(
         ax.plot(x, y, color=LINE, linewidth=1.6)
     else:
         ax.text(0.5, 0.5, "undefined", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlim(0, xmax)
-    ax.set_ylim(0, 1.02)
+    ax.set_xlim(-0.01 * xmax, 1.01 * xmax)  # a curve along an axis stays visible
+    ax.set_ylim(-0.01, 1.02)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
