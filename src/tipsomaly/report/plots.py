@@ -67,8 +67,8 @@ def histogram(
     lines = [(label, t) for label, t in thresholds if t is not None and math.isfinite(t)]
     ends = [t for _, t in lines] + ([float(every.min()), float(every.max())] if every.size else [])
     low, high = (min(ends), max(ends)) if ends else (0.0, 1.0)
-    if high <= low:
-        low, high = low - 0.5, high + 0.5
+    if high - low < 1e-3:  # one score, or all equal: a visible bar around them
+        low, high = low - 0.05, high + 0.05
     bins = np.linspace(low, high, max(10, min(60, int(math.sqrt(max(1, every.size))) * 3)))
     base = np.zeros(bins.size - 1)
     for label, v, colour in shown:  # stacked; stairs: one artist per group, fast to draw
