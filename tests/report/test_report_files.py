@@ -99,6 +99,10 @@ def test_no_report_writes_none_and_a_rerun_rewrites_it(setup, tmp_path):
     assert main([*argv, *setup["base"], "--no-report"]) == 0
     assert not (out / "report.html").exists() and not (out / "report-assets").exists()
     assert main([*argv, *setup["base"]]) == 0
+    assert main([*argv, *setup["base"], "--no-report"]) == 0  # no stale page left behind
+    assert not (out / "report.html").exists()
+    assert not list((out / "report-assets" / "thumbs").rglob("*.jpg"))  # of the same names
+    assert main([*argv, *setup["base"]]) == 0
     first = (out / "report.html").read_text(encoding="utf-8")
     assert "6 image(s)" in first
     fewer = ["predict", *setup["images"][:3], "--class-name", "tile", "--out", str(out)]
@@ -129,3 +133,5 @@ def test_eval_resumed_rewrites_its_report(setup, tmp_path):
     assert main(argv) == 0  # from the stored predictions: the report is written now
     page = (out / "report.html").read_text(encoding="utf-8")
     assert page.count('class="plot roc"') == 1 and page.count('class="plot pro"') == 1
+    assert main([*argv, "--no-report"]) == 0  # results written again: no stale page
+    assert not (out / "report.html").exists()

@@ -58,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``eval``: check options, evaluate every dataset, write and print the results."""
     from ..errors import InvalidOptionError
     from ..report.eval_page import write_eval_report
+    from ..report.html import remove_stale_report
     from ..report.plots import need_matplotlib
     from ..report.results import render_text, write_results
     from ..runners.distributed import init_if_needed, output_lock
@@ -94,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
             files = write_results(results, args.out, config, settings.cls)
             if not args.no_report:  # a resumed run writes it again, whole
                 files.append(write_eval_report(args.out, results, settings.cls))
+            else:
+                remove_stale_report(args.out)
     print(render_text(results, settings.cls))
     if settings.shots or settings.profiles:
         print(references_note(results))

@@ -28,6 +28,7 @@ __all__ = [
     "ASSETS",
     "REPORT",
     "esc",
+    "remove_stale_report",
     "image",
     "json_script",
     "page",
@@ -106,6 +107,20 @@ def page(title: str, subtitle: str, body: str, script: str = "") -> str:
         + (f"<script>{script}</script>" if script else "")
         + "</body></html>\n"
     )
+
+
+def remove_stale_report(folder: str | os.PathLike) -> None:
+    """Delete ``folder/report.html`` left by an earlier run: a run without a report must not
+    leave one that shows other results (its pictures stay, as unlinked files).
+
+    Raises:
+        OutputError: it cannot be deleted.
+    """
+    page = Path(folder) / REPORT
+    try:
+        page.unlink(missing_ok=True)
+    except OSError as exc:
+        raise OutputError(page, exc) from None
 
 
 def write_report(folder: str | os.PathLike, document: str, assets: Mapping[str, bytes]) -> Path:

@@ -44,6 +44,7 @@ from ..method.detector import Detector
 from ..method.fitting import fit_profile
 from ..method.profile import Profile
 from ..report.fit_page import reference_outliers, scored_mode, write_fit_report
+from ..report.html import remove_stale_report
 from ..report.plots import need_matplotlib
 from .lock import OutputLock
 
@@ -134,6 +135,8 @@ def run_fit(
         except OSError as exc:
             raise OutputError(getattr(exc, "filename", None) or out, exc) from None
         _warn_outliers(profile)
+        if not report:
+            remove_stale_report(out)
         if report:
             page = write_fit_report(
                 out,

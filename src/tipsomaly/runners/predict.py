@@ -49,6 +49,7 @@ from ..errors import InvalidOptionError, OutputError
 from ..method.pipeline import Predictor
 from ..method.prediction import NON_FINITE, Prediction
 from ..method.profile import ProfileError
+from ..report.html import remove_stale_report
 from ..report.overlay import DEFAULT_ALPHA, OVERLAY_SCALES
 from ..report.plots import need_matplotlib
 from ..report.predict_page import write_predict_report
@@ -240,6 +241,8 @@ def run_predict(
     with distributed.output_lock(out, info):
         job = (detector, files, names, classes, out, run_settings)
         table = run(*job, inspect=inspect, batch_size=batch_size, progress=progress)
+        if not report and info.is_main:
+            remove_stale_report(out)
         if report and info.is_main:  # under torchrun: of every rank's rows, merged
             page = write_predict_report(
                 out, table.rows, run_settings, overlays="overlays" if overlays else None
