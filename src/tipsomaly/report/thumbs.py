@@ -26,6 +26,7 @@ THUMB = 128
 SUFFIX, QUALITY = ".jpg", 85
 
 Box = tuple[int, int, int, int]
+BOX, BILINEAR = Image.Resampling.BOX, Image.Resampling.BILINEAR
 
 
 def small(image: Image.Image, side: int = THUMB) -> Image.Image:
@@ -33,8 +34,9 @@ def small(image: Image.Image, side: int = THUMB) -> Image.Image:
     w, h = image.size
     k = min(1.0, side / max(w, h))
     size = (max(1, round(w * k)), max(1, round(h * k)))
-    # reducing_gap: a box reduction first, then the filter on a small image (fast, sharp)
-    return image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    # the box filter: each pixel the mean of the pixels it covers (alias-free shrinking, and
+    # about twice as fast as bilinear with a reducing gap)
+    return image.resize(size, BOX)
 
 
 def thumbnail(
@@ -62,8 +64,15 @@ def thumbnail(
     if anomaly_map is None:
         return left
     w, h = left.size
+    shrink = anomaly_map.shape[0] >= h and anomaly_map.shape[1] >= w
     heat = Image.fromarray(
-        overlay(left, resize_map(anomaly_map, (h, w)), alpha=alpha, scale=scale, span=span)
+        overlay(
+            left,
+            resize_map(anomaly_map, (h, w), BOX if shrink else BILINEAR),
+            alpha=alpha,
+            scale=scale,
+            span=span,
+        )
     )
     if mask is not None:
         _outline(heat, mask)
