@@ -1,5 +1,5 @@
-"""The per-image files of ``predict``: overlay, mask and raw map, written so that a file never
-exists without its table row.
+"""The per-image files of ``predict``: overlay, mask, raw map and the report's thumbnail, written
+so that a file never exists without its table row.
 
 Each is written under a temporary name (:func:`write_images`), the row is appended to the
 table, and only then are they renamed into place; an earlier run's files of the same names

@@ -14,7 +14,7 @@ Output layout under ``out_dir``::
     defects_coco.json     the defects as COCO results with RLE masks (defects_format="coco")
     report.html           the run for people (report=True): images most anomalous first,
                           score histogram, counts (:mod:`tipsomaly.report.predict_page`);
-                          report-assets/thumbs/<name>.png its thumbnails, written with each
+                          report-assets/thumbs/<name>.jpg its thumbnails, written with each
                           image's other files; rank 0 writes the page under torchrun
 
 Decisions, defect records, tiling and the ROI are the predictor's
