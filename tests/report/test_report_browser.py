@@ -141,6 +141,16 @@ def test_predict_report_gallery_order_filters_and_no_outside_request(browser, ru
     decisions = {r["name"]: r["is_anomalous"] for r in rows}
     for card in cards:
         assert card["decision"] == ("anomalous" if decisions[card["name"]] == "true" else "normal")
+    # each card lists its image's defect records (their boxes are drawn on its thumbnail)
+    records = {
+        r["name"]: r["defects"] for r in json.loads((out / "scores.json").read_text())["results"]
+    }
+    listed = browser.execute_script(
+        "return Object.fromEntries([...document.querySelectorAll('#gallery .card')].map(c =>"
+        " [c.dataset.name, [...c.querySelectorAll('ol.defects li')].map(li => li.value)]))"
+    )
+    assert listed == {name: [d["id"] for d in found] for name, found in records.items()}
+    assert any(listed.values())  # some image has a defect
     shoot(browser, artifacts(tmp_path) / "report-predict.png")
 
     classes = Select(browser.find_element(By.ID, "f-class"))
