@@ -57,8 +57,8 @@ outputs (in --out):
                      first; the scores' histogram with the threshold and the rate it
                      guarantees; outliers (--no-report: none)
 outliers: a reference whose leave-one-out score is far above the others' (robust z-score
-  (score - median) / (1.4826 MAD) > 3.5, with 4 or more references) is named in a warning
-  and in the report: it may be defective or unlike the others; look at it.
+  (score - median) / max(1.4826 MAD, 0.01) > 3.5, with 4 or more references) is named in a
+  warning and in the report: it may be defective or unlike the others; look at it.
 use it:
   tipsomaly predict IMAGES --profile DIR   (adds is_anomalous, threshold, mode; masks at
                                             the calibrated pixel threshold)
