@@ -52,3 +52,35 @@ def postgres():
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def browser():
+    """Headless Chromium driven by Selenium (1280x1200 CSS pixels, scale 1), its console and
+    network events logged (``driver.get_log("browser")`` / ``("performance")``); skipped,
+    saying why, without chromium, chromedriver or selenium (the test extra)."""
+    chromium = next(filter(None, map(shutil.which, ("chromium", "chromium-browser"))), None)
+    driver_path = shutil.which("chromedriver")
+    if chromium is None or driver_path is None:
+        pytest.skip(
+            "no chromium/chromedriver on PATH: apt-get install chromium chromium-driver "
+            "(scripts/test.sh does where apt-get is available)"
+        )
+    webdriver = pytest.importorskip(
+        "selenium.webdriver", reason="selenium is not installed (the test extra)"
+    )
+    from selenium.common.exceptions import WebDriverException
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--window-size=1280,1200", "--force-device-scale-factor=1"):  # fmt: skip
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    try:
+        driver = webdriver.Chrome(service=webdriver.ChromeService(driver_path), options=options)
+    except WebDriverException as exc:
+        pytest.skip(f"chromium could not start: {exc.msg}")
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()

@@ -229,6 +229,8 @@ def test_torchrun_eval_writes_the_results_of_one_process(job, tmp_path):
     done, _ = torchrun([*job["eval"], "--out", str(out)])
     assert done.returncode == 0, done.stderr[-2000:]
     same_results(out, job["reference"])  # every metric of every class, byte for byte
+    # rank 0 writes the report, the one process's to the byte (curves, thumbnails)
+    assert (out / "report.html").read_bytes() == (job["reference"] / "report.html").read_bytes()
     assert "shared out" in done.stderr  # rank 0 planned, both computed
     assert done.stdout.count("written:") == 1  # rank 0 alone reports
     results = json.loads((out / "results.json").read_text())
@@ -315,7 +317,8 @@ def test_torchrun_predict_writes_the_rows_and_files_of_one_process(job, tmp_path
     one, two = tmp_path / "one", tmp_path / "two"
     files = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(two) for p in two.rglob("*") if p.is_file())
-    assert {"scores.csv", "scores.json"} <= {str(f) for f in files}
+    assert {"scores.csv", "scores.json", "report.html"} <= {str(f) for f in files}
+    assert any(str(f).startswith("report-assets/thumbs/") for f in files)  # from both ranks
     for name in files:  # the table in input order, overlays, masks, maps: byte for byte
         assert (two / name).read_bytes() == (one / name).read_bytes(), name
     rows = json.loads((two / "scores.json").read_text())["results"]

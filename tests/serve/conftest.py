@@ -13,8 +13,6 @@ from collections.abc import Iterator
 
 import pytest
 from serve_helpers import (
-    CHROMIUM,
-    DRIVER,
     SIZE,
     TOKEN,
     ServeData,
@@ -83,23 +81,3 @@ def server(_servers) -> Server:
 def drain_server(_servers) -> Server:
     _servers["drain"].wait_ready()
     return _servers["drain"]
-
-
-@pytest.fixture
-def browser():
-    """Headless Chromium through Selenium (the page tests; they skip without it)."""
-    from selenium import webdriver
-    from selenium.common.exceptions import WebDriverException
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1280,1200", "--force-device-scale-factor=1"):  # fmt: skip
-        options.add_argument(flag)
-    try:
-        driver = webdriver.Chrome(service=webdriver.ChromeService(DRIVER), options=options)
-    except WebDriverException as exc:
-        pytest.skip(f"chromium could not start: {exc.msg}")
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()

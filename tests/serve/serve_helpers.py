@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,8 +21,6 @@ from PIL import Image
 SIZE = 70  # the golden pipeline's image size: fast on CPU
 TOKEN = "s3cret-token"
 #: Debian's chromium and its driver, for the page tests (None: not installed)
-CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser"))), None)
-DRIVER = shutil.which("chromedriver")
 
 
 def texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:

@@ -7,7 +7,8 @@ a test artefact: in ``$TIPSOMALY_TEST_ARTIFACTS`` when set, else in the test's t
 folder (kept when the test fails).
 
 Needs Debian's ``chromium`` and ``chromium-driver`` (scripts/test.sh installs them where
-apt-get is available) and the ``selenium`` package; skipped with the reason otherwise.
+apt-get is available) and the ``selenium`` package; skipped with the reason otherwise (the
+``browser`` fixture of tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -22,16 +23,10 @@ httpx = pytest.importorskip("httpx")
 
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-from serve_helpers import CHROMIUM, DRIVER, TOKEN  # noqa: E402
+from serve_helpers import TOKEN  # noqa: E402
 
 #: an element's box on the screen: [left, top, width, height] in CSS pixels
 RECT = "const r = arguments[0].getBoundingClientRect(); return [r.left, r.top, r.width, r.height];"
-
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None or DRIVER is None,
-    reason="no chromium/chromedriver on PATH: apt-get install chromium chromium-driver "
-    "(scripts/test.sh does where apt-get is available)",
-)
 
 
 def test_upload_shows_the_apis_scores_decision_and_heat_map(browser, server, serve_data, tmp_path):

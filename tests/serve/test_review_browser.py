@@ -17,12 +17,8 @@ pytest.importorskip("sqlalchemy")
 
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
-from serve_helpers import CHROMIUM, DRIVER, TOKEN, start_server  # noqa: E402
+from serve_helpers import TOKEN, start_server  # noqa: E402
 
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None or DRIVER is None,
-    reason="no chromium/chromedriver on PATH: apt-get install chromium chromium-driver",
-)
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 LOADED = "return arguments[0].complete && arguments[0].naturalWidth > 0;"
 

@@ -14,6 +14,7 @@ from .options import (
     add_settings,
     config_from_args,
     ensure_out_dir,
+    report_wanted,
     resolved,
     writing,
 )
@@ -44,18 +45,28 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     add_config_option(where, EvalConfig, "roi")
     add_config_option(where, EvalConfig, "roi_dir")
     p.add_argument("--out", default="tipsomaly-eval", help="output directory")
+    p.add_argument(
+        "--no-report",
+        action="store_true",
+        help="do not write report.html (per class: image ROC and pixel PRO curves, the "
+        "Table-1 row, the worst false positives and negatives; needs matplotlib: the report "
+        "extra)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``eval``: check options, evaluate every dataset, write and print the results."""
     from ..errors import InvalidOptionError
+    from ..report.eval_page import write_eval_report
+    from ..report.html import remove_stale_report
     from ..report.results import render_text, write_results
     from ..runners.distributed import init_if_needed, output_lock
     from ..runners.evaluate import environment, evaluate_datasets
 
     if args.roi_dir is not None and not os.path.isdir(args.roi_dir):
         raise InvalidOptionError(f"--roi-dir {args.roi_dir}: not a folder")
+    args.no_report = not report_wanted(args)
     # the device used, not "auto", goes into results.json
     settings = resolved(config_from_args(args, EvalConfig))
     dist = init_if_needed(settings.device)  # under torchrun: join the job; else nothing
@@ -64,7 +75,12 @@ def run(args: argparse.Namespace) -> int:
     # (under torchrun rank 0 holds it; every rank predicts its share, rank 0 writes the results)
     with output_lock(args.out, dist):
         results = evaluate_datasets(
-            args.data, settings, args.out, progress=not args.quiet, lock=False
+            args.data,
+            settings,
+            args.out,
+            progress=not args.quiet,
+            lock=False,
+            plots=not args.no_report,
         )
         if not dist.is_main:
             return ExitCode.OK
@@ -75,8 +91,12 @@ def run(args: argparse.Namespace) -> int:
                 config[field] = references_record(results, field)
         config.update(inspection_record(settings))
         with writing(args.out):
-            files = write_results(results, args.out, config, args.cls)
-    print(render_text(results, args.cls))
+            files = write_results(results, args.out, config, settings.cls)
+            if not args.no_report:  # a resumed run writes it again, whole
+                files.append(write_eval_report(args.out, results, settings.cls))
+            else:
+                remove_stale_report(args.out)
+    print(render_text(results, settings.cls))
     if settings.shots or settings.profiles:
         print(references_note(results))
     print("written: " + ", ".join(str(f) for f in files))

@@ -26,6 +26,7 @@ from .options import (
     non_empty,
     open_predictor,
     positive_int,
+    report_wanted,
     resolved,
     seed_int,
 )
@@ -54,6 +55,12 @@ outputs (in --out):
   bank.safetensors   the references' features
   calibration.csv    each reference's leave-one-out score per mode
   references/        a copy of each reference image (by SHA-256), for `profile update`
+  report.html        the references as thumbnails with their leave-one-out scores, worst
+                     first; the scores' histogram with the threshold and the rate it
+                     guarantees; outliers (--no-report: none)
+outliers: a reference whose leave-one-out score is far above the others' (robust z-score
+  (score - median) / max(1.4826 MAD, 0.01) > 3.5, with 4 or more references) is named in a
+  warning and in the report: it may be defective or unlike the others; look at it.
 use it:
   tipsomaly predict IMAGES --profile DIR   (adds is_anomalous, threshold, mode; masks at
                                             the calibrated pixel threshold)
@@ -123,6 +130,11 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         "10 %% of a B/14 forward)",
     )
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the coreset")
+    p.add_argument(
+        "--no-report",
+        action="store_true",
+        help="do not write report.html (the report needs matplotlib: the report extra)",
+    )
     p.set_defaults(func=cmd_fit)
 
 
@@ -131,6 +143,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from ..data.inputs import NoInputsError, expand_inputs
     from ..deploy.metadata import is_export_dir
     from ..runners.fit import run_fit
+
+    args.no_report = not report_wanted(args)
 
     # a profile given lends its settings; the new one is fitted without scoring against it
     config = resolved(config_from_args(args, defaults=DEFAULTS)).replace(profiles=())
@@ -160,6 +174,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
             seed=args.seed,
             progress=not args.quiet,
             settings=settings,
+            report=not args.no_report,
         )
     except KeyboardInterrupt:
         print("tipsomaly: interrupted; no profile written", file=sys.stderr)

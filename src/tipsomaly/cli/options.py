@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import dataclasses
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -363,3 +364,21 @@ def writing(path: str | os.PathLike) -> Iterator[None]:
         raise
     except OSError as exc:
         raise OutputError(exc.filename or path, exc) from exc
+
+
+def report_wanted(args: argparse.Namespace) -> bool:
+    """Whether a verb writes ``report.html``: unless ``--no-report``. Without matplotlib (the
+    ``report`` extra) the run goes on without a report, saying so in one line: a missing
+    plotting library is no reason to refuse scoring."""
+    if args.no_report:
+        return False
+    from ..errors import available
+
+    if available("matplotlib"):
+        return True
+    print(
+        "note: no report.html: the report's plots need matplotlib: pip install "
+        "'tipsomaly[report]' (--no-report silences this note)",
+        file=sys.stderr,
+    )
+    return False

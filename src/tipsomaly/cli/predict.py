@@ -20,6 +20,7 @@ from .options import (
     given_settings,
     non_empty,
     open_predictor,
+    report_wanted,
     resolved,
 )
 
@@ -41,6 +42,10 @@ outputs (in --out):
                        "defects" list of each scores.json row (and boxes on the
                        overlays, unless --no-boxes)
   defects_coco.json    the defects as COCO results with RLE masks (--defects-format coco)
+  report.html          the run in a browser (no server, no network): images most anomalous
+                       first with thumbnails, decisions and defect boxes, filters by class
+                       and decision, a score histogram with the threshold, counts; its
+                       pictures in report-assets/ (--no-report: neither)
 NAME is the image's path relative to the deepest folder holding all inputs, without its
 extension (a/x.png -> a/x), so same-named files in different folders do not collide; two
 inputs differing only by extension keep it (x.png, x.jpg).
@@ -103,6 +108,12 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     )
     p.add_argument("--no-overlays", action="store_true", help="do not write overlays/NAME.png")
     p.add_argument(
+        "--no-report",
+        action="store_true",
+        help="do not write report.html and its thumbnails (the report needs matplotlib: "
+        "the report extra)",
+    )
+    p.add_argument(
         "--overlay-scale",
         choices=OVERLAY_SCALES,
         help="map values -> colours: fixed = [0, 1] absolute, comparable across images "
@@ -137,6 +148,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     check_mode(args, "predict")
     if args.roi_dir is not None and not Path(args.roi_dir).is_dir():
         raise InvalidOptionError(f"--roi-dir {args.roi_dir}: not a folder")
+    args.no_report = not report_wanted(args)
     config = resolved(config_from_args(args, defaults=DEFAULTS))
     if config.profiles and args.class_name is not None:
         _check_profile_class(config.profiles, args.class_name)
@@ -171,6 +183,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             roi_dir=args.roi_dir,
             boxes=args.boxes,
             records=records,
+            report=not args.no_report,
         )
     except KeyboardInterrupt:
         print(
@@ -197,6 +210,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         outputs.append("defects.csv")
         if predictor.config.defects_format == "coco":
             outputs.append("defects_coco.json")
+    if not args.no_report:
+        outputs.append("report.html")
     print(f"outputs in {summary.out_dir}/: {', '.join(outputs)}")
     if records is not None:
         print(f"{records.written} record(s) in {records.store.shown}")

@@ -6,10 +6,10 @@ tables) and :func:`aupro_mvtec` (the official MVTec AD evaluation).
 """
 
 from .pro import aupro_mvtec, aupro_zsad, zsad_thresholds
-from .ranking import auroc, average_precision, f1_max, ranking_metrics
+from .ranking import auroc, average_precision, f1_max, ranking_metrics, roc_curve
 from .regions import label_regions
 from .roi import roi_pixel_metrics
-from .summary import class_metrics, image_metrics, pixel_metrics
+from .summary import class_metrics, image_metrics, pixel_metrics, pro_curve
 
 __all__ = [
     "aupro_mvtec",
@@ -21,7 +21,9 @@ __all__ = [
     "image_metrics",
     "label_regions",
     "pixel_metrics",
+    "pro_curve",
     "ranking_metrics",
+    "roc_curve",
     "roi_pixel_metrics",
     "zsad_thresholds",
 ]

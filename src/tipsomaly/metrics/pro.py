@@ -119,6 +119,18 @@ def aupro_zsad(
         The AUPRO in [0, 1]; NaN with a warning when undefined (no region, no normal pixel,
         constant maps, fewer than two kept points or all kept FPRs equal).
     """
+    curve = pro_curve_zsad(maps, masks, num_thresholds=num_thresholds)
+    if curve is None:
+        return float("nan")
+    return _zsad_area(*curve, max_fpr)
+
+
+def pro_curve_zsad(
+    maps: object, masks: object, *, num_thresholds: int = 200
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The per-region overlap curve of :func:`aupro_zsad`: ``(fpr, pro)`` at its thresholds,
+    ascending (FPR and PRO falling), not cut at any FPR; None (warned) where the AUPRO is
+    undefined for want of a region, a normal pixel or distinct scores."""
     maps_a, masks_a = as_maps(maps, masks)
     lo, hi = maps_a.min(), maps_a.max()
     if np.issubdtype(maps_a.dtype, np.floating):
@@ -127,7 +139,8 @@ def aupro_zsad(
     if not lo < hi:
         for rows in chunks_:
             binary_chunk(masks_a[rows], "masks")
-        return undefined("AUPRO", "all scores are equal")
+        undefined("AUPRO", "all scores are equal")
+        return None
     thresholds = zsad_thresholds(lo, hi, num_thresholds)
     n_th = thresholds.size
     index = _ThresholdIndex(thresholds)
@@ -151,13 +164,15 @@ def aupro_zsad(
         n_regions += count
     n_normal = int(normal_hist.sum())
     if n_regions == 0:
-        return undefined("AUPRO", "the masks have no anomalous region")
+        undefined("AUPRO", "the masks have no anomalous region")
+        return None
     if n_normal == 0:
-        return undefined("AUPRO", "the masks have no normal pixel")
+        undefined("AUPRO", "the masks have no normal pixel")
+        return None
     # Pixels above threshold j are those with k > j.
     fpr = (n_normal - np.cumsum(normal_hist)[:n_th]) / n_normal
     pro = np.cumsum(overlap_hist[::-1])[::-1][1:] / n_regions
-    return _zsad_area(fpr, pro, max_fpr)
+    return fpr, pro
 
 
 def _sort_with_payload(values: np.ndarray, payload: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -213,10 +228,22 @@ def aupro_mvtec_from_split(split: SplitScores, max_fpr: float = 0.3) -> float:
     """
     if not 0.0 < max_fpr <= 1.0:  # also refuses NaN
         raise ValueError(f"max_fpr must be in (0, 1], got {max_fpr}")
+    curve = pro_curve_mvtec_from_split(split)
+    if curve is None:
+        return float("nan")
+    return _trapezoid_to(*curve, max_fpr) / max_fpr
+
+
+def pro_curve_mvtec_from_split(split: SplitScores) -> tuple[np.ndarray, np.ndarray] | None:
+    """The exact per-region overlap curve of :func:`aupro_mvtec_from_split`: ``(fpr, pro)``
+    from (0, 0) to (1, 1), FPR non-decreasing; None (warned) without a region or a normal
+    pixel."""
     if split.n_regions == 0:
-        return undefined("AUPRO", "the masks have no anomalous region")
+        undefined("AUPRO", "the masks have no anomalous region")
+        return None
     if split.n_neg == 0:
-        return undefined("AUPRO", "the masks have no normal pixel")
+        undefined("AUPRO", "the masks have no normal pixel")
+        return None
     n_neg, n_regions = split.n_neg, split.n_regions
     values, region = _sort_with_payload(split.pos, split.region)
     # Walk the anomalous pixels from the highest score down; each adds 1/area of its region.
@@ -245,7 +272,7 @@ def aupro_mvtec_from_split(split: SplitScores, max_fpr: float = 0.3) -> float:
         x[points] = sorted_searchsorted(split.neg, ascending, side)[::-1]  # normal below level
         np.subtract(n_neg, x[points], out=x[points])  # normal scores >= (or >) level
         x[points] /= n_neg
-    return _trapezoid_to(x, y, max_fpr) / max_fpr
+    return x, y
 
 
 def aupro_mvtec(maps: object, masks: object, *, max_fpr: float = 0.3) -> float:

@@ -63,6 +63,32 @@ def ranking_metrics(scores: object, labels: object) -> dict[str, float]:
     return ranking_from_split(split_scores(scores_a, labels_a, regions=False))
 
 
+def roc_from_split(split: SplitScores) -> tuple[np.ndarray, np.ndarray]:
+    """The ROC curve of split scores: ``(fpr, tpr)``, float64, from (0, 0) to (1, 1).
+
+    One point per distinct score ``v``, highest first: the fractions of normal and anomalous
+    scores ``>= v`` (the thresholds of :func:`ranking_from_split`, sklearn's ``roc_curve``
+    without ``drop_intermediate``); empty arrays when a class is missing.
+    """
+    n_neg, n_pos = split.n_neg, split.n_pos
+    if n_neg == 0 or n_pos == 0:
+        return np.zeros(0), np.zeros(0)
+    levels = np.unique(np.concatenate([split.neg, split.pos]))[::-1]
+    ascending = levels[::-1]
+    false_pos = n_neg - sorted_searchsorted(split.neg, ascending, "left")[::-1]
+    true_pos = n_pos - sorted_searchsorted(split.pos_sorted(), ascending, "left")[::-1]
+    fpr = np.concatenate([[0.0], false_pos / n_neg])
+    tpr = np.concatenate([[0.0], true_pos / n_pos])
+    return fpr, tpr
+
+
+def roc_curve(scores: object, labels: object) -> tuple[np.ndarray, np.ndarray]:
+    """``(fpr, tpr)`` of scores against binary labels (see :func:`roc_from_split`); its
+    trapezoidal area is :func:`auroc`."""
+    scores_a, labels_a = as_scores(scores, labels)
+    return roc_from_split(split_scores(scores_a, labels_a, regions=False))
+
+
 def auroc(scores: object, labels: object) -> float:
     """Area under the ROC curve (``sklearn.metrics.roc_auc_score``); see :func:`ranking_metrics`."""
     return ranking_metrics(scores, labels)["auroc"]

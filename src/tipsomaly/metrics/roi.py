@@ -42,34 +42,51 @@ def roi_pixel_metrics(
         "pixel_f1-max": ranked["f1-max"],
     }
     metric = aupro_zsad if aupro == "zsad" else aupro_mvtec
+    laid = roi_layout(maps, masks, valid)
+    if laid is not None:
+        out["pixel_aupro"] = metric(laid[0][None, None], laid[1][None, None])
+    return out
+
+
+def roi_layout(
+    maps: np.ndarray, masks: np.ndarray, valid: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The valid pixels of (n, H, W) ``maps`` and ``masks`` laid out in one row for the AUPRO
+    (see :func:`roi_pixel_metrics`): ``(scores, truth)``, 1-D, whose 8-connected runs of
+    ``truth`` are the regions of ``masks & valid``; None (warned) with fewer normal pixels
+    than regions less one."""
+    maps = np.asarray(maps)
+    masks = np.asarray(masks).astype(bool)
+    valid = np.asarray(valid).astype(bool)
+    scores = maps[valid]
+    labels = masks[valid]
     inside = masks & valid
     component, count = foreground_components(inside)
-    normal = scores[~labels]
     if not count:  # no region: the metric's own NaN and warning
-        out["pixel_aupro"] = metric(scores[None, None], labels[None, None])
-    elif normal.size >= count - 1:
-        values = maps[inside]  # scan order, as ``component``
-        order = np.argsort(component, kind="stable")
-        sizes = np.bincount(component, minlength=count)
-        # row: region 0, normal 0, region 1, normal 1, ..., region R-1, remaining normals
-        row = np.empty(scores.size, dtype=scores.dtype)
-        truth = np.zeros(scores.size, dtype=bool)
-        at = 0
-        starts = np.concatenate(([0], np.cumsum(sizes)))
-        for r in range(count):
-            k = int(sizes[r])
-            row[at : at + k] = values[order[starts[r] : starts[r] + k]]
-            truth[at : at + k] = True
-            at += k
-            if r < count - 1:
-                row[at] = normal[r]
-                at += 1
-        row[at:] = normal[count - 1 :]
-        out["pixel_aupro"] = metric(row[None, None], truth[None, None])
-    else:
+        return scores, labels
+    normal = scores[~labels]
+    if normal.size < count - 1:
         logger.warning(
             "AUPRO over the ROI is undefined: %d defect regions but %d normal pixels",
             count,
             normal.size,
         )
-    return out
+        return None
+    values = maps[inside]  # scan order, as ``component``
+    order = np.argsort(component, kind="stable")
+    sizes = np.bincount(component, minlength=count)
+    # row: region 0, normal 0, region 1, normal 1, ..., region R-1, remaining normals
+    row = np.empty(scores.size, dtype=scores.dtype)
+    truth = np.zeros(scores.size, dtype=bool)
+    at = 0
+    starts = np.concatenate(([0], np.cumsum(sizes)))
+    for r in range(count):
+        k = int(sizes[r])
+        row[at : at + k] = values[order[starts[r] : starts[r] + k]]
+        truth[at : at + k] = True
+        at += k
+        if r < count - 1:
+            row[at] = normal[r]
+            at += 1
+    row[at:] = normal[count - 1 :]
+    return row, truth

@@ -6,9 +6,9 @@ import numpy as np
 
 from ._arrays import as_maps, as_scores
 from ._split import split_scores
-from .pro import aupro_mvtec_from_split, aupro_zsad
+from .pro import aupro_mvtec_from_split, aupro_zsad, pro_curve_mvtec_from_split, pro_curve_zsad
 from .ranking import ranking_from_split
-from .roi import roi_pixel_metrics
+from .roi import roi_layout, roi_pixel_metrics
 
 AUPRO_KINDS = ("zsad", "mvtec")
 
@@ -91,3 +91,23 @@ def class_metrics(
         else:
             out.update(roi_pixel_metrics(maps, masks, valid, aupro=aupro))
     return out
+
+
+def pro_curve(
+    maps: object, masks: object, aupro: str = "zsad", valid: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The per-region overlap curve whose area is :func:`pixel_metrics`' ``pixel_aupro``
+    (``valid``: over those pixels only, as :func:`class_metrics`): ``(fpr, pro)``
+    (:func:`~.pro.pro_curve_zsad` or :func:`~.pro.pro_curve_mvtec_from_split`, not cut at
+    the FPR limit); None (warned) where that AUPRO is undefined."""
+    if aupro not in AUPRO_KINDS:
+        raise ValueError(f"aupro must be one of {AUPRO_KINDS}, got {aupro!r}")
+    if valid is not None:
+        laid = roi_layout(np.asarray(maps), np.asarray(masks), valid)
+        if laid is None:
+            return None
+        maps, masks = laid[0][None, None], laid[1][None, None]
+    if aupro == "zsad":
+        return pro_curve_zsad(maps, masks)
+    maps_a, masks_a = as_maps(maps, masks)
+    return pro_curve_mvtec_from_split(split_scores(maps_a, masks_a, regions=True, what="masks"))

@@ -129,14 +129,19 @@ def _as_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
     return arr[..., :3]
 
 
-def resize_map(anomaly_map: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
-    """(h, w) float map → (H, W) float32, bilinear (Pillow mode ``F``); unchanged if same size."""
+def resize_map(
+    anomaly_map: np.ndarray,
+    size_hw: tuple[int, int],
+    resample: Image.Resampling = Image.Resampling.BILINEAR,
+) -> np.ndarray:
+    """(h, w) float map → (H, W) float32, bilinear (Pillow mode ``F``; ``resample``: another
+    filter); unchanged if same size."""
     m = np.asarray(anomaly_map, dtype=np.float32)
     if m.shape == tuple(size_hw):
         return m
     h, w = size_hw
     im = Image.fromarray(np.ascontiguousarray(m), mode="F")
-    return np.asarray(im.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
+    return np.asarray(im.resize((w, h), resample), dtype=np.float32)
 
 
 def overlay(

@@ -45,7 +45,7 @@ from .few_shot import (
 )
 from .fill import ClassRows, StoreFiller, log_todo
 from .lock import OutputLock
-from .row_metrics import metrics_of
+from .row_metrics import evaluate_class
 from .store import PredictionStore, store_key
 
 logger = logging.getLogger(__name__)
@@ -72,11 +72,13 @@ class EvalResult(DatasetResult):
     {"references": [paths relative to the root, in draw order], "bank": digest}}, "skipped":
     {class: reason}}``; ``profiles`` (with ``profiles``): ``{"mode", "classes": {class:
     {"profile": folder, "bank": digest}}, "zero_shot": [classes without a profile]}``; None
-    otherwise.
+    otherwise. ``plots``: per class, what the eval report draws
+    (:class:`~tipsomaly.report.eval_page.ClassPlots`), when asked for.
     """
 
     few_shot: dict | None = None
     profiles: dict | None = None
+    plots: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -107,7 +109,9 @@ class Evaluator:
         detector_factory: Callable[[], Detector] | None = None,
         shared_models: dict | None = None,
         locked: bool = False,
+        plots: bool = False,
     ) -> None:
+        self.plots = plots  # also each class's curves and worst images, for the report
         self.requested = settings  # pixel_prompts "auto" is resolved per dataset
         self.settings = settings.for_dataset()
         self.out_dir = Path(out_dir)
@@ -242,7 +246,12 @@ class Evaluator:
                     result.errors.append(
                         {"class": class_name, "path": predictions.paths[index], "error": message}
                     )
-                result.classes[class_name] = metrics_of(class_name, predictions, s, filler.rois)
+                metrics, plots = evaluate_class(
+                    class_name, predictions, s, filler.rois, plots=self.plots
+                )
+                result.classes[class_name] = metrics
+                if plots is not None:
+                    result.plots[class_name] = plots
         finally:
             self.network_images += filler.network_images
         result.device = self.device
@@ -335,8 +344,12 @@ def evaluate_datasets(
     *,
     progress: bool = True,
     lock: bool = True,
+    plots: bool = False,
 ) -> list[EvalResult]:
     """Evaluate several datasets with one model (loaded at most once).
+
+    ``plots``: also each class's curves and worst images (:attr:`EvalResult.plots`, for
+    :func:`~tipsomaly.report.eval_page.write_eval_report`).
 
     ``settings.pixel_prompts == "auto"`` applies :func:`default_pixel_prompts` per dataset.
     ``lock``: hold ``out_dir``'s :class:`~tipsomaly.runners.lock.OutputLock` meanwhile (False
@@ -358,13 +371,17 @@ def evaluate_datasets(
     info = distributed.current()
     if lock:
         with distributed.output_lock(out_dir, info):
-            return evaluate_datasets(roots, settings, out_dir, progress=progress, lock=False)
+            return evaluate_datasets(
+                roots, settings, out_dir, progress=progress, lock=False, plots=plots
+            )
     models: dict = {}
 
     def evaluator(name: str) -> Evaluator:
         own = settings.for_dataset(name)
         shown = progress and info.is_main
-        return Evaluator(own, out_dir, progress=shown, shared_models=models, locked=True)
+        return Evaluator(
+            own, out_dir, progress=shown, shared_models=models, locked=True, plots=plots
+        )
 
     if settings.shots:  # every draw first: a dataset without train images stops the run
         for root in roots:

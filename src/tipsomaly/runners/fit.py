@@ -8,6 +8,12 @@ Output layout under ``out_dir``::
                        thresholds were computed from), with its path
     references/        a copy of each reference image, named by its SHA-256 (what
                        ``profile update`` scores again)
+    report.html        (report=True) the references as thumbnails, worst first, the scores'
+                       histogram with the threshold, outliers (:mod:`~tipsomaly.report.fit_page`);
+                       its pictures in report-assets/
+
+A reference whose leave-one-out score is far above the others' is named in a warning (the
+rule: :func:`~tipsomaly.report.fit_page.reference_outliers`), with or without the report.
 
 One run at a time writes into ``out_dir`` (:class:`~.lock.OutputLock`); the profile files
 are written under temporary names and renamed, ``profile.json`` last, so a folder never holds
@@ -40,6 +46,9 @@ from ..method.detector import Detector
 from ..method.fitting import fit_profile
 from ..method.profile import Profile
 from ..method.profile_versions import store_references
+from ..report.fit_page import reference_outliers, scored_mode, write_fit_report
+from ..report.html import remove_stale_report
+from ..report.plots import need_matplotlib
 from .lock import OutputLock
 
 logger = logging.getLogger(__name__)
@@ -71,6 +80,7 @@ def run_fit(
     batch_size: int | None = None,
     progress: bool = False,
     settings: dict[str, Any] | None = None,
+    report: bool = False,
 ) -> FitSummary:
     """Fit a profile of ``class_name`` from the normal images named by ``paths`` and save it.
 
@@ -82,13 +92,17 @@ def run_fit(
             :func:`~tipsomaly.method.fitting.fit_profile`.
         settings: extra entries for ``profile.json``'s ``settings`` (which already say how
             to rebuild the detector: model, image size, prompts, sigma, CLS token).
+        report: also write ``report.html`` (needs the ``report`` extra).
 
     Raises:
         NoInputsError: ``paths`` name no image file.
         ProfileError: no reference image could be read.
         OutputLockedError: another run is writing into ``out_dir``.
+        MissingExtraError: ``report`` without matplotlib (before any work).
         OutputError: ``out_dir`` cannot be written.
     """
+    if report:
+        need_matplotlib()
     paths = list(paths)
     out = Path(out_dir)
     files = expand_inputs(paths, exclude=[out])
@@ -126,8 +140,32 @@ def run_fit(
             write_calibration_csv(out / CALIBRATION_CSV, profile)
         except OSError as exc:
             raise OutputError(getattr(exc, "filename", None) or out, exc) from None
+        _warn_outliers(profile)
+        if not report:
+            remove_stale_report(out)
+        if report:
+            page = write_fit_report(
+                out,
+                class_name=profile.class_name,
+                sources=profile.info["references"]["sources"],
+                scores=profile.info.get("calibration", {}).get("scores", {}),
+                thresholds=profile.thresholds.to_dict(),
+                mode=profile.mode,
+                settings=profile.info.get("settings"),
+            )
+            logger.info("report: %s", page)
     failed = [(e["path"], e["error"]) for e in profile.info["references"]["errors"]]
     return FitSummary(profile, out, profile.info["references"]["used"], failed)
+
+
+def _warn_outliers(profile: Profile) -> None:
+    """One warning per reference far above the others in leave-one-out score."""
+    scores = profile.info.get("calibration", {}).get("scores", {})
+    mode = scored_mode(scores, profile.mode)
+    if mode is None:
+        return
+    for outlier in reference_outliers(scores[mode], profile.info["references"]["sources"]):
+        logger.warning("%s", outlier.message(mode))
 
 
 def write_calibration_csv(path: Path, profile: Profile) -> None:

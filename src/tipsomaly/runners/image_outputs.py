@@ -1,5 +1,5 @@
-"""The per-image files of ``predict``: overlay, mask and raw map, written so that a file never
-exists without its table row.
+"""The per-image files of ``predict``: overlay, mask, raw map and the report's thumbnail, written
+so that a file never exists without its table row.
 
 Each is written under a temporary name (:func:`write_images`), the row is appended to the
 table, and only then are they renamed into place; an earlier run's files of the same names
@@ -20,7 +20,9 @@ from ..data.images import ImageLoadError, load_image
 from ..errors import OutputError
 from ..method.prediction import Prediction
 from ..report.overlay import DEFAULT_ALPHA, save_map, save_mask, save_overlay
+from ..report.predict_page import THUMBS
 from ..report.results import printable
+from ..report.thumbs import SUFFIX, save_thumbnail, thumbnail
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ __all__ = [
 ]
 
 OVERLAY_DIR, MASK_DIR, MAP_DIR = "overlays", "masks", "maps"
-OUTPUT_KINDS = ((OVERLAY_DIR, ".png"), (MASK_DIR, ".png"), (MAP_DIR, ".npy"))
+OUTPUT_KINDS = ((OVERLAY_DIR, ".png"), (MASK_DIR, ".png"), (MAP_DIR, ".npy"), (THUMBS, SUFFIX))
 # errors that no other image would escape: the run stops with OutputError
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
@@ -49,14 +51,15 @@ class ImageOutputError(Exception):
 
 @dataclass(frozen=True)
 class ImageOutputs:
-    """Which files a run writes for each image (raw maps, overlays) and how its overlays
-    look (``scale``, ``alpha``; defect ``boxes`` drawn on them)."""
+    """Which files a run writes for each image (raw maps, overlays, the report's thumbnail)
+    and how its overlays look (``scale``, ``alpha``; defect ``boxes`` drawn on them)."""
 
     save_maps: bool = False
     overlays: bool = True
     scale: str = "fixed"
     alpha: float = DEFAULT_ALPHA
     boxes: bool = True
+    thumbs: bool = False
 
 
 def tmp_name(final: Path) -> Path:
@@ -93,7 +96,7 @@ def write_images(
     """The per-image ``files`` of one scored image (overlay with its ``defects``' boxes, mask
     at its pixel threshold inside its ROI, raw map, at original size), written under
     temporary names: returns ``(temporary, final)`` pairs. The image is read again for the
-    overlay (``max_pixels``: the limit it was read with).
+    overlay and the report's thumbnail (``max_pixels``: the limit it was read with).
 
     Raises:
         ImageOutputError: this image's files cannot be written (out of memory, a name the
@@ -115,28 +118,35 @@ def write_images(
             final = out / MASK_DIR / f"{name}.png"
             save_mask(tmp_name(final), amap, threshold, roi=pred.roi)
             written.append((tmp_name(final), final))
-        if files.overlays:
-            final = out / OVERLAY_DIR / f"{name}.png"
+        if files.overlays or files.thumbs:
             try:
                 image = load_image(pred.source, max_pixels=max_pixels)
             except ImageLoadError as exc:  # changed or removed since it was scored
                 logger.warning("no overlay for %s: %s", printable(pred.source), printable(exc))
-            else:
-                span = None
-                if scale == "threshold":
-                    scale = "fixed"
-                    if threshold is not None and threshold > 0:
-                        span = (0.0, 2.0 * float(threshold))
+                image = None
+            span = None
+            if scale == "threshold":
+                scale = "fixed"
+                if threshold is not None and threshold > 0:
+                    span = (0.0, 2.0 * float(threshold))
+            look = {"alpha": files.alpha, "scale": scale, "span": span}
+            if image is not None and files.overlays:
+                final = out / OVERLAY_DIR / f"{name}.png"
                 save_overlay(
                     tmp_name(final),
                     image,
                     amap,
-                    alpha=files.alpha,
-                    scale=scale,
-                    span=span,
                     boxes=[tuple(d["bbox"]) for d in boxes],
                     labels=[f"#{d['id']} {d['peak']:.2f}" for d in boxes],
+                    **look,
                 )
+                written.append((tmp_name(final), final))
+            if image is not None and files.thumbs:
+                final = out / THUMBS / f"{name}{SUFFIX}"
+                # the report shows every defect's box, also with --no-boxes
+                every = [tuple(d["bbox"]) for d in defects or []]
+                small = thumbnail(image, amap, boxes=every, **look)
+                save_thumbnail(tmp_name(final), small)
                 written.append((tmp_name(final), final))
     except BaseException as exc:
         discard([*written, (tmp_name(final), final)])

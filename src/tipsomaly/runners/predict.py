@@ -12,6 +12,10 @@ Output layout under ``out_dir``::
     maps/<name>.npy       raw map, float32 (H, W), original size   (only with save_maps)
     defects.csv           one row per defect record (with a pixel threshold; see below)
     defects_coco.json     the defects as COCO results with RLE masks (defects_format="coco")
+    report.html           the run for people (report=True): images most anomalous first,
+                          score histogram, counts (:mod:`tipsomaly.report.predict_page`);
+                          report-assets/thumbs/<name>.jpg its thumbnails, written with each
+                          image's other files; rank 0 writes the page under torchrun
 
 Decisions, defect records, tiling and the ROI are the predictor's
 (:mod:`tipsomaly.method.pipeline`); ``roi_dir`` gives each image its own ROI instead
@@ -45,7 +49,10 @@ from ..errors import InvalidOptionError, OutputError
 from ..method.pipeline import Predictor
 from ..method.prediction import NON_FINITE, Prediction
 from ..method.profile import ProfileError
+from ..report.html import remove_stale_report
 from ..report.overlay import DEFAULT_ALPHA, OVERLAY_SCALES
+from ..report.plots import need_matplotlib
+from ..report.predict_page import write_predict_report
 from ..report.results import printable
 from ..report.tables import ScoreTable
 from ..validation import choice, in_range
@@ -131,6 +138,7 @@ def run_predict(
     roi_dir: str | os.PathLike | None = None,
     boxes: bool = True,
     records: Any = None,
+    report: bool = False,
 ) -> PredictSummary:
     """Score every image named by ``paths`` and write the outputs (layout in the module doc).
 
@@ -155,6 +163,7 @@ def run_predict(
         boxes: draw each defect's box on its overlay, labelled ``#<id> <peak>``.
         records: a :class:`~.recording.PredictRecords` (``--db``): each scored image's record
             is committed before its row is written.
+        report: write ``report.html`` and its thumbnails (needs the ``report`` extra).
 
     Returns:
         a :class:`PredictSummary`; a failed image is a row with status ``error``, not an
@@ -164,6 +173,7 @@ def run_predict(
         NoInputsError: ``paths`` name no image file.
         RoiError: ``roi_dir`` is no folder.
         OutputLockedError: another run is writing into ``out_dir``.
+        MissingExtraError: ``report`` without matplotlib (before any work).
         OutputError: ``out_dir`` cannot be written (read-only or full disk); the rows written
             before stay.
         KeyboardInterrupt and any other exception stop the run; the rows computed so far are
@@ -175,6 +185,8 @@ def run_predict(
     in_range(overlay_alpha, "overlay_alpha", 0, 1)
     if roi_dir is not None and not Path(roi_dir).is_dir():
         raise RoiError(f"ROI folder {roi_dir} is not a folder")
+    if report:
+        need_matplotlib()
     config = detector.config
     paths = list(paths)
     out = Path(out_dir)
@@ -208,7 +220,9 @@ def run_predict(
         config.defects_format == "coco",
         with_defects=config.pixel_threshold is not None or bool(profiled),
         with_roi=with_roi,
-        files=ImageOutputs(save_maps, overlays, overlay_scale, overlay_alpha, bool(boxes)),
+        files=ImageOutputs(
+            save_maps, overlays, overlay_scale, overlay_alpha, bool(boxes), thumbs=report
+        ),
         records=records,
     )
     run_settings = {
@@ -232,6 +246,13 @@ def run_predict(
     with distributed.output_lock(out, info):
         job = (detector, files, names, classes, out, run_settings)
         table = run(*job, inspect=inspect, batch_size=batch_size, progress=progress)
+        if not report and info.is_main:
+            remove_stale_report(out)
+        if report and info.is_main:  # under torchrun: of every rank's rows, merged
+            page = write_predict_report(
+                out, table.rows, run_settings, overlays="overlays" if overlays else None
+            )
+            logger.info("report: %s", page)
     return PredictSummary(
         images=len(table.rows),
         ok=table.n_ok,

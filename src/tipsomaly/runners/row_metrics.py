@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from ..data.roi import RoiLookup, fit_roi, roi_cells
-from ..metrics import class_metrics
+from ..metrics import class_metrics, pro_curve, roc_curve
+from ..report.eval_page import Case, ClassPlots
 from .store import ClassPredictions
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["class_maps", "metrics_of", "row_scores"]
+__all__ = ["class_maps", "evaluate_class", "metrics_of", "row_scores"]
 
 
 def row_scores(
@@ -65,11 +66,26 @@ def metrics_of(
 ) -> dict[str, float]:
     """:func:`~tipsomaly.metrics.class_metrics` of a class's rows at the settings' model
     resolution (see the module doc); ``{}`` (warned) when no image could be evaluated."""
+    return evaluate_class(class_name, predictions, settings, rois)[0]
+
+
+def evaluate_class(
+    class_name: str,
+    predictions: ClassPredictions,
+    settings: EvalConfig,
+    rois: RoiLookup,
+    plots: bool = False,
+    worst: int = 3,
+) -> tuple[dict[str, float], ClassPlots | None]:
+    """:func:`metrics_of`, and with ``plots`` what the eval report draws of the class
+    (:class:`~tipsomaly.report.eval_page.ClassPlots`: its ROC and PRO curves from the same
+    scores and maps, and its ``worst`` highest-scored normal and lowest-scored anomalous
+    images with their maps)."""
     a = predictions.arrays
     n = len(predictions)
     if n == 0:
         logger.warning("class %s: no image could be evaluated", class_name)
-        return {}
+        return {}, None
     size, tiled = settings.image_size, settings.tile is not None
     valid = each = None
     if rois.active:
@@ -86,14 +102,63 @@ def metrics_of(
                 "class %s: some anomalous images have no mask; their pixels count as normal",
                 class_name,
             )
-        if tiled:
-            maps = np.ascontiguousarray(a["patch_probs"][..., 0].reshape(n, size, size))
-        else:
-            maps = class_maps(torch.from_numpy(a["patch_probs"]), size, settings.sigma)
-        if valid is not None:
-            maps[~valid] = 0.0
+        maps = _maps(predictions, settings, valid)
         masks = predictions.masks(size)
-    return class_metrics(score1, score2, a["label"], maps, masks, aupro=settings.aupro, valid=valid)
+    labels = a["label"]
+    metrics = class_metrics(score1, score2, labels, maps, masks, aupro=settings.aupro, valid=valid)
+    if not plots:
+        return metrics, None
+    scores = score1 if settings.cls == "cls1" else score2
+    roc = roc_curve(scores, labels) if 0 < labels.sum() < n else None
+    pro = None
+    if maps is not None and masks is not None and masks.any():
+        pro = pro_curve(maps, masks, settings.aupro, valid)
+    # the worst-ranked: normal images scored highest, anomalous ones scored lowest
+    normal, anomalous = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
+    picked = [(j, "false positive") for j in normal[np.argsort(-scores[normal])][:worst]]
+    picked += [(j, "false negative") for j in anomalous[np.argsort(scores[anomalous])][:worst]]
+    rows = [j for j, _ in picked]
+    case_maps = maps[rows] if maps is not None else _maps(predictions, settings, valid, rows)
+    cases = [
+        Case(
+            path=predictions.paths[int(a["index"][j])],
+            kind=kind,
+            score=float(scores[j]),
+            map=case_maps[k],
+            mask=None if masks is None or labels[j] == 0 else masks[j],
+        )
+        for k, (j, kind) in enumerate(picked)
+    ]
+    tag = "cls1" if settings.cls == "cls1" else "cls2"
+    return metrics, ClassPlots(
+        roc=roc,
+        auroc=metrics.get(f"image_auroc_{tag}", float("nan")),
+        pro=pro,
+        aupro=metrics.get("pixel_aupro", float("nan")),
+        aupro_kind=settings.aupro,
+        cases=cases,
+    )
+
+
+def _maps(
+    predictions: ClassPredictions,
+    settings: EvalConfig,
+    valid: np.ndarray | None,
+    rows: list[int] | None = None,
+) -> np.ndarray:
+    """(n, S, S) float32 maps of the class's rows (``rows``: of those only), 0 outside the
+    ROI ``valid``."""
+    size = settings.image_size
+    probs = predictions.arrays["patch_probs"]
+    if rows is not None:
+        probs = probs[rows]
+    if settings.tile is not None:
+        maps = np.ascontiguousarray(probs[..., 0].reshape(len(probs), size, size))
+    else:
+        maps = class_maps(torch.from_numpy(probs), size, settings.sigma)
+    if valid is not None:
+        maps[~(valid if rows is None else valid[rows])] = 0.0
+    return maps
 
 
 def class_maps(
