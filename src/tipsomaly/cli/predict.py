@@ -136,7 +136,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise NoInputsError(args.paths)  # main() says so, exit status 2
     ensure_out_dir(args.out)  # read-only, full, or under a file: one line before the model
     # prompt, pixel-prompt and model-file problems are TipsomalyErrors: main() shows them
-    predictor = open_predictor(config, given_settings(args))
+    predictor = open_predictor(config, given_settings(args), args.class_name)
     overlay_scale = args.overlay_scale or ("threshold" if predictor.profile_classes() else "fixed")
     try:
         summary = run_predict(
