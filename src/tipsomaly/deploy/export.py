@@ -427,6 +427,9 @@ def _record(
         patch_evidence=(["batch", (s // detector.patch_size) ** 2], "float32"),
         pred_label=(["batch"], "bool"),
         pred_mask=(["batch", s, s], "bool"),
+        features_cls1=(["batch", "dim"], "float32"),
+        features_cls2=(["batch", "dim"], "float32"),
+        features_patches=(["batch", (s // detector.patch_size) ** 2, "dim"], "float32"),
     )
 
     def threshold(kind: str, value: float | None) -> dict[str, Any] | None:
@@ -484,10 +487,7 @@ def _record(
             # the scores the calibrated thresholds were calibrated on: the profile's fit
             "calibrated_with": None
             if calibrated is None
-            else {
-                "engine": "torch",
-                "precision": (profile.identity if profile else {}).get("precision", "fp32"),
-            },
+            else {"engine": "torch", "precision": _fitted_precision(profile)},
         },
         "preprocessing": preprocessing_record(s),
         "parity": None
@@ -500,6 +500,12 @@ def _record(
         },
         "versions": _versions(fmt),
     }
+
+
+def _fitted_precision(profile: Any) -> str:
+    """The precision a profile was fitted in (``fit`` records its dtype), fp32 if unsaid."""
+    dtype = str(((profile.info if profile else {}).get("settings") or {}).get("dtype") or "fp32")
+    return {"torch.float32": "fp32", "torch.bfloat16": "bf16"}.get(dtype, dtype)
 
 
 def _versions(fmt: str) -> dict[str, str | None]:
