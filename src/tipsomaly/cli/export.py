@@ -180,10 +180,17 @@ def _report(result: Any) -> None:
             f"scores, {result.parity['anomaly_map']:.2g} on the maps"
         )
     th = r["thresholds"]
+    names = {o["name"] for o in graph["outputs"]}
+
+    def where(output: str) -> str:  # an int8 graph with a profile decides nothing itself
+        return output if output in names else "applied by predict"
+
     if th["image"] is not None:
-        print(f"image threshold {th['image']['threshold']:.6f} (pred_label)", end="")
+        print(f"image threshold {th['image']['threshold']:.6f} ({where('pred_label')})", end="")
         if th["pixel"] is not None:
-            print(f", pixel threshold {th['pixel']['threshold']:.6f} (pred_mask)", end="")
+            print(
+                f", pixel threshold {th['pixel']['threshold']:.6f} ({where('pred_mask')})", end=""
+            )
         print()
     print(
         f"run it: tipsomaly predict IMAGES --model {result.folder} --class-name "

@@ -32,6 +32,7 @@ Nothing here imports a runtime at import time.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -97,13 +98,15 @@ def calibration_batches(images: np.ndarray, batch: int = CALIBRATION_BATCH) -> l
 
 @contextlib.contextmanager
 def _quiet(names: Iterable[str]) -> Iterator[None]:
-    """NNCF and the ONNX Runtime quantizer log every op they skip: only warnings pass."""
+    """NNCF and the ONNX Runtime quantizer log every op they skip, draw progress bars and
+    advise pre-processing: only errors pass (our own log line says what happens)."""
     loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     try:
         for lg in loggers:
-            lg.setLevel(logging.WARNING)
-        yield
+            lg.setLevel(logging.ERROR)
+        with contextlib.redirect_stdout(io.StringIO()):  # NNCF's progress bars (rich)
+            yield
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
