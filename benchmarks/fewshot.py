@@ -216,6 +216,10 @@ def evaluate(detector: Detector, data: ClassData, row: Row) -> None:
         row.bound.append(thresholds.get(preds[0].mode, "image").guaranteed_rate)
 
 
+def _int8_row(runtime: str) -> str:
+    return f"16-shot int8 {'OV' if runtime == 'openvino' else 'ORT'}"
+
+
 def int8_rows(detector: Detector, data: ClassData, row: Callable[[str, str], Row], args) -> None:
     """The 16-shot fused profile on the int8 engines: the profile fitted from the references
     saved as PNG files (an int8 export recalibrates its thresholds on them, so they must be
@@ -236,7 +240,7 @@ def int8_rows(detector: Detector, data: ClassData, row: Callable[[str, str], Row
             folder = Path(tmp) / runtime
             fmt = "openvino" if runtime == "openvino" else "onnx"
             export(detector, data.cls.name, folder, fmt, precision="int8", calibration=files)
-            evaluate(ExportedDetector(folder), data, row(f"16-shot int8 {runtime}", "fused"))
+            evaluate(ExportedDetector(folder), data, row(_int8_row(runtime), "fused"))
         detector.set_profiles(None)
 
 
@@ -309,7 +313,7 @@ def accuracy(args: argparse.Namespace) -> None:
         )
     fp32 = rows.get(("16-shot files fp32", "fused"))
     for runtime in args.int8 if fp32 is not None else ():
-        r = rows[(f"16-shot int8 {runtime}", "fused")]
+        r = rows[(_int8_row(runtime), "fused")]
         gap = float(np.mean(r.image)) - float(np.mean(fp32.image))
         print(
             f"int8 {runtime} vs fp32 (16-shot fused, same profile): image AUROC {gap:+.4f} "
