@@ -318,11 +318,8 @@ def resolve_engine(config: C) -> C:
             raise InvalidOptionError(
                 "--precision int8 runs on --engine onnxruntime or openvino (torch has no int8 path)"
             )
-        if precision is None:
-            return config
-        if str(config.dtype) not in ("auto", precision):
-            raise InvalidOptionError(f"--precision {precision} contradicts --dtype {config.dtype}")
-        return config.replace(dtype=precision)
+        # on torch, --precision is the --dtype it names (over the verb's default dtype)
+        return config if precision is None else config.replace(dtype=precision)
     if is_export_dir(config.model):
         raise InvalidOptionError(
             f"--engine {engine}: --model {config.model} is an export already (leave --engine out)"

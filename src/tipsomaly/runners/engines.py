@@ -33,7 +33,7 @@ from .lock import OutputLock, OutputLockedError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EXPORTS_DIR", "engine_key", "open_engine"]
+__all__ = ["EXPORTS_DIR", "ClassEngines", "engine_key", "open_engine"]
 
 #: the engine cache, under tipsomaly's cache root
 EXPORTS_DIR = "engines"
@@ -190,3 +190,73 @@ def _export(config: DetectorConfig, class_name: str, calibration: list[str], fol
         os.replace(work, folder)  # the whole folder appears at once
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+class ClassEngines:
+    """``eval --engine``: the exported engine of each class (with its profile, if one is
+    given), exported on first use and cached as :func:`open_engine`'s; what the prediction
+    store's filler asks of a detector (:meth:`score_batch`, :meth:`iter_predict`).
+
+    Raises:
+        InvalidOptionError: with ``shots`` (the few-shot draw fits its profiles on torch).
+    """
+
+    device = "cpu"
+
+    def __init__(self, config: Any) -> None:
+        if getattr(config, "shots", 0):
+            raise InvalidOptionError(
+                f"--shots with --engine {config.engine}: the few-shot draw fits its profiles "
+                "with torch; fit profiles (`tipsomaly fit`) and give them with --profile"
+            )
+        from ..method.profile import read_record
+
+        self.config = config
+        self.profiles = {str(read_record(p)["class_name"]): p for p in config.profiles}
+        self._engines: dict[str, Any] = {}
+
+    def engine(self, class_name: str) -> Any:
+        """The class's :class:`~tipsomaly.deploy.inferencers.ExportedDetector`."""
+        if class_name not in self._engines:
+            profile = self.profiles.get(class_name)
+            config = self.config.replace(
+                profiles=() if profile is None else (profile,),
+                mode=None if profile is None else self.config.mode,
+            )
+            self._engines[class_name] = open_engine(config, {}, class_name)
+        return self._engines[class_name]
+
+    def score_batch(self, images: Any, class_names: str | list[str]) -> Any:
+        """(B, 3, S, S) images → the network outputs the store keeps (``global_probs_cls1``,
+        ``global_probs_cls2`` (B, 2), ``patch_probs`` (B, N, 2): [normal, abnormal], as the
+        torch engine's :class:`~tipsomaly.method.head.BatchScores`)."""
+        import numpy as np
+        import torch
+
+        names = [class_names] * len(images) if isinstance(class_names, str) else class_names
+        x = images.float().cpu().numpy()
+        parts: dict[str, list] = {"global_cls1": [], "global_cls2": [], "patch_evidence": []}
+        order: list[int] = []
+        for name in dict.fromkeys(names):
+            rows = [i for i, n in enumerate(names) if n == name]
+            out = self.engine(name).run(x[rows])
+            for key, values in parts.items():
+                values.append(np.asarray(out[key]))
+            order += rows
+        back = np.argsort(order)
+
+        def probs(key: str) -> torch.Tensor:
+            evidence = torch.from_numpy(np.concatenate(parts[key])[back])
+            return torch.stack([1.0 - evidence, evidence], dim=-1)
+
+        from types import SimpleNamespace
+
+        return SimpleNamespace(
+            global_probs_cls1=probs("global_cls1"),
+            global_probs_cls2=probs("global_cls2"),
+            patch_probs=probs("patch_evidence"),
+        )
+
+    def iter_predict(self, inputs: Any, class_names: str, **kwargs: Any) -> Any:
+        """Tiled ``eval``: the class's engine predicts (its tiles, the ROIs given)."""
+        return self.engine(class_names).iter_predict(inputs, class_names, **kwargs)
