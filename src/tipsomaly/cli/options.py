@@ -115,6 +115,9 @@ DECISION_SETTINGS = (
     "pixel_size_mm",
     "defects_format",
 )
+#: what runs the network (``--engine``, ``--precision``, ``--calibration-images``): the verbs
+#: that need torch itself (fit, train) leave them out
+ENGINE_SETTINGS = ("engine", "precision", "calibration_images")
 #: the settings of a verb that uses profiles (fit makes them, train has none)
 PROFILE_SETTINGS = ("profiles", "mode")
 #: ``--max-pixels 0``: no limit (None in the config, where None cannot mean "not given")

@@ -167,7 +167,8 @@ class DetectorConfig:
         None,
         "fp32, bf16 (CPUs with AVX-512-BF16/AMX) or int8 (onnxruntime / openvino: statically "
         "quantized, calibrated on the profile's references or --calibration-images, the "
-        "profile's thresholds recalibrated with the int8 engine); default: --dtype's rule",
+        "profile's thresholds recalibrated with the int8 engine); on torch it sets --dtype; "
+        "default: --dtype's rule",
         choices=PRECISION_CHOICES,
     )
     calibration_images: str | os.PathLike | None = option(
