@@ -9,20 +9,23 @@ opset :data:`OPSET`, the batch a free dimension), converts the ONNX file with
 and checks the graph on a runtime against the PyTorch module on random images (the largest
 differences go into ``export.json`` as ``parity``). Files are written in a temporary folder
 inside ``out_dir`` and moved into place; ``export.json`` comes last.
+
+``precision="int8"`` quantizes that ONNX graph for the format's runtime (:mod:`.quantize`),
+measures it against the fp32 module on the calibration images, and, with a profile,
+recalibrates the profile's thresholds with the int8 graph's own features
+(:func:`~tipsomaly.method.fitting.recalibrate`): the graph then outputs the vision features
+too and leaves the decisions to ``predict``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import logging
 import os
 import platform
 import shutil
 import tempfile
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -38,7 +41,7 @@ from ..method.profile import profile_digest
 from .graph import FEATURE_NAMES, INPUT_NAME, ExportModule
 from .inferencers.base import DEFAULT_RUNTIME, open_runner
 from .metadata import EXPORT_JSON, FORMATS, ExportError, preprocessing_record, write_metadata
-from .quantize import quantize, spearman
+from .quantize import quantize, quiet, spearman
 
 logger = logging.getLogger(__name__)
 
@@ -178,26 +181,6 @@ def export(
     return ExportResult(folder=out, graph=out / FORMATS[fmt], record=record, parity=parity)
 
 
-@contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
-    """torch's ONNX exporter prints its steps and warns about optional torchvision ops:
-    only our own log line says what happens."""
-    loud = [
-        logging.getLogger(n)
-        for n in ("torch.onnx", "torch.export", "torch.__trace", "onnxscript", "onnx_ir")
-    ]
-    levels = [lg.level for lg in loud]
-    try:
-        for lg in loud:
-            lg.setLevel(logging.ERROR)
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loud, levels, strict=True):
-            lg.setLevel(level)
-
-
 def _to_onnx(module: ExportModule, path: Path, opset: int) -> None:
     """``module`` → ``path`` (ONNX, fp32, dynamic batch) with torch's dynamo exporter."""
     size = sum(t.numel() * t.element_size() for t in module.state_dict().values())
@@ -205,7 +188,8 @@ def _to_onnx(module: ExportModule, path: Path, opset: int) -> None:
         "tracing the graph (%d px, %s) to ONNX opset %d", module.image_size, module.mode, opset
     )
     batch = torch.export.Dim("batch", min=1, max=4096)
-    with _quiet_exporter(), torch.no_grad():
+    exporter = ("torch.onnx", "torch.export", "torch.__trace", "onnxscript", "onnx_ir")
+    with quiet(exporter), torch.no_grad():
         torch.onnx.export(
             module,
             (module.example_input(2),),

@@ -35,6 +35,7 @@ import contextlib
 import io
 import logging
 import os
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ __all__ = [
     "quantize_onnxruntime",
     "quantize_openvino",
     "quantized_nodes",
+    "quiet",
     "spearman",
 ]
 
@@ -97,15 +99,18 @@ def calibration_batches(images: np.ndarray, batch: int = CALIBRATION_BATCH) -> l
 
 
 @contextlib.contextmanager
-def _quiet(names: Iterable[str]) -> Iterator[None]:
-    """NNCF and the ONNX Runtime quantizer log every op they skip, draw progress bars and
-    advise pre-processing: only errors pass (our own log line says what happens)."""
+def quiet(names: Iterable[str]) -> Iterator[None]:
+    """Silence the libraries that export and quantize (their loggers ``names`` below ERROR,
+    their warnings, their prints and progress bars on stdout): torch's ONNX exporter prints its
+    steps, NNCF logs every op it skips and draws progress bars, ONNX Runtime's quantizer
+    advises pre-processing. Only our own log lines say what happens."""
     loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     try:
         for lg in loggers:
             lg.setLevel(logging.ERROR)
-        with contextlib.redirect_stdout(io.StringIO()):  # NNCF's progress bars (rich)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
             yield
     finally:
         for lg, level in zip(loggers, levels, strict=True):
@@ -130,7 +135,7 @@ def quantize_openvino(onnx_path: Path, out_xml: Path, images: np.ndarray) -> dic
     # OpenVINO keeps the ONNX node names of the ops it does not fuse away
     ignored = [n for n in ignored if n in names]
     batches = calibration_batches(images)
-    with _quiet(("nncf",)):
+    with quiet(("nncf",)):
         quantized = nncf.quantize(
             model,
             nncf.Dataset(batches),
@@ -186,7 +191,7 @@ def quantize_onnxruntime(
     reader = type("Reader", (_Reader, CalibrationDataReader), {})(
         input_name, calibration_batches(images)
     )
-    with _quiet(("root", "onnxruntime")):
+    with quiet(("root", "onnxruntime")):
         quantize_static(
             str(onnx_path),
             str(out_onnx),
