@@ -4,8 +4,9 @@
 ``serve``, ``export``, ``eval``, ``train``). :class:`~tipsomaly.method.detector.Detector` is
 built from one (:meth:`Detector.from_config`), the CLI reads each option's default, choices
 and help from :func:`dataclasses.fields`, and the eval and train configs derive from it, so a
-default is written once. :meth:`DetectorConfig.from_profile` takes a profile's settings (its tiling and
-ROI included); :meth:`DetectorConfig.from_record` any recorded settings (an export's).
+default is written once. :meth:`DetectorConfig.from_profile` takes a profile's settings (its
+tiling and ROI included); :meth:`DetectorConfig.from_record` any recorded settings (an
+export's).
 
 The paper's choice of learned pixel prompts per backbone and dataset lives in
 :func:`default_pixel_prompts`. Nothing here imports torch.
