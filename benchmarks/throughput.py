@@ -562,9 +562,13 @@ def engines_table(args: argparse.Namespace, preset: str, size: int) -> None:
         "the row's precision (fp32 / bf16 F.linear; int8: the best of ONNX Runtime's and "
         "OpenVINO's int8 MatMul on the same shapes). int8: static post-training quantization "
         f"of the vision blocks on {args.calibration} generated calibration images (other "
-        "images than the timed and checked ones), as `tipsomaly export --precision int8`. "
-        "bf16*: fp32 kernels with every vision linear's weights, inputs and outputs rounded "
-        "to bf16 (attention inner products in fp32)."
+        "images than the timed and checked ones), as `tipsomaly export --precision int8`."
+        + (
+            ""
+            if native_bf16
+            else " bf16*: fp32 kernels with every vision linear's weights, inputs and outputs "
+            "rounded to bf16 (attention inner products in fp32)."
+        )
     )
     for b in batches:
         eager = statistics.median(g for g, _ in times["torch eager fp32", b])
