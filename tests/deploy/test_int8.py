@@ -294,3 +294,53 @@ def test_int8_on_a_profile_without_its_references_says_so(setup, capsys, tmp_pat
     line = _one_line(capsys, ["export", "--profile", str(profile), "--precision", "int8",
                               "--out", str(tmp_path / "exp")])  # fmt: skip
     assert "does not keep its reference images" in line and "--calibration-images" in line
+
+
+# -- the promise: the int8 engine's false-alarm rate at its own threshold -----------------------
+def _texture(rng: np.random.Generator, size: int = 42) -> np.ndarray:
+    """A normal texture: 6-px blocks of random grey plus pixel noise, tinted (uint8 RGB)."""
+    blocks = rng.random((size // 6 + 1, size // 6 + 1))
+    grey = np.kron(blocks, np.ones((6, 6)))[:size, :size] * 0.6 + 0.4 * rng.random((size, size))
+    return (np.stack([grey, grey * 0.95, grey * 0.85], -1) * 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("engine", list(FORMATS))
+def test_int8_keeps_the_false_alarm_rate_at_its_recalibrated_threshold(engine, tmp_path):
+    """As tests/method/test_profile_calibration for torch: 39 references at rate 0.1, the
+    rate on 1000 fresh normal images below the 99.9 % quantile of Beta(n+1-k, k) plus 3.3
+    binomial standard deviations."""
+    from scipy.stats import beta
+
+    from goldens import golden_dirs
+    from tipsomaly.deploy.export import export
+    from tipsomaly.method.calibration import conformal_rank
+    from tipsomaly.method.detector import Detector
+    from tipsomaly.method.fitting import fit_profile
+    from tipsomaly.tips.model import load_model_dir
+
+    n, alpha, m = 39, 0.1, 1000
+    rng = np.random.default_rng(7)
+    refs = []
+    for i in range(n):
+        refs.append(str(tmp_path / f"ref_{i:02d}.png"))
+        Image.fromarray(_texture(rng)).save(refs[-1])
+    model = load_model_dir(golden_dirs()[0], description="golden.json")
+    detector = Detector(model, image_size=42, text_cache=False, batch_size=64)
+    profile = fit_profile(detector, refs, CLASS, false_alarm_rate=alpha)
+    detector.set_profiles(profile, "fused")
+    folder = tmp_path / "int8"
+    export(detector, CLASS, folder, FORMATS[engine], precision="int8", calibration=refs)
+    int8 = ExportedDetector(folder, batch_size=250)
+    calib = int8.thresholds_for(CLASS).get("fused", "image")
+    assert calib.threshold != profile.thresholds.get("fused", "image").threshold
+    fresh_rng = np.random.default_rng(2024)
+    preds = int8.predict([_texture(fresh_rng) for _ in range(m)], CLASS)
+    assert all(p.threshold == calib.threshold for p in preds)
+    rate = float(np.mean([p.is_anomalous for p in preds]))
+    k = conformal_rank(n, alpha)
+    upper = float(beta.ppf(0.999, n + 1 - k, k))
+    bound = upper + 3.3 * (upper * (1 - upper) / m) ** 0.5
+    assert 0.25 < bound < 0.36
+    assert rate <= bound, f"{rate:.3f} of new normal images flagged by the int8 engine"
+    assert rate > 0.0  # the threshold is not vacuous
+    print(f"{engine} int8: false-alarm rate {rate:.3f} at alpha {alpha} (bound {bound:.3f})")
