@@ -316,6 +316,8 @@ def resolve_engine(config: C) -> C:
     from ..deploy.metadata import is_export_dir
 
     engine, precision = config.engine, config.precision
+    if engine == "torch" and is_export_dir(config.model):
+        return config  # an export runs in its graph's precision (ExportedDetector checks it)
     if engine == "torch":
         if precision == "int8":
             raise InvalidOptionError(
