@@ -25,7 +25,7 @@ from typing import Any
 
 from .. import __version__
 from ..deploy.metadata import EXPORT_JSON
-from ..errors import InvalidOptionError
+from ..errors import InvalidOptionError, OutputError
 from ..fingerprint import digest, file_digest
 from ..identity import spec_id
 from ..method.config import DetectorConfig
@@ -144,7 +144,10 @@ def _export_once(
     config: DetectorConfig, class_name: str, calibration: list[str], folder: Path
 ) -> None:
     """Export into ``folder`` unless another process does it now (then wait for it)."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # the cache cannot be written: one line naming it
+        raise OutputError(folder.parent, exc) from None
     lock = OutputLock(folder.parent / f".{folder.name}.lock", command=f"export {folder.name}")
     waited = time.monotonic()
     while True:
