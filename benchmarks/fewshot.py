@@ -17,7 +17,10 @@ normal references and a test set of normal images and of images with one drawn d
 three kinds, with pixel masks: a dark square, a bright scratch line and a colour blotch. For
 1, 4 and 16 shots (the first k references; 1 shot also with ``augment=True``, the 8 flips and
 rotations in the bank) a profile is fitted and the test set predicted in each mode through
-``Detector.predict``. Printed, as means over the classes: image AUROC (and its change against
+``Detector.predict``; the 16-shot fused profile also on the int8 engines (``--int8``: OpenVINO
+and ONNX Runtime, exported as ``tipsomaly export --precision int8`` with the profile, whose
+thresholds the int8 graph recalibrates), beside the same profile on torch fp32. Printed, as
+means over the classes: image AUROC (and its change against
 zero-shot, the baseline measured in the same run), pixel AUROC, image AUROC of each defect
 kind against the normal images, and with the thresholds the profile calibrated at
 ``--alpha``: the share of normal test images flagged (FA), of anomalous ones flagged (hit) and
@@ -43,6 +46,7 @@ import logging
 import math
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -208,8 +212,36 @@ def evaluate(detector: Detector, data: ClassData, row: Row) -> None:
         flagged = np.array([p.is_anomalous for p in preds])
         row.flagged_normal.append(float(flagged[normal].mean()))
         row.flagged_anomalous.append(float(flagged[~normal].mean()))
-        profile = detector.profiles[data.cls.name]
-        row.bound.append(profile.thresholds.get(preds[0].mode, "image").guaranteed_rate)
+        thresholds = detector.thresholds_for(data.cls.name)  # the engine's own (int8: its)
+        row.bound.append(thresholds.get(preds[0].mode, "image").guaranteed_rate)
+
+
+def _int8_row(runtime: str) -> str:
+    return f"16-shot int8 {'OV' if runtime == 'openvino' else 'ORT'}"
+
+
+def int8_rows(detector: Detector, data: ClassData, row: Callable[[str, str], Row], args) -> None:
+    """The 16-shot fused profile on the int8 engines: the profile fitted from the references
+    saved as PNG files (an int8 export recalibrates its thresholds on them, so they must be
+    files), exported as `tipsomaly export --precision int8` does (calibrated on the same
+    references), then the test set predicted by the int8 graph at its recalibrated threshold."""
+    from tipsomaly.deploy.export import export
+    from tipsomaly.deploy.inferencers import ExportedDetector
+
+    with tempfile.TemporaryDirectory() as tmp:
+        files = []
+        for i, image in enumerate(data.references[:16]):
+            files.append(str(Path(tmp) / f"ref_{i:02d}.png"))
+            Image.fromarray(image).save(files[-1])
+        profile = fit_profile(detector, files, data.cls.name, false_alarm_rate=args.alpha)
+        detector.set_profiles(profile, "fused")
+        evaluate(detector, data, row("16-shot files fp32", "fused"))
+        for runtime in args.int8:
+            folder = Path(tmp) / runtime
+            fmt = "openvino" if runtime == "openvino" else "onnx"
+            export(detector, data.cls.name, folder, fmt, precision="int8", calibration=files)
+            evaluate(ExportedDetector(folder), data, row(_int8_row(runtime), "fused"))
+        detector.set_profiles(None)
 
 
 def accuracy(args: argparse.Namespace) -> None:
@@ -248,6 +280,8 @@ def accuracy(args: argparse.Namespace) -> None:
                 detector.set_profiles(profile, mode)
                 evaluate(detector, data, row(setting, mode))
         detector.set_profiles(None)
+        if args.int8:
+            int8_rows(detector, data, row, args)
     elapsed = time.perf_counter() - start
 
     n_test = args.normal + len(DEFECTS) * args.per_defect
@@ -276,6 +310,16 @@ def accuracy(args: argparse.Namespace) -> None:
             f"{r.setting:<22}{r.mode:<11}{img:>10.3f}{delta:>8}{np.mean(r.pixel):>10.3f}"
             + "".join(f"{np.mean(r.per_defect[d]):>13.3f}" for d in DEFECTS)
             + f"{mean(r.flagged_normal):>7}{mean(r.flagged_anomalous):>7}{mean(r.bound):>7}"
+        )
+    fp32 = rows.get(("16-shot files fp32", "fused"))
+    for runtime in args.int8 if fp32 is not None else ():
+        r = rows[(_int8_row(runtime), "fused")]
+        gap = float(np.mean(r.image)) - float(np.mean(fp32.image))
+        print(
+            f"int8 {runtime} vs fp32 (16-shot fused, same profile): image AUROC {gap:+.4f} "
+            f"(goal within 0.005), pixel AUROC {np.mean(r.pixel) - np.mean(fp32.pixel):+.4f}, "
+            f"false alarms at its recalibrated threshold {np.mean(r.flagged_normal):.3f} "
+            f"(bound {np.mean(r.bound):.3f}, alpha {args.alpha})"
         )
     fits = ", ".join(f"{s} {1000 * np.mean(t):.0f} ms" for s, t in fit_time.items())
     print(f"profile fit per class: {fits}; part 1 took {elapsed:.1f} s\n")
@@ -421,6 +465,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=None, help="classes per texture kind")
     parser.add_argument("--alpha", type=float, default=0.1, help="false-alarm rate to calibrate")
     parser.add_argument("--backbone", default="b14h", help="preset whose shape is timed")
+    parser.add_argument(
+        "--int8",
+        nargs="*",
+        choices=("openvino", "onnxruntime"),
+        default=["openvino", "onnxruntime"],
+        help="int8 engines whose 16-shot fused rows are added (none: --int8 alone)",
+    )
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--skip-cost", action="store_true")
     args = parser.parse_args(argv)

@@ -103,11 +103,12 @@ def make_images(n: int, size: int, seed: int = 0) -> list[np.ndarray]:
         base = 110 + 40 * np.sin(xx / rng.uniform(6, 14)) * np.cos(yy / rng.uniform(6, 14))
         img = np.repeat(base[..., None], 3, 2) + rng.normal(0, 8, (size, size, 3))
         if i % 2:
+            margin = min(60, size // 4)  # small sizes (quick runs): blobs scaled down
             for value in (250, 10):
                 cy, cx, r = (
-                    rng.integers(60, size - 60),
-                    rng.integers(60, size - 60),
-                    rng.integers(12, 40),
+                    rng.integers(margin, size - margin),
+                    rng.integers(margin, size - margin),
+                    rng.integers(min(12, margin // 2), min(40, margin)),
                 )
                 img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = value
         images.append(np.clip(img, 0, 255).astype(np.uint8))
@@ -146,6 +147,51 @@ def matmul_peak(
     return best
 
 
+def int8_matmul_peak(
+    shapes: list[tuple[int, int, int]], seconds: float = 1.5, threads: int | None = None
+) -> float:
+    """Best GOP/s of an int8 matrix product on ``shapes`` (m, k, n) over ONNX Runtime and
+    OpenVINO (each a one-MatMul graph with a constant (k, n) weight, statically quantized as
+    the int8 engines are); 2 ops per multiply-add, as the fp32 peak counts them."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tipsomaly.deploy.inferencers import open_runner
+    from tipsomaly.deploy.quantize import quantize
+
+    best = 0.0
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (m, k, n) in enumerate(shapes):
+            w = numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32), "w")
+            node = helper.make_node("MatMul", ["images", "w"], ["y"], name=f"mm{i}")
+            # the quantizers pick linears inside the transformer blocks by this metadata
+            scope = "head.vision.blocks.0: torch.nn.modules.linear.Linear"
+            node.metadata_props.add(key="namespace", value=scope)
+            graph = helper.make_graph(
+                [node],
+                "mm",
+                [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, m, k])],
+                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, m, n])],
+                [w],
+            )
+            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+            src = Path(tmp) / f"mm{i}.onnx"
+            onnx.save(model, str(src))
+            x = rng.random((1, m, k), dtype=np.float32)
+            for runtime, target in (("onnxruntime", f"q{i}.onnx"), ("openvino", f"q{i}.xml")):
+                quantize(runtime, src, Path(tmp) / target, x, "images")
+                run = open_runner(Path(tmp) / target, runtime, threads=threads)
+                run(x)
+                reps, start = 0, time.perf_counter()
+                while time.perf_counter() - start < seconds / len(shapes) / 2:
+                    run(x)
+                    reps += 1
+                elapsed = time.perf_counter() - start
+                best = max(best, 2 * m * k * n * reps / elapsed / 1e9)
+    return best
+
+
 @contextlib.contextmanager
 def simulated_bf16(model: TipsModel):
     """bf16 numerics without bf16 kernels: every vision matmul's weights, inputs and outputs
@@ -172,8 +218,10 @@ def simulated_bf16(model: TipsModel):
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1])
+    from tipsomaly.deploy.quantize import spearman as ranked
+
+    rho = ranked(a, b)
+    return float("nan") if rho is None else rho
 
 
 # ------------------------------------------------------------------------------------ stages
@@ -265,6 +313,17 @@ def eval_memory(n: int, size: int, grid: int, dtype: str) -> dict:
 #: /proc/cpuinfo flags the engines table depends on (printed present / absent)
 CPU_FLAGS = ("fma", "avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
 ENGINE_CLASS = "screw"
+#: the engines table's rows
+ENGINES = (
+    "torch eager fp32",
+    "torch.compile fp32",
+    "onnxruntime fp32",
+    "openvino fp32",
+    "openvino int8",
+    "onnxruntime int8",
+    "torch eager bf16",
+    "openvino bf16",
+)
 
 
 def cpu_flags() -> set[str]:
@@ -307,8 +366,9 @@ def engines_table(args: argparse.Namespace, preset: str, size: int) -> None:
 
     from tipsomaly.data.images import preprocess
     from tipsomaly.deploy.export import export
-    from tipsomaly.deploy.graph import ExportModule
-    from tipsomaly.deploy.inferencers import OnnxRunner, OpenVinoRunner
+    from tipsomaly.deploy.graph import INPUT_NAME, ExportModule
+    from tipsomaly.deploy.inferencers import OnnxRunner, OpenVinoRunner, open_runner
+    from tipsomaly.deploy.quantize import quantize
 
     batches = sorted(set(args.engine_batches))
     model = random_model(preset)
@@ -351,23 +411,51 @@ def engines_table(args: argparse.Namespace, preset: str, size: int) -> None:
         start = time.perf_counter()
         engines["openvino fp32"] = OpenVinoRunner(ir, threads=args.threads)
         setup["OpenVINO compile_model"] = time.perf_counter() - start
+        if cpu_has_native_bf16() and "openvino bf16" in args.engines:  # the fp32 IR, bf16 mode
+            engines["openvino bf16"] = OpenVinoRunner(ir, threads=args.threads, precision="bf16")
+        # int8: post-training static quantization as `tipsomaly export --precision int8`
+        calibration = np.stack(
+            [preprocess(im, size).numpy() for im in make_images(args.calibration, size, seed=2)]
+        )
+        for runtime, target in (("openvino", "ir8/model.xml"), ("onnxruntime", "q8.onnx")):
+            if f"{runtime} int8" not in args.engines:
+                continue
+            graph = Path(tmp) / target
+            graph.parent.mkdir(exist_ok=True)
+            start = time.perf_counter()
+            quantize(runtime, folder / "model.onnx", graph, calibration, INPUT_NAME)
+            setup[f"{runtime} int8 quantization"] = time.perf_counter() - start
+            engines[f"{runtime} int8"] = open_runner(graph, runtime, threads=args.threads)
     if not args.no_compile:
         compiled = torch.compile(vision.eager, dynamic=False)
         engines["torch.compile fp32"] = torch_engine(compiled)
     else:
         print("torch.compile fp32: skipped (--no-compile)")
-    if cpu_has_native_bf16():
-        print(
-            "bf16 engines (torch eager bf16, torch.compile bf16, OpenVINO bf16): not in this "
-            "table yet; run them where measured"
-        )
+    native_bf16 = cpu_has_native_bf16()
+    if native_bf16:
+        if "torch eager bf16" in args.engines:  # the same weights, matmuls in bf16
+            twin = random_model(preset)
+            twin_detector = Detector(twin, image_size=size, text_cache=False)
+            twin_module = ExportModule.from_detector(twin_detector, ENGINE_CLASS).eval()
+            twin_module.head.vision.set_compute_dtype(torch.bfloat16)
+            twin_vision = TimedVision(twin_module.head.vision)
+
+            def bf16_run(x: np.ndarray) -> dict[str, np.ndarray]:
+                twin_vision.seconds = 0.0
+                with torch.no_grad():
+                    out = twin_module(torch.from_numpy(x))
+                vision.seconds += twin_vision.seconds  # the table reads the vision time there
+                return {n: t.numpy() for n, t in zip(module.output_names, out, strict=True)}
+
+            engines["torch eager bf16"] = bf16_run
     else:
         print(
-            "skipped: torch eager bf16, torch.compile bf16, OpenVINO bf16 — this CPU has no bf16 "
-            "matrix instructions (no avx512_bf16 / amx_bf16): PyTorch would emulate bf16 far "
-            "slower than fp32 and OpenVINO would run f32; bf16 numerics are checked below "
-            "(bf16*, simulated rounding), bf16 speed is measured on a CPU that has them"
+            "skipped: torch eager bf16, OpenVINO bf16 — this CPU has no bf16 matrix "
+            "instructions (no avx512_bf16 / amx_bf16): PyTorch would emulate bf16 far slower "
+            "than fp32 and OpenVINO would run f32; bf16 numerics are checked below (bf16*, "
+            "simulated rounding), bf16 speed is measured on a CPU that has them"
         )
+    engines = {k: v for k, v in engines.items() if k in args.engines or k == "torch eager fp32"}
 
     # first calls: warm-up and compile times; their outputs on the check images give the errors
     outputs: dict[str, dict[str, np.ndarray]] = {}
@@ -390,7 +478,7 @@ def engines_table(args: argparse.Namespace, preset: str, size: int) -> None:
     # timed rounds: every engine once per batch size per round, the matmul peak in each round
     d, hidden = model.embed_dim, model.vision.config.mlp_hidden_dim
     times: dict[tuple[str, int], list[tuple[float, float]]] = {}
-    peaks: list[float] = []
+    peaks: dict[str, list[float]] = {"fp32": [], "bf16": [], "int8": []}
     for r in range(args.rounds):
         for b in batches:
             x = inputs[:b].numpy()
@@ -402,23 +490,32 @@ def engines_table(args: argparse.Namespace, preset: str, size: int) -> None:
                 times.setdefault((name, b), []).append((graph / b, vision.seconds / b))
         tokens = max(batches) * ((size // 14) ** 2 + 2)
         shapes = [(tokens, d, hidden), (tokens, hidden, d), (tokens, d, 3 * d)]
-        peaks.append(matmul_peak(torch.float32, shapes, seconds=1.5))
+        peaks["fp32"].append(matmul_peak(torch.float32, shapes, seconds=1.5))
+        if native_bf16:
+            peaks["bf16"].append(matmul_peak(torch.bfloat16, shapes, seconds=1.5))
+        if any(name.endswith("int8") for name in engines):
+            peaks["int8"].append(int8_matmul_peak(shapes, threads=args.threads))
         print(f"  round {r + 1}/{args.rounds} done, load average {load_average()}")
-    peak = statistics.median(peaks)
+    peak = {kind: statistics.median(v) for kind, v in peaks.items() if v}
 
-    # bf16 numerics on this machine: bf16 rounding simulated on the eager graph
-    with simulated_bf16(model):
-        run = torch_engine(vision.eager)
-        sim = [run(inputs[s : s + max(batches)].numpy()) for s in range(0, n_check, max(batches))]
-    outputs["torch eager bf16*"] = {
-        k: np.concatenate([o[k] for o in sim]) for k in ("image_score", "anomaly_map")
-    }
+    if not native_bf16:  # bf16 numerics on this machine: rounding simulated on the eager graph
+        with simulated_bf16(model):
+            run = torch_engine(vision.eager)
+            sim = [
+                run(inputs[s : s + max(batches)].numpy()) for s in range(0, n_check, max(batches))
+            ]
+        outputs["torch eager bf16*"] = {
+            k: np.concatenate([o[k] for o in sim]) for k in ("image_score", "anomaly_map")
+        }
 
     ref = outputs["torch eager fp32"]
+    shown = "; ".join(
+        f"{kind} {v:.0f} (rounds: {', '.join(f'{p:.0f}' for p in peaks[kind])})"
+        for kind, v in peak.items()
+    )
     print(
-        f"\n{preset}, {size} px, median of {args.rounds} interleaved round(s); fp32 F.linear "
-        f"peak {peak:.0f} GFLOP/s (rounds: {', '.join(f'{p:.0f}' for p in peaks)}); "
-        f"errors vs torch eager fp32 over {n_check} image(s)"
+        f"\n{preset}, {size} px, median of {args.rounds} interleaved round(s); matmul peaks "
+        f"GFLOP/s (GOP/s for int8): {shown}; errors vs torch eager fp32 over {n_check} image(s)"
     )
     print(
         f"{'engine':19s} {'batch':>5s} {'graph s/img':>11s} {'vision s/img':>12s} "
@@ -427,7 +524,7 @@ def engines_table(args: argparse.Namespace, preset: str, size: int) -> None:
     )
     for b in batches:
         base = times["torch eager fp32", b]
-        for name in [*engines, "torch eager bf16*"]:
+        for name in [*engines, *(["torch eager bf16*"] if not native_bf16 else [])]:
             out = outputs[name]
             dmap = float(np.abs(out["anomaly_map"] - ref["anomaly_map"]).max())
             dscore = float(np.abs(out["image_score"] - ref["image_score"]).max())
@@ -451,19 +548,40 @@ def engines_table(args: argparse.Namespace, preset: str, size: int) -> None:
                 ratio += f" [{min(ratios):.2f}-{max(ratios):.2f}]"
             mark = "" if vis else "†"
             vis_text = f"{vis:12.3f}" if vis else f"{'–':>12s}"
+            own = peak.get(name.split()[-1], peak["fp32"])  # the matching precision's peak
             print(
                 f"{name:19s} {b:5d} {graph:11.3f} {vis_text} "
-                f"{achieved:7.0f}{mark or ' '} {achieved / peak:6.0%} {ratio:>13s} {errors}"
+                f"{achieved:7.0f}{mark or ' '} {achieved / own:6.0%} {ratio:>13s} {errors}"
             )
     print(
         "graph s/img: images (B,3,S,S) -> scores and anomaly maps at S (the exported graph; "
         "torch runs the same ExportModule). vision s/img: the vision forward alone (torch "
         "engines; the head around it runs eager). GFLOP/s: vision matmul FLOPs / vision time, "
         "† / whole-graph time (ORT, OpenVINO: a lower bound). vs eager: eager graph time / "
-        "engine graph time, median [min-max] of per-round ratios. bf16*: fp32 kernels with "
-        "every vision linear's weights, inputs and outputs rounded to bf16 (attention inner "
-        "products in fp32)."
+        "engine graph time, median [min-max] of per-round ratios. %peak: of the matmul peak of "
+        "the row's precision (fp32 / bf16 F.linear; int8: the best of ONNX Runtime's and "
+        "OpenVINO's int8 MatMul on the same shapes). int8: static post-training quantization "
+        f"of the vision blocks on {args.calibration} generated calibration images (other "
+        "images than the timed and checked ones), as `tipsomaly export --precision int8`."
+        + (
+            ""
+            if native_bf16
+            else " bf16*: fp32 kernels with every vision linear's weights, inputs and outputs "
+            "rounded to bf16 (attention inner products in fp32)."
+        )
     )
+    for b in batches:
+        eager = statistics.median(g for g, _ in times["torch eager fp32", b])
+        best = (
+            min((statistics.median(g for g, _ in times[n, b]), n) for n in engines if "int8" in n)
+            if any("int8" in n for n in engines)
+            else None
+        )
+        if best is not None:
+            print(
+                f"batch {b}: fastest int8 engine {best[1]} {eager / best[0]:.2f}x eager fp32 "
+                "(goal >= 2x, stretch 3x)"
+            )
 
 
 # -------------------------------------------------------------------------------------- main
@@ -493,6 +611,17 @@ def main() -> None:
         help="images the engines' errors are taken on (default: the largest batch)",
     )
     parser.add_argument("--threads", type=int, default=None, help="ORT / OpenVINO threads")
+    parser.add_argument(
+        "--engines",
+        nargs="+",
+        choices=ENGINES,
+        default=list(ENGINES),
+        help="engines table rows (torch eager fp32, the baseline, always runs); bf16 rows "
+        "need bf16 matrix instructions",
+    )
+    parser.add_argument(
+        "--calibration", type=int, default=8, help="int8: generated calibration images"
+    )
     parser.add_argument("--no-compile", action="store_true", help="leave torch.compile out")
     parser.add_argument(
         "--quick",

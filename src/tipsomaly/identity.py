@@ -28,7 +28,15 @@ from . import fingerprint
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SCORING_KEYS", "Identity", "describe", "diff", "model_id", "spec_id"]
+__all__ = [
+    "SCORING_KEYS",
+    "Identity",
+    "calibration_diff",
+    "describe",
+    "diff",
+    "model_id",
+    "spec_id",
+]
 
 #: the entries a score depends on: a profile or an export is used only where they are equal
 SCORING_KEYS = ("model", "image_size", "prompts", "pixel_prompts", "sigma", "cls", "tiling", "roi")
@@ -105,6 +113,21 @@ def diff(
         for key in keys
         if _normal(a.get(key)) != _normal(b.get(key))
     ]
+
+
+def calibration_diff(
+    calibrated: Mapping[str, Any] | None, actual: Mapping[str, Any] | Identity
+) -> list[str]:
+    """Where thresholds calibrated on one engine's scores (``calibrated``: ``{"engine",
+    "precision"}``, None: a torch fp32 fit) would be applied to ``actual``'s: :func:`diff` of
+    ``engine`` and ``precision`` when either side is int8 (quantization moves the scores by
+    more than a threshold's margin, each runtime its own way); fp32 and bf16 scores agree to
+    the parity the tests hold, so their thresholds are shared as before."""
+    recorded = dict(calibrated or {"engine": "torch", "precision": "fp32"})
+    b = actual.to_dict() if isinstance(actual, Identity) else actual
+    if "int8" not in (recorded.get("precision"), b.get("precision")):
+        return []
+    return diff(recorded, b, ("engine", "precision"))
 
 
 def _normal(value: Any) -> Any:

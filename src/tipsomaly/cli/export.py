@@ -23,6 +23,7 @@ from .options import (
 
 #: what a graph does not hold: how it is run is predict's (or serve's) business
 NOT_EXPORTED = (
+    "engine",
     "device",
     "dtype",
     "batch_size",
@@ -91,8 +92,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     check_mode(args, "the export")
     if args.opset < 18:
         raise InvalidOptionError(f"--opset {args.opset}: torch's exporter writes opset 18 or newer")
+    precision = args.precision or "fp32"
+    if precision == "bf16":
+        raise InvalidOptionError(
+            "--precision bf16: an export is fp32 or int8 (bf16 is how OpenVINO runs an fp32 "
+            "graph: predict --engine openvino --precision bf16)"
+        )
+    if precision == "int8" and not args.profiles and args.calibration_images is None:
+        raise InvalidOptionError(
+            "--precision int8 needs calibration images: give --profile DIR (its references) "
+            "or --calibration-images DIR"
+        )
     # an export is traced in fp32 on the CPU
-    config = resolved(config_from_args(args, device="cpu", dtype="fp32"))
+    config = resolved(config_from_args(args, device="cpu", dtype="fp32", precision=None))
     if is_export_dir(config.model):
         raise InvalidOptionError(f"--model {config.model} is an export already")
     if config.profiles:
@@ -112,8 +124,30 @@ def cmd_export(args: argparse.Namespace) -> int:
         require(module, args.format, f"exporting to {args.format}")
     from ..deploy.export import export
 
+    calibration = None
+    if precision == "int8" and config.calibration_images is not None:
+        from ..deploy.quantize import image_files
+
+        calibration = [str(p) for p in image_files(config.calibration_images)]
+        if not calibration:
+            raise InvalidOptionError(
+                f"--calibration-images {config.calibration_images}: no image files there"
+            )
     detector = open_predictor(config, {})
-    _report(export(detector, args.class_name, args.out, args.format, opset=args.opset))
+    if precision == "int8" and calibration is None:
+        from ..deploy.export import reference_files
+
+        calibration = reference_files(detector.profiles[args.class_name])
+    result = export(
+        detector,
+        args.class_name,
+        args.out,
+        args.format,
+        opset=args.opset,
+        precision=precision,
+        calibration=calibration,
+    )
+    _report(result)
     return ExitCode.OK
 
 
@@ -124,21 +158,39 @@ def _report(result: Any) -> None:
     print(
         f"exported {r['class_name']!r} ({r['mode']}, {r['settings']['image_size']} px, "
         f"{r['identity']['model']['name']}) "
-        f"as {graph['format']} (fp32, opset {graph['opset']}) -> {result.folder}/: {files}, "
+        f"as {graph['format']} ({graph['precision']}, opset {graph['opset']}) -> "
+        f"{result.folder}/: {files}, "
         "export.json"
     )
     print(f"outputs: {', '.join(o['name'] for o in graph['outputs'])}")
-    if result.parity is not None:
+    if graph["precision"] == "int8":
+        p, q = r["parity"], r["quantization"]["calibration"]
+        rho = p["image_score_spearman"]
+        print(
+            f"int8 against fp32 on the {q['images']} calibration image(s) (digest "
+            f"{q['digest'][:12]}): max map error {p['map_max_error']:.3g}, image-score "
+            f"Spearman {'n/a (fewer than 3 images)' if rho is None else f'{rho:.4f}'}"
+        )
+        if r["thresholds"].get("calibration"):
+            print("thresholds recalibrated with the int8 graph on the profile's references")
+    elif result.parity is not None:
         scores = max(result.parity[n] for n in ("image_score", "score_cls1", "score_cls2"))
         print(
             f"checked against PyTorch on 2 images: max |difference| {scores:.2g} on the "
             f"scores, {result.parity['anomaly_map']:.2g} on the maps"
         )
     th = r["thresholds"]
+    names = {o["name"] for o in graph["outputs"]}
+
+    def where(output: str) -> str:  # an int8 graph with a profile decides nothing itself
+        return output if output in names else "applied by predict"
+
     if th["image"] is not None:
-        print(f"image threshold {th['image']['threshold']:.6f} (pred_label)", end="")
+        print(f"image threshold {th['image']['threshold']:.6f} ({where('pred_label')})", end="")
         if th["pixel"] is not None:
-            print(f", pixel threshold {th['pixel']['threshold']:.6f} (pred_mask)", end="")
+            print(
+                f", pixel threshold {th['pixel']['threshold']:.6f} ({where('pred_mask')})", end=""
+            )
         print()
     print(
         f"run it: tipsomaly predict IMAGES --model {result.folder} --class-name "

@@ -19,6 +19,7 @@ from .exit_codes import ExitCode
 from .options import (
     DECISION_SETTINGS,
     DEFAULTS,
+    ENGINE_SETTINGS,
     HelpFormatter,
     add_settings,
     config_from_args,
@@ -32,7 +33,7 @@ from .options import (
 )
 
 #: settings that decide with a profile, not fit one
-NOT_FITTING = ("mode", *DECISION_SETTINGS)
+NOT_FITTING = ("mode", *DECISION_SETTINGS, *ENGINE_SETTINGS)
 
 rate = float_type(0, 1, low_open=True, high_open=True, hint="a fraction, e.g. 0.01 = 1 in 100")
 

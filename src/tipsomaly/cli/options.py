@@ -116,6 +116,9 @@ DECISION_SETTINGS = (
     "pixel_size_mm",
     "defects_format",
 )
+#: what runs the network (``--engine``, ``--precision``, ``--calibration-images``): the verbs
+#: that need torch itself (fit, train) leave them out
+ENGINE_SETTINGS = ("engine", "precision", "calibration_images")
 #: the settings of a verb that uses profiles (fit makes them, train has none)
 PROFILE_SETTINGS = ("profiles", "mode")
 #: ``--max-pixels 0``: no limit (None in the config, where None cannot mean "not given")
@@ -301,17 +304,65 @@ def resolved(config: C) -> C:
             config.image_size, "--image-size", vision.patch_size, what="the model's patch size"
         )
         tile_side(config.tile, "--tile", at_least=vision.patch_size, what="the model's patch size")
+    config = resolve_engine(config)
     device, dtype = resolve_runtime(config.device, config.dtype)
     return config.replace(device=str(device), dtype=dtype)  # the config names a torch dtype
 
 
-def open_predictor(config: DetectorConfig, given: dict[str, Any]) -> Predictor:
-    """The predictor of the options: an export's :class:`ExportedDetector` when ``--model``
-    names an export folder (``given`` are the options set, checked against the export's),
-    else the :class:`Detector` of ``config``. Model, prompt and profile problems raise
-    :class:`TipsomalyError`, which ``main()`` shows as one line."""
+def resolve_engine(config: C) -> C:
+    """``--engine`` / ``--precision`` made concrete before anything loads: the torch engine's
+    dtype (``--precision`` is ``--dtype`` then), an exported engine's CPU and precision. Each
+    refusal is one line: int8 on torch, int8 without calibration images, bf16 on ONNX Runtime
+    or on a CPU without bf16 instructions (:func:`resolve_runtime`'s check, as ``--dtype``)."""
     from ..deploy.metadata import is_export_dir
 
+    engine, precision = config.engine, config.precision
+    if engine == "torch" and is_export_dir(config.model):
+        return config  # an export runs in its graph's precision (ExportedDetector checks it)
+    if engine == "torch":
+        if precision == "int8":
+            raise InvalidOptionError(
+                "--precision int8 runs on --engine onnxruntime or openvino (torch has no int8 path)"
+            )
+        # on torch, --precision is the --dtype it names (over the verb's default dtype)
+        return config if precision is None else config.replace(dtype=precision)
+    if is_export_dir(config.model):
+        raise InvalidOptionError(
+            f"--engine {engine}: --model {config.model} is an export already (leave --engine out)"
+        )
+    if str(config.device) not in ("auto", "cpu"):
+        raise InvalidOptionError(f"--engine {engine} runs on the CPU, not --device {config.device}")
+    precision = precision or "fp32"
+    if precision == "bf16":
+        if engine != "openvino":
+            raise InvalidOptionError(
+                "--precision bf16: ONNX Runtime's CPU provider has no bf16 path; use --engine "
+                "openvino or torch"
+            )
+        resolve_runtime("cpu", "bf16")  # refused on a CPU without AVX-512-BF16 / AMX
+    if precision == "int8" and not config.profiles and config.calibration_images is None:
+        raise InvalidOptionError(
+            "--precision int8 needs calibration images: give --profile DIR (its references) "
+            "or --calibration-images DIR"
+        )
+    return config.replace(device="cpu", dtype="fp32", precision=precision)
+
+
+def open_predictor(
+    config: DetectorConfig, given: dict[str, Any], class_name: str | None = None
+) -> Predictor:
+    """The predictor of the options: an export's :class:`ExportedDetector` when ``--model``
+    names an export folder (``given`` are the options set, checked against the export's),
+    the cached export of ``class_name`` with ``--engine onnxruntime|openvino`` (exported on
+    first use, :func:`tipsomaly.runners.engines.open_engine`), else the :class:`Detector` of
+    ``config``. Model, prompt and profile problems raise :class:`TipsomalyError`, which
+    ``main()`` shows as one line."""
+    from ..deploy.metadata import is_export_dir
+
+    if config.engine != "torch":
+        from ..runners.engines import open_engine
+
+        return open_engine(config, given, class_name)
     if is_export_dir(config.model):
         from ..deploy.inferencers import ExportedDetector
 

@@ -167,7 +167,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
         records = PredictRecords(args.db, args.keep_images)
     # prompt, pixel-prompt and model-file problems are TipsomalyErrors: main() shows them
-    predictor = open_predictor(config, given_settings(args))
+    predictor = open_predictor(config, given_settings(args), args.class_name)
     overlay_scale = args.overlay_scale or ("threshold" if predictor.profile_classes() else "fixed")
     try:
         summary = run_predict(

@@ -234,7 +234,8 @@ def _serve(args: argparse.Namespace, stop: _Stop) -> int:
     given = given_settings(args)
 
     def load() -> Any:
-        return open_predictor(config, given)
+        one = args.classes[0] if args.classes and len(args.classes) == 1 else None
+        return open_predictor(config, given, one)  # --engine: the export of that class
 
     return _run(args, serve_config, load, sock, profile_classes, stop)
 

@@ -8,6 +8,7 @@ import logging
 from .exit_codes import ExitCode
 from .options import (
     DECISION_SETTINGS,
+    ENGINE_SETTINGS,
     PROFILE_SETTINGS,
     HelpFormatter,
     add_settings,
@@ -20,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 #: what a training run does not use: it learns the pixel prompts, on whole images
 NOT_TRAINED = ("pixel_prompts", "cls", "tile", "tile_overlap", "roi")
-NOT_TRAINED += PROFILE_SETTINGS + DECISION_SETTINGS
+NOT_TRAINED += PROFILE_SETTINGS + DECISION_SETTINGS + ENGINE_SETTINGS
 
 _EPILOG = """\
 outputs (in --out):

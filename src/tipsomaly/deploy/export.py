@@ -9,19 +9,23 @@ opset :data:`OPSET`, the batch a free dimension), converts the ONNX file with
 and checks the graph on a runtime against the PyTorch module on random images (the largest
 differences go into ``export.json`` as ``parity``). Files are written in a temporary folder
 inside ``out_dir`` and moved into place; ``export.json`` comes last.
+
+``precision="int8"`` quantizes that ONNX graph for the format's runtime (:mod:`.quantize`),
+measures it against the fp32 module on the calibration images, and, with a profile,
+recalibrates the profile's thresholds with the int8 graph's own features
+(:func:`~tipsomaly.method.fitting.recalibrate`): the graph then outputs the vision features
+too and leaves the decisions to ``predict``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
+import copy
 import logging
 import os
 import platform
 import shutil
 import tempfile
-import warnings
-from collections.abc import Iterator
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -31,12 +35,13 @@ import torch
 
 from .. import __version__
 from ..errors import available, require
-from ..fingerprint import file_digest
+from ..fingerprint import digest, file_digest
 from ..method.detector import Detector
 from ..method.profile import profile_digest
-from .graph import INPUT_NAME, ExportModule
+from .graph import FEATURE_NAMES, INPUT_NAME, ExportModule
 from .inferencers.base import DEFAULT_RUNTIME, open_runner
 from .metadata import EXPORT_JSON, FORMATS, ExportError, preprocessing_record, write_metadata
+from .quantize import quantize, quiet, spearman
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +77,8 @@ def export(
     *,
     opset: int = OPSET,
     check: bool = True,
+    precision: str = "fp32",
+    calibration: Sequence[str | os.PathLike] | None = None,
 ) -> ExportResult:
     """Export ``detector``'s method for ``class_name`` into ``out_dir`` (created).
 
@@ -86,9 +93,17 @@ def export(
         opset: the ONNX opset (18 or newer).
         check: run the graph on its runtime against PyTorch (2 random images) and record the
             differences; skipped with a warning when the runtime is not installed.
+        precision: ``"fp32"`` or ``"int8"`` (post-training static quantization of the vision
+            tower's blocks for the format's runtime, :mod:`.quantize`; the parity is then
+            measured on the calibration images, and a profile's calibrated thresholds are
+            recalibrated with the int8 graph itself, :func:`~tipsomaly.method.fitting.
+            recalibrate`, and recorded with the engine and precision they hold for).
+        calibration: int8: the image files to calibrate the quantization on (normal images
+            of the class; a profile's references are what ``tipsomaly export`` gives).
 
     Raises:
-        ExportError: an unknown format, a detector not in fp32.
+        ExportError: an unknown format or precision, a detector not in fp32, int8 without
+            calibration images, a profile whose references cannot be read to recalibrate.
         MissingExtraError: onnx / onnxscript (or openvino) is not installed.
         OutputError-like ``OSError``: ``out_dir`` cannot be written.
 
@@ -103,17 +118,38 @@ def export(
         raise ExportError(
             f"exports are fp32; this detector computes in {detector.model.compute_dtype}"
         )
+    if precision not in ("fp32", "int8"):
+        raise ExportError(f"an export is fp32 or int8, not {precision!r}")
     for module in ("onnx", "onnxscript", *(("openvino",) if fmt == "openvino" else ())):
         require(module, fmt, f"exporting to {fmt}")  # the extra is named as the format
-    module = ExportModule.from_detector(detector, class_name).eval()
+    int8 = precision == "int8"
+    if int8 and not calibration:
+        raise ExportError("an int8 export needs calibration images (normal images of the class)")
+    profile = detector.profiles.get(class_name)
+    # int8 with a profile: its fp32 thresholds do not hold for int8 scores; the graph gives
+    # the features to recalibrate them on, and decides nothing itself
+    recalibrating = int8 and profile is not None and detector.thresholds_for(class_name) is not None
+    module = ExportModule.from_detector(
+        detector, class_name, calibrated=not int8, features=recalibrating
+    ).eval()
+    images = _calibration_images(calibration, module.image_size) if int8 else None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / EXPORT_JSON).unlink(missing_ok=True)  # the folder holds no complete export now
     work = Path(tempfile.mkdtemp(dir=out, prefix=".export-"))
+    quantization = recalibrated = None
     try:
         onnx_path = work / FORMATS["onnx"]
         _to_onnx(module, onnx_path, opset)
-        if fmt == "openvino":
+        if int8:
+            assert images is not None
+            target = work / (FORMATS[fmt] if fmt == "openvino" else "model.int8.onnx")
+            quantization = quantize(DEFAULT_RUNTIME[fmt], onnx_path, target, images, INPUT_NAME)
+            for f in work.glob("model.onnx*"):
+                f.unlink()
+            if fmt == "onnx":
+                os.replace(target, onnx_path)
+        elif fmt == "openvino":
             ov = require("openvino", "openvino", "exporting to openvino")
             ov.save_model(
                 ov.convert_model(str(onnx_path)),
@@ -123,7 +159,13 @@ def export(
             for f in work.glob("model.onnx*"):
                 f.unlink()
         graph = work / FORMATS[fmt]
-        parity = _parity(module, graph, DEFAULT_RUNTIME[fmt]) if check else None
+        if int8:
+            assert images is not None
+            parity = _int8_parity(module, graph, DEFAULT_RUNTIME[fmt], images)
+            if recalibrating:
+                recalibrated = _recalibrate(detector, class_name, graph, DEFAULT_RUNTIME[fmt])
+        else:
+            parity = _parity(module, graph, DEFAULT_RUNTIME[fmt]) if check else None
         files = sorted(p.name for p in work.iterdir())
         sha = {name: file_digest(work / name) for name in files}
         if detector.config.roi is not None:  # the export holds its own copy of the mask
@@ -133,28 +175,10 @@ def export(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     record = _record(detector, class_name, module, fmt, opset, sha, parity)
+    if int8:
+        _int8_record(record, quantization, calibration, parity, recalibrated)
     write_metadata(out, record)
     return ExportResult(folder=out, graph=out / FORMATS[fmt], record=record, parity=parity)
-
-
-@contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
-    """torch's ONNX exporter prints its steps and warns about optional torchvision ops:
-    only our own log line says what happens."""
-    loud = [
-        logging.getLogger(n)
-        for n in ("torch.onnx", "torch.export", "torch.__trace", "onnxscript", "onnx_ir")
-    ]
-    levels = [lg.level for lg in loud]
-    try:
-        for lg in loud:
-            lg.setLevel(logging.ERROR)
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loud, levels, strict=True):
-            lg.setLevel(level)
 
 
 def _to_onnx(module: ExportModule, path: Path, opset: int) -> None:
@@ -164,7 +188,8 @@ def _to_onnx(module: ExportModule, path: Path, opset: int) -> None:
         "tracing the graph (%d px, %s) to ONNX opset %d", module.image_size, module.mode, opset
     )
     batch = torch.export.Dim("batch", min=1, max=4096)
-    with _quiet_exporter(), torch.no_grad():
+    exporter = ("torch.onnx", "torch.export", "torch.__trace", "onnxscript", "onnx_ir")
+    with quiet(exporter), torch.no_grad():
         torch.onnx.export(
             module,
             (module.example_input(2),),
@@ -205,6 +230,160 @@ def _parity(module: ExportModule, graph: Path, runtime: str) -> dict[str, float]
     return diffs
 
 
+def _calibration_images(files: Sequence[str | os.PathLike] | None, size: int) -> np.ndarray:
+    """The calibration images as the graph's input: (n, 3, S, S) float32 (whole images
+    resized as ``predict`` feeds an untiled graph).
+
+    Raises:
+        ExportError: an image that cannot be read (named).
+    """
+    from ..data.images import ImageLoadError, load_tensor
+
+    tensors = []
+    for f in files or ():
+        try:
+            tensors.append(load_tensor(f, size)[0])
+        except ImageLoadError as exc:
+            raise ExportError(f"calibration image {f}: {exc}") from None
+    return torch.stack(tensors).numpy()
+
+
+def _int8_parity(
+    module: ExportModule, graph: Path, runtime: str, images: np.ndarray
+) -> dict[str, Any]:
+    """The int8 graph against the fp32 module on the calibration images: max |difference|
+    per output, the largest map error and the image scores' Spearman rank correlation."""
+    runner = open_runner(graph, runtime)
+    got: dict[str, list[np.ndarray]] = {}
+    want: dict[str, list[np.ndarray]] = {}
+    for start in range(0, len(images), PARITY_BATCH):
+        x = images[start : start + PARITY_BATCH]
+        with torch.no_grad():
+            expected = module(torch.from_numpy(x))
+        out = runner(x)
+        for name, e in zip(module.output_names, expected, strict=True):
+            want.setdefault(name, []).append(e.numpy())
+            got.setdefault(name, []).append(out[name])
+    a = {n: np.concatenate(v).astype(np.float64) for n, v in got.items()}
+    b = {n: np.concatenate(v).astype(np.float64) for n, v in want.items()}
+    scores = ("image_score", "score_cls1", "score_cls2", "anomaly_map")
+    diffs = {n: float(np.abs(a[n] - b[n]).max()) for n in (*scores, "global_cls1", "global_cls2")}
+    rho = spearman(a["image_score"], b["image_score"])
+    logger.info(
+        "int8 against fp32 on %d calibration image(s): max map error %.3g, image-score Spearman %s",
+        len(images),
+        diffs["anomaly_map"],
+        "n/a" if rho is None else f"{rho:.4f}",
+    )
+    return {"max_abs_diff": diffs, "map_max_error": diffs["anomaly_map"], "spearman": rho}
+
+
+#: images per run of the fp32 module and the int8 graph while measuring parity
+PARITY_BATCH = 4
+
+
+class _EngineModel:
+    """A TIPS model whose ``encode_image`` is the exported graph's (its feature outputs):
+    what :func:`~tipsomaly.method.fitting.recalibrate` encodes the references with."""
+
+    def __init__(self, model: Any, runner: Any) -> None:
+        self._model = model
+        self._runner = runner
+
+    def encode_image(self, images: torch.Tensor) -> Any:
+        from ..tips.vision import VisionFeatures
+
+        out = self._runner(np.ascontiguousarray(images.float().cpu().numpy()))
+        cls1, cls2, patches = (torch.from_numpy(np.asarray(out[n])) for n in FEATURE_NAMES)
+        return VisionFeatures(cls1[:, None], cls2[:, None], patches)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+
+def _recalibrate(detector: Detector, class_name: str, graph: Path, runtime: str) -> dict[str, Any]:
+    """The profile's thresholds recalibrated with the graph's own features (its references
+    read again, :func:`~tipsomaly.method.fitting.recalibrate`)."""
+    from ..method.fitting import recalibrate
+
+    profile = detector.profiles[class_name]
+    engine = copy.copy(detector)  # the same settings, prompts and profile; the graph's network
+    engine.model = _EngineModel(detector.model, open_runner(graph, runtime))  # type: ignore[assignment]
+    scores, thresholds = recalibrate(engine, profile, reference_files(profile))
+    return {"scores": scores, "thresholds": thresholds, "references": len(scores["zero-shot"])}
+
+
+def reference_files(profile: Any) -> list[str]:
+    """The image files of a profile's references, in the order its bank records them.
+
+    Raises:
+        ExportError: the profile does not keep them (fitted from arrays) or one is gone.
+    """
+    sources = list((profile.info.get("references") or {}).get("sources") or [])
+    missing = [s for s in sources if not os.path.isfile(s)]
+    if not sources or missing:
+        what = f"{len(missing)} of {len(sources)} are gone, e.g. {missing[0]}" if missing else ""
+        raise ExportError(
+            f"{profile.name} does not keep its reference images ({what or 'none recorded'}): "
+            "int8 recalibrates its thresholds on them; give --calibration-images DIR and "
+            "keep the references, or fit the profile again from files"
+        )
+    return sources
+
+
+def _int8_record(
+    record: dict[str, Any],
+    quantization: dict[str, Any] | None,
+    calibration: Sequence[str | os.PathLike] | None,
+    parity: dict[str, Any],
+    recalibrated: dict[str, Any] | None,
+) -> None:
+    """``record`` (of :func:`_record`) made the record of an int8 export."""
+    graph = record["graph"]
+    graph["precision"] = "int8"
+    graph["exporter"] += ", then int8 post-training static quantization"
+    runtime = {"onnx": "onnxruntime", "openvino": "openvino"}[graph["format"]]
+    record["identity"].update(engine=runtime, precision="int8")
+    files = [str(os.path.abspath(f)) for f in calibration or ()]
+    record["quantization"] = {
+        **(quantization or {}),
+        "calibration": {
+            "images": len(files),
+            "digest": digest(sorted(file_digest(f) for f in files)),  # by content
+            "files": files,
+        },
+    }
+    record["parity"] = {
+        "max_abs_diff": parity["max_abs_diff"],
+        "map_max_error": parity["map_max_error"],
+        "image_score_spearman": parity["spearman"],
+        "runtime": runtime,
+        "images": len(files),
+        "against": "the PyTorch module, fp32, on the calibration images",
+    }
+    thresholds = record["thresholds"]
+    if recalibrated is not None:
+        mode = record["mode"]
+        calibrated = recalibrated["thresholds"]
+        for kind in ("image", "pixel"):
+            value = thresholds.get(kind)
+            if value is None or "n" in value:  # the profile's: replaced by the int8 engine's
+                c = calibrated.get(mode, kind)
+                thresholds[kind] = None if c is None else c.to_dict()
+        thresholds["calibration"] = {
+            "method": "leave-one-out on the profile's references, scored by this int8 graph "
+            "(its features) against the profile's bank; conformal quantile at the profile's "
+            "false-alarm rates",
+            "references": recalibrated["references"],
+            "scores": recalibrated["scores"][mode] if mode in recalibrated["scores"] else [],
+        }
+    thresholds["calibrated_with"] = {"engine": runtime, "precision": "int8"}
+    thresholds["decision"] = (
+        "predict compares image_score and anomaly_map with these thresholds (an int8 graph "
+        "decides nothing itself unless thresholds were given at export)"
+    )
+
+
 #: the name of the ROI mask an export holds (settings.roi)
 ROI_FILE = "roi.png"
 
@@ -232,6 +411,9 @@ def _record(
         patch_evidence=(["batch", (s // detector.patch_size) ** 2], "float32"),
         pred_label=(["batch"], "bool"),
         pred_mask=(["batch", s, s], "bool"),
+        features_cls1=(["batch", "dim"], "float32"),
+        features_cls2=(["batch", "dim"], "float32"),
+        features_patches=(["batch", (s // detector.patch_size) ** 2, "dim"], "float32"),
     )
 
     def threshold(kind: str, value: float | None) -> dict[str, Any] | None:
@@ -286,6 +468,10 @@ def _record(
             "decision": "pred_label = image_score >= image threshold; pred_mask = "
             "anomaly_map >= pixel threshold (in the graph, fp32; predict compares the "
             "scores with these values)",
+            # the scores the calibrated thresholds were calibrated on: the profile's fit
+            "calibrated_with": None
+            if calibrated is None
+            else {"engine": "torch", "precision": _fitted_precision(profile)},
         },
         "preprocessing": preprocessing_record(s),
         "parity": None
@@ -298,6 +484,12 @@ def _record(
         },
         "versions": _versions(fmt),
     }
+
+
+def _fitted_precision(profile: Any) -> str:
+    """The precision a profile was fitted in (``fit`` records its dtype), fp32 if unsaid."""
+    dtype = str(((profile.info if profile else {}).get("settings") or {}).get("dtype") or "fp32")
+    return {"torch.float32": "fp32", "torch.bfloat16": "bf16"}.get(dtype, dtype)
 
 
 def _versions(fmt: str) -> dict[str, str | None]:

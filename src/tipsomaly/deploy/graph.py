@@ -35,12 +35,23 @@ from ..method.memory_bank import MemoryBank, ReferenceBank
 from ..tips.model import TipsModel
 from ..tips.vision import VisionTransformer
 
-__all__ = ["INPUT_NAME", "SCORE_NAMES", "ExportModule", "FixedSizeVision", "GraphBank"]
+__all__ = [
+    "FEATURE_NAMES",
+    "INPUT_NAME",
+    "SCORE_NAMES",
+    "ExportModule",
+    "FixedSizeVision",
+    "GraphBank",
+]
 
 #: the graph's one input
 INPUT_NAME = "images"
 #: the outputs every export has, in order; ``pred_label`` / ``pred_mask`` follow with thresholds
 SCORE_NAMES = DetectorOutput._fields
+#: the vision tower's outputs an int8 export with a profile adds (its thresholds are
+#: recalibrated on the features the quantized tower gives): cls1 (B, D), cls2 (B, D),
+#: patches (B, N, D), after the final LayerNorm
+FEATURE_NAMES = ("features_cls1", "features_cls2", "features_patches")
 #: bank entries compared at a time in :class:`GraphBank` (bounds the similarity matrix)
 BANK_BLOCK = 4096
 
@@ -123,6 +134,7 @@ class ExportModule(nn.Module):
         mode: ``"zero-shot"``, ``"few-shot"`` or ``"fused"`` (with ``references``).
         image_threshold, pixel_threshold: calibrated thresholds; each one given adds an
             output (``pred_label`` = ``image_score >= t``, ``pred_mask`` = ``map >= t``).
+        features: also output the vision tower's features (:data:`FEATURE_NAMES`).
 
     Raises:
         ValueError: a size that is no multiple of the patch size, a tower not in fp32.
@@ -144,6 +156,7 @@ class ExportModule(nn.Module):
         mode: str = "zero-shot",
         image_threshold: float | None = None,
         pixel_threshold: float | None = None,
+        features: bool = False,
     ) -> None:
         super().__init__()
         p = model.patch_size
@@ -165,21 +178,33 @@ class ExportModule(nn.Module):
             raise ValueError(f"mode {mode!r} needs references (a profile)")
         self.head = head.eval()
         self.mode = head.mode
+        self.features = bool(features)
         self.register_buffer("image_threshold", _scalar(image_threshold))
         self.register_buffer("pixel_threshold", _scalar(pixel_threshold))
 
     @classmethod
-    def from_detector(cls, detector: Detector, class_name: str) -> ExportModule:
+    def from_detector(
+        cls,
+        detector: Detector,
+        class_name: str,
+        *,
+        calibrated: bool = True,
+        features: bool = False,
+    ) -> ExportModule:
         """The module of ``class_name`` as ``detector`` scores it: its text embeddings, image
         size, sigma, CLS token and, when the detector holds a profile of that class, the
         profile's bank (unless the detector's mode is zero-shot); the thresholds it decides
-        by (:meth:`~tipsomaly.method.pipeline.Predictor.decision`).
+        by (:meth:`~tipsomaly.method.pipeline.Predictor.decision`); ``calibrated=False``
+        leaves out the profile's calibrated ones (thresholds given in the config stay), for a
+        graph whose thresholds are recalibrated after it is made (int8).
 
         Raises:
             ValueError: the detector's vision tower is not fp32.
         """
         profile = detector.profiles.get(class_name)
         mode, image, pixel, _ = detector.decision(class_name)
+        if not calibrated:
+            image, pixel = detector.config.image_threshold, detector.config.pixel_threshold
         return cls(
             detector.model,
             detector.class_text(class_name),
@@ -191,6 +216,7 @@ class ExportModule(nn.Module):
             mode=mode,
             image_threshold=image,
             pixel_threshold=pixel,
+            features=features,
         )
 
     @property
@@ -200,7 +226,7 @@ class ExportModule(nn.Module):
             names += ("pred_label",)
         if self.pixel_threshold is not None:
             names += ("pred_mask",)
-        return names
+        return names + (FEATURE_NAMES if self.features else ())
 
     def example_input(self, batch: int = 2) -> torch.Tensor:
         """Random (batch, 3, S, S) images in [0, 1], to trace with."""
@@ -209,12 +235,15 @@ class ExportModule(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(B, 3, S, S) float32 images in [0, 1] → the outputs named by :attr:`output_names`."""
-        out = self.head(images)
+        features = self.head.vision(images)
+        out = self.head.features_output(features, (self.image_size, self.image_size))
         outputs = tuple(out)
         if self.image_threshold is not None:
             outputs += (decide(out.image_score, self.image_threshold),)
         if self.pixel_threshold is not None:
             outputs += (decide(out.anomaly_map, self.pixel_threshold),)
+        if self.features:
+            outputs += (features.cls1[:, 0], features.cls2[:, 0], features.patches)
         return outputs
 
 

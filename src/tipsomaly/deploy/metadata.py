@@ -7,8 +7,9 @@ holds a complete export). The record (schema ``tipsomaly-export``, version
 
     schema, schema_version, created
     graph          file, format (onnx | openvino), sha256 of the graph file(s), opset,
-                   exporter, precision (fp32), input (name, shape [batch, 3, S, S], dtype),
-                   outputs (name, shape, dtype; pred_label / pred_mask with thresholds)
+                   exporter, precision (fp32 | int8), input (name, shape [batch, 3, S, S],
+                   dtype), outputs (name, shape, dtype; pred_label / pred_mask with
+                   thresholds in the graph; features_* in an int8 graph with a profile)
     class_name     the one class the text embeddings were computed for
     identity       what produces the scores (tipsomaly.identity.Identity: model name and
                    fingerprint, image size, prompts, pixel prompts, sigma, cls, tiling, ROI)
@@ -17,10 +18,16 @@ holds a complete export). The record (schema ``tipsomaly-export``, version
     mode
     profile        null, or the few-shot profile baked in (path, digest, identity, references,
                    bank size)
-    thresholds     {"image", "pixel"} of mode: a calibration record (a profile's), {"threshold"}
-                   (given at export: applied as given) or null
+    thresholds     {"image", "pixel"} of mode: a calibration record (a profile's; int8: the
+                   profile's recalibrated with the int8 graph, with its leave-one-out
+                   scores in "calibration"), {"threshold"} (given at export: applied as
+                   given) or null; "calibrated_with" {engine, precision}: the scores the
+                   calibrated ones hold for (an int8 engine refuses others, and the reverse)
+    quantization   int8 only: the tool and its settings, what stays fp32, the calibration
+                   images (count, content digest, files)
     preprocessing  how images become the input (resize rule, scaling, no normalisation)
-    parity         max |exported − PyTorch| per output, measured at export time
+    parity         max |exported − PyTorch| per output, measured at export time (int8: on
+                   the calibration images, with map_max_error and image_score_spearman)
     versions       tipsomaly, torch, onnx, onnxruntime / openvino, python
 
 Version 1 (before tiles and ROIs met exports) had ``model``, ``prompts``, ``pixel_prompts``,

@@ -43,9 +43,11 @@ __all__ = [
     "DEFAULT_OVERLAP",
     "DEFAULT_PIXEL_FALSE_ALARM_RATE",
     "DTYPE_CHOICES",
+    "ENGINE_CHOICES",
     "INTERACTIVE_DTYPE",
     "MAX_OVERLAP",
     "MODES",
+    "PRECISION_CHOICES",
     "PROMPTS_BACKBONE",
     "RECORDED_SETTINGS",
     "DetectorConfig",
@@ -57,6 +59,10 @@ __all__ = [
 AUTO = "auto"
 CLS_CHOICES = ("cls1", "cls2")
 DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")
+#: what runs the network: PyTorch, or the exported graph on ONNX Runtime or OpenVINO
+ENGINE_CHOICES = ("torch", "onnxruntime", "openvino")
+#: the numeric precision of an engine (int8: exported engines only, statically quantized)
+PRECISION_CHOICES = ("fp32", "bf16", "int8")
 #: the dtype of the verbs people run on their own images (predict, fit, serve): the fastest
 #: this machine runs accurately; eval and train keep fp32, the paper's numbers
 INTERACTIVE_DTYPE = "auto"
@@ -151,6 +157,27 @@ class DetectorConfig:
         "GPUs), fp16 (GPUs); auto = the fastest this machine runs accurately",
         choices=DTYPE_CHOICES,
     )
+    engine: str = option(
+        "torch",
+        "what runs the network: torch, or onnxruntime / openvino (exported on first use and "
+        "cached under $TIPSOMALY_HOME, keyed by model, prompts, size, class, profile and "
+        "precision)",
+        choices=ENGINE_CHOICES,
+    )
+    precision: str | None = option(
+        None,
+        "fp32, bf16 (CPUs with AVX-512-BF16/AMX) or int8 (onnxruntime / openvino: statically "
+        "quantized, calibrated on the profile's references or --calibration-images, the "
+        "profile's thresholds recalibrated with the int8 engine); on torch it sets --dtype; "
+        "default: --dtype's rule",
+        choices=PRECISION_CHOICES,
+    )
+    calibration_images: str | os.PathLike | None = option(
+        None,
+        "folder of normal images to calibrate int8 quantization on (default: the profile's "
+        "reference images)",
+        metavar="DIR",
+    )
     batch_size: int = option(8, "images per forward pass")
     max_pixels: int | None = option(
         DEFAULT_MAX_PIXELS,
@@ -235,6 +262,9 @@ class DetectorConfig:
         if not isinstance(self.device, str):  # a torch.device given in Python
             put("device", str(self.device))
         non_empty(self.device, "device")
+        choice(self.engine, "engine", ENGINE_CHOICES)
+        if self.precision is not None:
+            choice(self.precision, "precision", PRECISION_CHOICES)
         positive_int(self.batch_size, "batch_size")
         if self.max_pixels is not None:
             positive_int(self.max_pixels, "max_pixels")

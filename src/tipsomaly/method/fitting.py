@@ -48,7 +48,7 @@ from .tiling import crop_tiles
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["dihedral_views", "fit_profile"]
+__all__ = ["dihedral_views", "fit_profile", "recalibrate"]
 
 
 def fit_profile(
@@ -167,6 +167,44 @@ def fit_profile(
 def _sha256(image: Any) -> str | None:
     """SHA-256 of a reference given as a file (None for an in-memory image)."""
     return file_digest(image) if isinstance(image, (str, os.PathLike)) else None
+
+
+def recalibrate(
+    detector: Detector,
+    profile: Profile,
+    images: Iterable[str | os.PathLike | Any],
+    *,
+    batch_size: int | None = None,
+) -> tuple[dict[str, list[float]], Thresholds]:
+    """``profile``'s thresholds again, with ``detector``'s network: the same leave-one-out
+    rule as :func:`fit_profile` (each reference scored against the profile's own bank without
+    its entries, the conformal quantile at the profile's false-alarm rates), on the features
+    ``detector.model.encode_image`` gives now, e.g. an int8 engine's (see
+    :func:`tipsomaly.deploy.export.export`).
+
+    ``images`` must be the profile's references in their order (``info.references.sources``:
+    the bank's entries are tagged with their positions). Returns each mode's scores and the
+    thresholds.
+
+    Raises:
+        ProfileError: a reference is not finite; the profile records no calibration.
+        ImageLoadError: a reference cannot be read.
+    """
+    calibration = profile.info.get("calibration") or {}
+    if "false_alarm_rate" not in calibration:
+        raise ProfileError(f"{profile.name} records no calibration to redo")
+    images = list(images)
+    batch = batch_size or detector.batch_size
+    refs = _encode_references(detector, images, profile.class_name, batch, False, "raise", None)
+    return _calibrate(
+        detector,
+        profile,
+        refs,
+        images,
+        float(calibration["false_alarm_rate"]),
+        float(calibration["pixel_false_alarm_rate"]),
+        batch,
+    )
 
 
 def _not_finite(source: str, what: str) -> ProfileError:

@@ -247,8 +247,16 @@ class TipsomalyHead(nn.Module):
         head holds one class. Images go to the vision tower as they are (same device).
         """
         size = (int(images.shape[-2]), int(images.shape[-1]))
-        features = self.vision(images)
-        class_text = self.select_class_text(class_index, images.shape[0])
+        return self.features_output(self.vision(images), size, class_index)
+
+    def features_output(
+        self,
+        features: VisionFeatures,
+        size: tuple[int, int],
+        class_index: torch.Tensor | None = None,
+    ) -> DetectorOutput:
+        """:meth:`forward` from the vision tower's ``features`` of B images at ``size``."""
+        class_text = self.select_class_text(class_index, features.patches.shape[0])
         scores = self.score_features(features, class_text, size)
         if self.references is not None:
             scores = self.fuse(scores, self.references(features), size, self.mode)

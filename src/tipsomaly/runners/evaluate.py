@@ -124,6 +124,10 @@ class Evaluator:
 
     def _build_detector(self) -> Detector:
         s = self.settings
+        if s.engine != "torch":  # one exported engine per class, on first use
+            from .engines import ClassEngines
+
+            return ClassEngines(s)  # type: ignore[return-value]
         model = self.shared_models.get(s.model) if self.shared_models is not None else None
         detector = Detector.from_config(s, model=model)
         if self.shared_models is not None:

@@ -134,6 +134,8 @@ def prediction_config(settings: EvalConfig) -> dict[str, Any]:
         "image_size": settings.image_size,
         "dtype": _resolved_dtype(settings.dtype, settings.device),
     }
+    if settings.engine != "torch":  # an exported engine's outputs differ (int8 most)
+        config["engine"] = {"engine": settings.engine, "precision": settings.precision}
     if settings.shots:
         config["few_shot"] = {
             "shots": settings.shots,

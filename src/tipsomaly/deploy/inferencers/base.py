@@ -26,7 +26,7 @@ import torch
 
 from ...errors import InvalidOptionError, MissingExtraError, SetupMismatchError, available
 from ...fingerprint import file_digest
-from ...identity import Identity, diff
+from ...identity import Identity, calibration_diff, diff
 from ...method.config import DetectorConfig
 from ...method.decision import Thresholds
 from ...method.detector import profile_keys, roi_digest
@@ -62,10 +62,11 @@ class GraphRunner(Protocol):
 
 
 def open_runner(
-    path: str | os.PathLike, runtime: str, *, threads: int | None = None
+    path: str | os.PathLike, runtime: str, *, threads: int | None = None, bf16: bool = False
 ) -> GraphRunner:
     """A :class:`GraphRunner` of the graph file ``path`` on ``runtime`` (``onnxruntime`` or
-    ``openvino``), fp32.
+    ``openvino``), in the graph's precision (``bf16``: OpenVINO computes an fp32 graph's
+    matrix products in bf16).
 
     Raises:
         ExportError: an unknown runtime.
@@ -78,7 +79,7 @@ def open_runner(
     if runtime == "openvino":
         from .openvino import OpenVinoRunner
 
-        return OpenVinoRunner(path, threads=threads)
+        return OpenVinoRunner(path, threads=threads, precision="bf16" if bf16 else "f32")
     raise ExportError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
 
 
@@ -111,6 +112,7 @@ class ExportedDetector(Predictor):
         *,
         runtime: str | None = None,
         threads: int | None = None,
+        precision: str | None = None,
         **settings: Any,
     ) -> None:
         self.folder = Path(folder)
@@ -122,6 +124,7 @@ class ExportedDetector(Predictor):
         formats, extra = RUNTIMES[self.runtime]
         if self.format not in formats:
             raise ExportError(f"{self.runtime} cannot run an {self.format} export ({self.folder})")
+        self.precision = _precision(record, self.runtime, precision, self.folder)
         if not available(self.runtime):
             raise MissingExtraError(
                 f"running the {self.format} export {self.folder} needs {self.runtime}, which "
@@ -233,7 +236,7 @@ class ExportedDetector(Predictor):
             tiling=self.config.tiling,
             roi=None if self._roi is None else roi_digest(self._roi),
             engine=self.runtime,
-            precision="fp32",
+            precision=self.precision,
         )
 
     @property
@@ -245,9 +248,22 @@ class ExportedDetector(Predictor):
         return 14
 
     def thresholds_for(self, class_name: str) -> Thresholds | None:
+        """The baked profile's thresholds, only for the scores they were calibrated on.
+
+        Raises:
+            SetupMismatchError: thresholds calibrated with int8 scores for an fp32 or bf16
+                engine, or the reverse (one line, :func:`~tipsomaly.identity.
+                calibration_diff`).
+        """
         if self.baked is None or class_name != self.class_name:
             return None
         record = self.record["thresholds"] or {}
+        problems = calibration_diff(record.get("calibrated_with"), self.identity)
+        if problems:
+            raise SetupMismatchError(
+                f"the thresholds in {self.folder / 'export.json'} were calibrated on other "
+                f"scores: {'; '.join(problems)}; export again for this engine"
+            )
         return Thresholds.from_dict(
             {self.mode: {k: _calibration(record.get(k)) for k in ("image", "pixel")}}
         )
@@ -304,7 +320,12 @@ class ExportedDetector(Predictor):
                         f"{path} is damaged or was replaced (its SHA-256 differs from the one "
                         "in export.json): export again"
                     )
-            runner = open_runner(self.folder / graph["file"], self.runtime, threads=self.threads)
+            runner = open_runner(
+                self.folder / graph["file"],
+                self.runtime,
+                threads=self.threads,
+                bf16=self.precision == "bf16",
+            )
             wanted = SCORE_NAMES if self.has_evidence else SCORE_NAMES[:4]
             missing = [n for n in wanted if n not in runner.output_names]
             if missing:
@@ -325,3 +346,26 @@ class ExportedDetector(Predictor):
 def _calibration(value: object) -> dict | None:
     """A recorded threshold as :meth:`Thresholds.from_dict` reads it (None: none)."""
     return value if isinstance(value, dict) and "n" in value else None
+
+
+def _precision(record: dict, runtime: str, asked: str | None, folder: Path) -> str:
+    """The precision an export runs in: its graph's (fp32 or int8), or bf16 asked of an fp32
+    graph on OpenVINO; an int8 graph runs on the runtime it was quantized for.
+
+    Raises:
+        InvalidOptionError: another precision than the graph's (named, with the way out).
+    """
+    graph = str(record["graph"].get("precision", "fp32"))
+    if graph == "int8" and runtime != DEFAULT_RUNTIME[record["graph"]["format"]]:
+        raise InvalidOptionError(
+            f"{folder} is int8, quantized for {DEFAULT_RUNTIME[record['graph']['format']]}; "
+            f"{runtime} would compute other scores than its thresholds were calibrated on"
+        )
+    if asked in (None, graph) or asked in FP32 and graph == "fp32":
+        return graph
+    if asked == "bf16" and graph == "fp32" and runtime == "openvino":
+        return "bf16"
+    raise InvalidOptionError(
+        f"precision {asked}: {folder} is an {graph} export"
+        + ("" if asked != "int8" else "; export it with --precision int8")
+    )
