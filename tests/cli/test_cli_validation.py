@@ -291,7 +291,7 @@ def test_eval_records_the_resolved_device(model_dir, tmp_path, capsys, monkeypat
 
     seen = {}
 
-    def fake_evaluate(data, settings, out, progress=True, lock=True):
+    def fake_evaluate(data, settings, out, **options):
         seen["device"], seen["dtype"] = settings.device, settings.dtype
         raise KeyboardInterrupt  # stop here: nothing else to run
 

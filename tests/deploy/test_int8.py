@@ -285,15 +285,37 @@ def test_engine_refusals_are_one_line(setup, capsys, tmp_path, monkeypatch):
     assert "fp32 or int8" in _one_line(capsys, [*export, "--precision", "bf16"])
 
 
-def test_int8_on_a_profile_without_its_references_says_so(setup, capsys, tmp_path):
+def _moved_profile(setup, tmp_path, keep_copies: bool):
+    """The setup's profile copied to ``tmp_path``, its reference files gone from where it was
+    fitted (and, unless ``keep_copies``, its own copies of them too)."""
     profile = tmp_path / "profile"
     shutil.copytree(setup["profile"], profile)
+    if not keep_copies:
+        shutil.rmtree(profile / "references")
     record = json.loads((profile / "profile.json").read_text())
-    record["references"]["sources"] = [str(tmp_path / "gone.png")]
+    gone = [str(tmp_path / f"gone-{i}.png") for i in range(len(record["references"]["sources"]))]
+    record["references"]["sources"] = gone
     (profile / "profile.json").write_text(json.dumps(record))
+    return profile
+
+
+def test_int8_on_a_profile_without_its_references_says_so(setup, capsys, tmp_path):
+    profile = _moved_profile(setup, tmp_path, keep_copies=False)
     line = _one_line(capsys, ["export", "--profile", str(profile), "--precision", "int8",
                               "--out", str(tmp_path / "exp")])  # fmt: skip
-    assert "does not keep its reference images" in line and "--calibration-images" in line
+    assert "gone-0.png" in line and "--calibration-images" in line
+
+
+def test_int8_calibrates_on_the_copies_a_moved_profile_keeps(setup, tmp_path):
+    from tipsomaly.deploy.export import reference_files
+    from tipsomaly.method.profile import Profile
+
+    profile = _moved_profile(setup, tmp_path, keep_copies=True)
+    files = reference_files(Profile.load(profile))
+    fitted = json.loads((setup["profile"] / "profile.json").read_text())["references"]
+    assert len(files) == len(fitted["sources"])
+    for file, sha in zip(files, fitted["sha256"], strict=True):
+        assert Path(file).parent == profile / "references" and Path(file).stem == sha
 
 
 # -- the promise: the int8 engine's false-alarm rate at its own threshold -----------------------

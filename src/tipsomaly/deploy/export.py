@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..errors import available, require
+from ..errors import available, first_line, require
 from ..fingerprint import digest, file_digest
 from ..method.detector import Detector
 from ..method.profile import profile_digest
@@ -314,21 +314,37 @@ def _recalibrate(detector: Detector, class_name: str, graph: Path, runtime: str)
 
 
 def reference_files(profile: Any) -> list[str]:
-    """The image files of a profile's references, in the order its bank records them.
+    """The image files of a profile's references, in the order its bank records them: the
+    copies the profile folder keeps (``references/``), else the files it was fitted from.
 
     Raises:
         ExportError: the profile does not keep them (fitted from arrays) or one is gone.
     """
+    from ..method.profile import ProfileError
+    from ..method.profile_versions import reference_images
+
     sources = list((profile.info.get("references") or {}).get("sources") or [])
-    missing = [s for s in sources if not os.path.isfile(s)]
-    if not sources or missing:
-        what = f"{len(missing)} of {len(sources)} are gone, e.g. {missing[0]}" if missing else ""
+    advice = (
+        "int8 recalibrates its thresholds on them; give --calibration-images DIR and keep the "
+        "references, or fit the profile again from files"
+    )
+    if not sources:
         raise ExportError(
-            f"{profile.name} does not keep its reference images ({what or 'none recorded'}): "
-            "int8 recalibrates its thresholds on them; give --calibration-images DIR and "
-            "keep the references, or fit the profile again from files"
+            f"{profile.name} does not keep its reference images (none recorded): {advice}"
         )
-    return sources
+    root = Path(profile.path) if profile.path is not None else None
+    if root is None:  # a profile in memory: its files where they were
+        missing = [s for s in sources if not os.path.isfile(s)]
+        if missing:
+            raise ExportError(
+                f"{profile.name} does not keep its reference images ({len(missing)} of "
+                f"{len(sources)} are gone, e.g. {missing[0]}): {advice}"
+            )
+        return sources
+    try:
+        return [str(p) for p in reference_images(root, profile.info)[0]]
+    except ProfileError as exc:
+        raise ExportError(f"{first_line(exc)}; {advice}") from None
 
 
 def _int8_record(

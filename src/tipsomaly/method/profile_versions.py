@@ -62,6 +62,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "REFERENCES_DIR",
+    "reference_images",
     "VERSIONS_DIR",
     "VersionEntry",
     "check_additions",
@@ -253,9 +254,14 @@ def _readable(path: Path, what: str) -> str:
         raise ProfileError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
 
 
-def _old_references(root: Path, record: dict[str, Any]) -> tuple[list[Path], list[str]]:
+def reference_images(root: Path, record: dict[str, Any]) -> tuple[list[Path], list[str]]:
     """Each current reference's image (its stored copy, else its recorded path) and SHA-256;
-    ``record``: the profile's ``profile.json``."""
+    ``record``: the profile's ``profile.json`` (or its ``info``: the ``references`` entry is
+    read). Used by updates, and by int8 exports to calibrate on the references.
+
+    Raises:
+        ProfileError: a reference is neither stored nor found, or changed since the fit.
+    """
     refs = record.get("references", {})
     sources = refs.get("sources", [])
     shas = refs.get("sha256") or [None] * len(sources)
@@ -341,7 +347,7 @@ def check_additions(
     record = read_record(root)
     if not add_normal:
         raise ProfileError(f"{root}: no image to add")
-    old_paths, old_shas = _old_references(root, record)
+    old_paths, old_shas = reference_images(root, record)
     sources = list(record["references"]["sources"])
     new_paths, new_shas = _new_references(add_normal, dict(zip(old_shas, sources, strict=True)))
     return old_paths + new_paths, old_shas + new_shas
