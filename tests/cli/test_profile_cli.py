@@ -150,3 +150,32 @@ def test_an_unreadable_image_and_a_newer_format_are_one_line(data, capsys, tmp_p
         assert main(["profile", *verb]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "written by a newer tipsomaly" in err[0]
+
+
+def test_a_fit_into_a_folder_with_a_history_is_its_next_version(data, tmp_path):
+    from tipsomaly.method.profile import Profile, profile_digest
+    from tipsomaly.method.profile_versions import history, load_version
+
+    profile = tmp_path / "profile"
+    shutil.copytree(data["profile"], profile)
+    assert main(["profile", "update", str(profile), "--add-normal", data["variant"][0], "-q"]) == 0
+    kept = history(profile)
+    fit = ["fit", *data["refs"][:6], "--class-name", "stripes", "--model",
+           str(data["root"] / "model"), "--image-size", str(SIZE), "--dtype", "fp32",
+           "--out", str(profile), "--no-report", "-q"]  # fmt: skip
+    assert main(fit) == 0
+    entries = history(profile)
+
+    def same(e):
+        return e.version, e.digest, e.parent, e.references, e.thresholds
+
+    assert [same(e) for e in entries[:-1]] == [same(e) for e in kept]  # the earlier stay
+    assert [e.current for e in entries] == [False] * len(kept) + [True]
+    new = entries[-1]
+    assert new.version == kept[-1].version + 1 and new.parent == kept[-1].digest
+    assert new.references == 6
+    current = Profile.load(profile)
+    assert (current.version, profile_digest(current)) == (new.version, new.digest)
+    assert main(["profile", "rollback", str(profile), "-q"]) == 0
+    restored = Profile.load(profile)
+    assert restored.image_threshold() == load_version(profile, kept[-1].version).image_threshold()

@@ -232,3 +232,48 @@ def test_reload_refusals(tmp_path, serve_data, detector):
         r = c.post("/v1/profiles/reload", headers=AUTH)
         assert r.status_code == 409 and "damaged" in r.json()["detail"]
         assert c.get("/v1/records", headers=AUTH).status_code == 409  # no --db
+
+
+def test_an_engine_served_profile_reloads_by_building_its_engine_again(
+    tmp_path, serve_data, monkeypatch
+):
+    """``serve --engine onnxruntime --profile P``: a reload exports the engine of P's current
+    version (a new cache entry: the key names the profile's content) and swaps it in; each
+    record names the version that decided it, and the new engine decides with its threshold."""
+    pytest.importorskip("onnxruntime")
+    from tipsomaly.cli.options import resolve_engine
+    from tipsomaly.method.config import DetectorConfig
+    from tipsomaly.runners import engines
+
+    monkeypatch.setenv("TIPSOMALY_HOME", str(tmp_path / "home"))
+    model = ["--model", str(serve_data.model), "--image-size", str(SIZE), "--dtype", "fp32", "-q"]
+    folder = tmp_path / "profile"
+    refs = write_images(tmp_path / "refs", 6, seed=1)
+    assert main(["fit", *map(str, refs), "--class-name", "tile", "--out", str(folder), *model]) == 0
+    settings = resolve_engine(DetectorConfig(
+        model=str(serve_data.model), image_size=SIZE, profiles=(str(folder),),
+        engine="onnxruntime", precision="fp32",
+    ))  # fmt: skip
+    exports = []
+    real_export = engines._export
+    monkeypatch.setattr(engines, "_export", lambda *a: (exports.append(a), real_export(*a))[1])
+    config = ServeConfig(settings=settings, db=str(tmp_path / "r.sqlite"), max_wait_ms=0)
+    image = files_part(serve_data.images["tile"][:1])
+    with running(config, lambda: engines.open_engine(settings, {}, "tile")) as c:
+        first = c.post("/v1/predict", files=image).json()["results"][0]
+        old = profile_digest(Profile.load(folder))
+        more = write_images(tmp_path / "more", 2, seed=12)
+        assert main(["profile", "update", str(folder), "--add-normal", *map(str, more), "-q"]) == 0
+        new = Profile.load(folder)
+        r = c.post("/v1/profiles/reload")
+        assert r.status_code == 200, r.text
+        (entry,) = r.json()["profiles"]
+        assert entry["previous"]["profile_id"] == old
+        assert (entry["current"]["profile_id"], entry["current"]["version"]) == (
+            profile_digest(new), 2)  # fmt: skip
+        after = c.post("/v1/predict", files=image).json()["results"][0]
+        store = c.app.state.service.recorder.store
+    assert len(exports) == 2  # one engine per version
+    assert store.get(first["record_id"])["profile_id"] == old
+    assert store.get(after["record_id"])["profile_id"] == profile_digest(new)
+    assert after["threshold"] == pytest.approx(new.image_threshold(), abs=1e-6)

@@ -470,6 +470,7 @@ def _record(
         else {
             "path": None if profile.path is None else os.path.abspath(profile.path),
             "digest": profile_digest(profile),
+            "version": getattr(profile, "version", None),
             "identity": profile.identity,
             "references": profile.info.get("references"),
             "bank": {

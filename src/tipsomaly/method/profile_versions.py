@@ -63,6 +63,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "REFERENCES_DIR",
     "reference_images",
+    "save_next_version",
     "VERSIONS_DIR",
     "VersionEntry",
     "check_additions",
@@ -216,6 +217,13 @@ def _commit(root: Path, profile: Profile, bank: Path | None = None) -> Profile:
     profile.path = root
     logger.info("%s: version %d is current", root, profile.version)
     return profile
+
+
+def save_next_version(folder: str | os.PathLike, profile: Profile) -> Profile:
+    """A fresh fit saved into a folder that keeps a history: written as its next version
+    (parent: the current one), so ``profile history`` and ``rollback`` stay true; the earlier
+    versions are kept. Returns ``profile``, now current."""
+    return _commit(profile_folder(folder), profile)
 
 
 def rollback(folder: str | os.PathLike, to: int | None = None, device: Any = "cpu") -> Profile:

@@ -45,7 +45,7 @@ from ..method.config import (
 from ..method.detector import Detector
 from ..method.fitting import fit_profile
 from ..method.profile import Profile
-from ..method.profile_versions import store_references
+from ..method.profile_versions import save_next_version, store_references, version_numbers
 from ..report.fit_page import reference_outliers, scored_mode, write_fit_report
 from ..report.html import remove_stale_report
 from ..report.plots import need_matplotlib
@@ -136,7 +136,10 @@ def run_fit(
             # copies of the references (by content) first: `profile update` scores them again
             store_references(out, profile.info["references"]["sources"],
                              profile.info["references"]["sha256"])  # fmt: skip
-            profile.save(out)
+            if version_numbers(out):  # a folder with a history: this fit is its next version
+                save_next_version(out, profile)
+            else:
+                profile.save(out)
             write_calibration_csv(out / CALIBRATION_CSV, profile)
         except OSError as exc:
             raise OutputError(getattr(exc, "filename", None) or out, exc) from None

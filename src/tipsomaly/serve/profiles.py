@@ -50,7 +50,14 @@ def profiles_of(detector: Predictor) -> dict[str, Profile]:
 
 
 def versions_of(detector: Predictor) -> dict[str, ProfileRef]:
-    """Class → the profile version deciding it now."""
+    """Class → the profile version deciding it now: the detector's profiles, or the profile
+    an export holds (``export.json``'s ``profile`` record)."""
+    baked = getattr(detector, "baked", None)
+    if baked:
+        version = baked.get("version")
+        ref = ProfileRef(baked.get("digest"), None if version is None else int(version),
+                         baked.get("path"))  # fmt: skip
+        return {detector.class_name: ref}  # type: ignore[attr-defined]
     return {name: ref_of(p) for name, p in profiles_of(detector).items()}
 
 

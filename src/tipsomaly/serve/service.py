@@ -39,7 +39,6 @@ from ..data.images import ImageLoadError, load_image
 from ..data.roi import RoiError, as_roi
 from ..errors import InvalidOptionError, TipsomalyError, first_line
 from ..method.decision import decide
-from ..method.profile import ProfileError
 from ..records.images import map_png as grey_png
 from ..report.overlay import overlay
 from ..validation import in_range
@@ -138,6 +137,7 @@ class Service:
         self._model_lock = threading.Lock()
         self._reload_lock = threading.Lock()  # one reload at a time
         self.versions: dict[str, ProfileRef] = {}
+        self._fresh: tuple[Predictor, Identity] | None = None  # a reloaded engine, until swapped
         self.metrics = Metrics(lambda: 0 if self.batcher is None else self.batcher.queued)
         self.recorder = None if config.db is None else Recorder(config, self.metrics)
 
@@ -420,13 +420,20 @@ class Service:
         detector = self.check_ready()
         with self._reload_lock:
             try:
-                fresh = load_current(detector)
-                refs = {p.class_name: ref_of(p) for p in fresh}
+                if self._engine_built(detector):
+                    refs = self._reload_engine()
+                else:
+                    fresh = load_current(detector)
+                    refs = {p.class_name: ref_of(p) for p in fresh}
                 with self._model_lock:
                     before = self.versions
-                    detector.set_profiles(fresh, detector.config.mode)  # type: ignore[attr-defined]
+                    if self._engine_built(detector):
+                        self.detector, self.identity = self._fresh
+                        self._fresh = None
+                    else:
+                        detector.set_profiles(fresh, detector.config.mode)  # type: ignore[attr-defined]
                     self.versions = refs
-            except (ProfileError, ValueError) as exc:
+            except (TipsomalyError, ValueError) as exc:
                 self.metrics.reloads.labels("failed").inc()
                 logger.error("profile reload failed (the old versions stay): %s", first_line(exc))
                 raise ConflictError(f"profiles not reloaded: {first_line(exc)}") from None
@@ -446,6 +453,23 @@ class Service:
         shown = ", ".join(f"{o['class_name']} v{o['current']['version']}" for o in out)
         logger.info("profiles reloaded: %s", shown)
         return {"profiles": out}
+
+    def _engine_built(self, detector: Predictor) -> bool:
+        """Whether the detector is an engine ``--engine onnxruntime|openvino`` built for its
+        profile (so a reload builds it again for the profile's current version); an export
+        given as ``--model`` holds its profile for good."""
+        settings = self.config.settings
+        engine = getattr(settings, "engine", None)
+        return engine not in (None, "torch") and getattr(detector, "baked", None) is not None
+
+    def _reload_engine(self) -> dict[str, ProfileRef]:
+        """The engine of the profile's current version (exported, and for int8 recalibrated,
+        on first use: the engine cache's key names the profile's content), loaded and warmed
+        up off the model thread while the old one serves; kept in ``_fresh`` for the swap."""
+        fresh = self._load()
+        fresh.warm_up(self._allowed(fresh) or ())
+        self._fresh = (fresh, fresh.identity)
+        return versions_of(fresh)
 
     def monitor(self, store: Any) -> dict[str, Any]:
         """``GET /v1/monitor`` (:func:`.profiles.monitor`) of the versions deciding now."""
