@@ -127,6 +127,8 @@ def quantize_openvino(onnx_path: Path, out_xml: Path, images: np.ndarray) -> dic
     """
     import onnx
 
+    from .inferencers.openvino import shared_core
+
     ov = require("openvino", "openvino", "an int8 OpenVINO export")
     nncf = require("nncf", "openvino", "an int8 OpenVINO export")
     ignored = fp32_nodes(onnx.load(str(onnx_path), load_external_data=False))
@@ -135,6 +137,9 @@ def quantize_openvino(onnx_path: Path, out_xml: Path, images: np.ndarray) -> dic
     # OpenVINO keeps the ONNX node names of the ops it does not fuse away
     ignored = [n for n in ignored if n in names]
     batches = calibration_batches(images)
+    # NNCF compiles with Cores of its own: made while the process's one Core lives, each
+    # restores that Core's signal stack when it goes (see shared_core), never a freed one
+    shared_core()
     with quiet(("nncf",)):
         quantized = nncf.quantize(
             model,

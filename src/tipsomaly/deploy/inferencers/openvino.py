@@ -3,13 +3,37 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ...errors import require
 
-__all__ = ["OpenVinoRunner"]
+__all__ = ["OpenVinoRunner", "shared_core"]
+
+_core: Any = None
+_core_lock = threading.Lock()
+
+
+def shared_core() -> Any:
+    """The process's one ``openvino.Core``, made on first use and never released.
+
+    Why one: OpenVINO's CPU plugin (2026.4), when a Core creates it, registers its own signal
+    stack on the calling thread and, when it is destroyed, restores the stack it found. Two
+    Cores destroyed in the order they were made leave the thread with the first one's stack,
+    already freed, and the next Python signal handler run on that thread (SIGCHLD, SIGTERM)
+    kills the process with SIGSEGV. One Core living as long as the process restores nothing.
+
+    Raises:
+        MissingExtraError: openvino is not installed (``tipsomaly[openvino]``).
+    """
+    global _core
+    with _core_lock:
+        if _core is None:
+            _core = require("openvino", "openvino", "running an OpenVINO export").Core()
+        return _core
 
 
 class OpenVinoRunner:
@@ -31,7 +55,7 @@ class OpenVinoRunner:
         self, path: str | os.PathLike, *, threads: int | None = None, precision: str = "f32"
     ) -> None:
         ov = require("openvino", "openvino", "running an OpenVINO export")
-        core = ov.Core()
+        core = shared_core()
         config: dict[str, object] = {"INFERENCE_PRECISION_HINT": precision}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
