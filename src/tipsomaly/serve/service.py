@@ -137,7 +137,6 @@ class Service:
         self._model_lock = threading.Lock()
         self._reload_lock = threading.Lock()  # one reload at a time
         self.versions: dict[str, ProfileRef] = {}
-        self._fresh: tuple[Predictor, Identity] | None = None  # a reloaded engine, until swapped
         self.metrics = Metrics(lambda: 0 if self.batcher is None else self.batcher.queued)
         self.recorder = None if config.db is None else Recorder(config, self.metrics)
 
@@ -420,16 +419,18 @@ class Service:
         detector = self.check_ready()
         with self._reload_lock:
             try:
-                if self._engine_built(detector):
-                    refs = self._reload_engine()
+                rebuild = self._engine_built(detector)
+                if rebuild:  # the engine of the profile's current version, off the model thread
+                    engine = self._load()
+                    engine.warm_up(self._allowed(engine) or ())
+                    refs = versions_of(engine)
                 else:
                     fresh = load_current(detector)
                     refs = {p.class_name: ref_of(p) for p in fresh}
                 with self._model_lock:
                     before = self.versions
-                    if self._engine_built(detector):
-                        self.detector, self.identity = self._fresh
-                        self._fresh = None
+                    if rebuild:
+                        self.detector, self.identity = engine, engine.identity
                     else:
                         detector.set_profiles(fresh, detector.config.mode)  # type: ignore[attr-defined]
                     self.versions = refs
@@ -457,19 +458,12 @@ class Service:
     def _engine_built(self, detector: Predictor) -> bool:
         """Whether the detector is an engine ``--engine onnxruntime|openvino`` built for its
         profile (so a reload builds it again for the profile's current version); an export
-        given as ``--model`` holds its profile for good."""
+        given as ``--model`` holds its profile for good. A reload loads it again
+        (``load``: exported, and for int8 recalibrated, on first use, as the engine cache's key
+        names the profile's content) while the old one serves, then swaps it in."""
         settings = self.config.settings
         engine = getattr(settings, "engine", None)
         return engine not in (None, "torch") and getattr(detector, "baked", None) is not None
-
-    def _reload_engine(self) -> dict[str, ProfileRef]:
-        """The engine of the profile's current version (exported, and for int8 recalibrated,
-        on first use: the engine cache's key names the profile's content), loaded and warmed
-        up off the model thread while the old one serves; kept in ``_fresh`` for the swap."""
-        fresh = self._load()
-        fresh.warm_up(self._allowed(fresh) or ())
-        self._fresh = (fresh, fresh.identity)
-        return versions_of(fresh)
 
     def monitor(self, store: Any) -> dict[str, Any]:
         """``GET /v1/monitor`` (:func:`.profiles.monitor`) of the versions deciding now."""
