@@ -19,6 +19,12 @@ original size). Printed per row:
   gives these figures only, with bf16 rounding simulated on fp32 kernels (a real emulated run
   would take hours and tipsomaly refuses ``--dtype bf16`` there).
 
+Beside them, the published pipeline (``benchmarks/published_pipeline.py``: the authors'
+inference path step by step, fp32, on the same weights and images, checked to give the same
+maps) and ``predict`` through the OpenVINO int8 engine (exported and quantized on first use):
+seconds per image, and ``predict``'s end-to-end speed-up over the published pipeline in fp32,
+bf16 and int8 (``--no-published`` leaves them out).
+
 Then the text side for one class: first run (cache miss: the text tower encodes every prompt
 sentence) and second run (a new detector reading the on-disk text cache), and the peak memory
 of ``eval``'s metric stage for one class of ``--class-images`` maps (fp32 vs fp16 maps, and
@@ -44,6 +50,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -55,10 +62,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from tipsomaly.method.detector import Detector  # noqa: E402
 from tipsomaly.method.pixel_prompts import PixelPrompts  # noqa: E402
@@ -225,7 +234,8 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 # ------------------------------------------------------------------------------------ stages
-def run_detector(model, dtype, images, size, batch_size):
+def make_detector(model, dtype, size, batch_size) -> Detector:
+    """The benchmark's detector: class "object" with learned pixel prompts (random, seed 1)."""
     prompts = PixelPrompts(
         torch.randn(2, 8, model.embed_dim, generator=torch.Generator().manual_seed(1)) * 0.02
     )
@@ -239,6 +249,11 @@ def run_detector(model, dtype, images, size, batch_size):
     )
     detector.class_text("object")  # text outside the timed region (measured separately)
     detector.pixel_text()
+    return detector
+
+
+def run_detector(model, dtype, images, size, batch_size):
+    detector = make_detector(model, dtype, size, batch_size)
     vision = detector.model.vision
     spent = {"backbone": 0.0}
     original = vision.forward
@@ -310,6 +325,16 @@ def eval_memory(n: int, size: int, grid: int, dtype: str) -> dict:
 
 
 # ----------------------------------------------------------------------------------- engines
+#: ``--isa avx2``: the environment that caps oneDNN (torch, OpenVINO's CPU plugin), MKL and
+#: ATen's own kernels at AVX2, read when the libraries load (so the process is re-run)
+ISA_MARK = "TIPSOMALY_BENCH_ISA"
+AVX2_ENV = {
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "DNNL_MAX_CPU_ISA": "AVX2",
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+    "ATEN_CPU_CAPABILITY": "avx2",
+    ISA_MARK: "avx2",
+}
 #: /proc/cpuinfo flags the engines table depends on (printed present / absent)
 CPU_FLAGS = ("fma", "avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
 ENGINE_CLASS = "screw"
@@ -324,6 +349,24 @@ ENGINES = (
     "torch eager bf16",
     "openvino bf16",
 )
+
+
+def bf16_here() -> bool | None:
+    """Whether this run has bf16 instructions: the CPU's, unless ``--isa avx2`` capped them."""
+    return False if os.environ.get(ISA_MARK) == "avx2" else cpu_has_native_bf16()
+
+
+def openvino_kernels(runner) -> str:
+    """The kernel implementations of a compiled OpenVINO graph's MatMul / FullyConnected
+    nodes, counted (their names carry the instruction set: ``brgemm_avx512``, ``jit_avx2``...)."""
+    from collections import Counter
+
+    kinds = Counter(
+        op.get_rt_info()["primitiveType"].astype(str)
+        for op in runner.compiled.get_runtime_model().get_ops()
+        if op.get_rt_info()["layerType"].astype(str) in ("FullyConnected", "MatMul")
+    )
+    return ", ".join(f"{k} ×{n}" for k, n in kinds.most_common())
 
 
 def cpu_flags() -> set[str]:
@@ -411,7 +454,7 @@ def engines_table(args: argparse.Namespace, preset: str, size: int) -> None:
         start = time.perf_counter()
         engines["openvino fp32"] = OpenVinoRunner(ir, threads=args.threads)
         setup["OpenVINO compile_model"] = time.perf_counter() - start
-        if cpu_has_native_bf16() and "openvino bf16" in args.engines:  # the fp32 IR, bf16 mode
+        if bf16_here() and "openvino bf16" in args.engines:  # the fp32 IR, bf16 mode
             engines["openvino bf16"] = OpenVinoRunner(ir, threads=args.threads, precision="bf16")
         # int8: post-training static quantization as `tipsomaly export --precision int8`
         calibration = np.stack(
@@ -431,7 +474,7 @@ def engines_table(args: argparse.Namespace, preset: str, size: int) -> None:
         engines["torch.compile fp32"] = torch_engine(compiled)
     else:
         print("torch.compile fp32: skipped (--no-compile)")
-    native_bf16 = cpu_has_native_bf16()
+    native_bf16 = bf16_here()
     if native_bf16:
         if "torch eager bf16" in args.engines:  # the same weights, matmuls in bf16
             twin = random_model(preset)
@@ -474,6 +517,9 @@ def engines_table(args: argparse.Namespace, preset: str, size: int) -> None:
             k: np.concatenate([o[k] for o in chunks]) for k in ("image_score", "anomaly_map")
         }
     print("setup: " + ", ".join(f"{k} {v:.1f} s" for k, v in setup.items()))
+    for name, run in engines.items():  # which kernels OpenVINO picked (ISA in their names)
+        if isinstance(run, OpenVinoRunner):
+            print(f"{name} kernels: {openvino_kernels(run)}")
 
     # timed rounds: every engine once per batch size per round, the matmul peak in each round
     d, hidden = model.embed_dim, model.vision.config.mlp_hidden_dim
@@ -624,11 +670,34 @@ def main() -> None:
     )
     parser.add_argument("--no-compile", action="store_true", help="leave torch.compile out")
     parser.add_argument(
+        "--isa",
+        choices=["native", "avx2"],
+        default="native",
+        help="avx2: run as on an AVX2-only CPU (the process is re-run with oneDNN, MKL and "
+        "ATen capped at AVX2: torch and OpenVINO obey; ONNX Runtime cannot be capped and its "
+        "rows are left out, as are the bf16 rows)",
+    )
+    parser.add_argument(
+        "--no-published",
+        action="store_true",
+        help="leave out the published pipeline and the int8 predict it is compared with",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="B/14 only, 4 images, 200-map class; engines at 224 px, errors on 4 images",
     )
     args = parser.parse_args()
+    if args.isa == "avx2" and os.environ.get(ISA_MARK) != "avx2":
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **AVX2_ENV})
+    if args.isa == "avx2":
+        args.engines = [e for e in args.engines if "onnxruntime" not in e and "bf16" not in e]
+        print(
+            "instruction set capped at AVX2 ("
+            + ", ".join(f"{k}={v}" for k, v in AVX2_ENV.items())
+            + f"): torch CPU capability {torch.backends.cpu.get_cpu_capability()}; ONNX Runtime "
+            "and bf16 rows left out"
+        )
     began = time.perf_counter()
     engine_size = args.size
     if args.quick:
@@ -637,7 +706,7 @@ def main() -> None:
     if args.large and "l14h" not in args.models:
         args.models.append("l14h")
     threads = torch.get_num_threads()
-    native = cpu_has_native_bf16()
+    native = bf16_here()
     print(
         f"torch {torch.__version__}, {threads} threads, {args.images} images of {args.size} px, "
         f"batch {args.batch_size}; CPU bf16 instructions: {native}; load average "
@@ -668,6 +737,8 @@ def main() -> None:
         hidden = model.vision.config.mlp_hidden_dim
         shapes = [(tokens, d, hidden), (tokens, hidden, d), (tokens, d, 3 * d)]
         reference = None
+        timings: dict[str, float] = {}
+        published = {} if args.no_published else published_part(args, model, images)
         for dtype_name, dtype in DTYPES.items():
             emulated = dtype == torch.bfloat16 and native is False
             if emulated:  # numbers only: bf16 rounding simulated on top of fp32 kernels
@@ -687,6 +758,7 @@ def main() -> None:
                     f"{total / len(images):7.2f} {backbone / total:9.0%} {achieved:8.0f} "
                     f"{peak:7.0f} {achieved / peak:6.0%}"
                 )
+            timings[dtype_name] = total
             if reference is None:
                 reference, agree = (maps, scores), ("", "")
             else:
@@ -694,6 +766,8 @@ def main() -> None:
                 agree = (f"{diff:.2e}", f"{spearman(scores, reference[1]):.4f}")
             print(f"{name:6} {dtype_name:5} {speed} {agree[0]:>10} {agree[1]:>7}")
             model.set_compute_dtype(torch.float32)
+        if not args.no_published:
+            report_published(name, published, reference, timings, len(images))
         first, cached = text_times(model, args.size)
         print(f"{name:6} text for one class: first run {first:.3f} s, cached {cached:.4f} s")
         del model
@@ -702,6 +776,80 @@ def main() -> None:
     if args.only in (None, "memory"):
         memory_part(args)
     print(f"\ntotal {time.perf_counter() - began:.0f} s, load average {load_average()}")
+
+
+def published_part(args, model, images) -> dict[str, tuple]:
+    """The published pipeline and ``predict`` with the OpenVINO int8 engine on ``images``,
+    with the model's fp32 weights (run before the bf16 row, which rounds them): name →
+    (seconds, maps, scores[, setup seconds])."""
+    from published_pipeline import run_published
+
+    detector = make_detector(model, torch.float32, args.size, args.batch_size)
+    text, pixel = detector.class_text("object"), detector.pixel_text()
+    run_published(model, images[:1], args.size, text, pixel)  # warm-up, as ours
+    runs = {"published": run_published(model, images, args.size, text, pixel)}
+    int8 = int8_predict_time(model, images, args)
+    if int8 is not None:
+        runs["openvino int8"] = int8
+    return runs
+
+
+def report_published(name, runs, reference, timings, n) -> None:
+    """Print the published pipeline's row and ``predict``'s speed-ups over it."""
+
+    def agreement(run: tuple) -> str:
+        diff = float(np.abs(run[1] - reference[0]).max())
+        return f"max|Δmap| {diff:.2e}, rank ρ {spearman(run[2], reference[1]):.4f} vs ours fp32"
+
+    seconds = runs["published"][0]
+    print(
+        f"{name:6} published pipeline (fp32, explicit attention, scipy smoothing per map): "
+        f"{seconds / n:.2f} s/img; {agreement(runs['published'])}"
+    )
+    ratios = {k: seconds / v for k, v in timings.items() if k in DTYPES}
+    if "openvino int8" in runs:
+        int8 = runs["openvino int8"]
+        ratios["openvino int8"] = seconds / int8[0]
+        print(
+            f"{name:6} openvino int8 predict: {int8[0] / n:.2f} s/img (export and quantization "
+            f"{int8[3]:.0f} s, once); {agreement(int8)}"
+        )
+    print(
+        f"{name:6} predict end to end against the published pipeline: "
+        + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items())
+        + " (bf16 goal >= 4x)"
+    )
+
+
+def int8_predict_time(model, images, args) -> tuple[float, np.ndarray, np.ndarray, float] | None:
+    """``predict`` through the OpenVINO int8 engine (exported and quantized on 8 generated
+    normal images, as ``--engine openvino --precision int8`` does on first use): (seconds for
+    ``images``, maps, scores, seconds to export), or None without OpenVINO / NNCF."""
+    import importlib.util
+
+    if not all(importlib.util.find_spec(m) for m in ("openvino", "nncf", "onnxscript")):
+        print("openvino int8 predict: skipped (the openvino extra is not installed)")
+        return None
+    from tipsomaly.deploy.export import export
+    from tipsomaly.deploy.inferencers import ExportedDetector
+
+    detector = make_detector(model, torch.float32, args.size, args.batch_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = []
+        for i, im in enumerate(make_images(2 * args.calibration, args.size, seed=2)[::2]):
+            files.append(Path(tmp) / f"normal_{i}.png")  # blob-free images: normal ones
+            Image.fromarray(im).save(files[-1])
+        start = time.perf_counter()
+        export(detector, "object", Path(tmp) / "int8", "openvino", precision="int8",
+               calibration=files)  # fmt: skip
+        setup = time.perf_counter() - start
+        engine = ExportedDetector(Path(tmp) / "int8", batch_size=args.batch_size)
+        engine.predict(images[: args.batch_size], "object")  # warm-up (compiles the graph)
+        start = time.perf_counter()
+        preds = engine.predict(images, "object")
+        seconds = time.perf_counter() - start
+    maps = np.stack([p.anomaly_map for p in preds])
+    return seconds, maps, np.array([p.image_score for p in preds]), setup
 
 
 def memory_part(args: argparse.Namespace) -> None:

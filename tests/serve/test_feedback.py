@@ -116,3 +116,39 @@ def test_monitor_reports_each_profiled_class(serve_data, tmp_path):
     assert tile["n_recent"] == len(results) and tile["n_calibration"] == 6
     assert tile["flag_rate_p"] == 1.0 and isinstance(tile["drifted"], bool)
     assert 0 <= tile["shift_p"] <= 1
+
+
+def test_monitor_checks_an_export_against_its_calibration_scores(serve_data, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import json
+
+    from tipsomaly.deploy.inferencers import ExportedDetector
+    from tipsomaly.method.profile import Profile
+
+    export = tmp_path / "export"
+    assert main(["export", "--profile", str(serve_data.profile), "--format", "onnx",
+                 "--out", str(export), "-q"]) == 0  # fmt: skip
+    record = json.loads((export / "export.json").read_text())
+    profile = Profile.load(serve_data.profile)
+    scores = profile.calibration_scores[profile.mode]
+    assert record["thresholds"]["calibration"]["scores"] == scores
+    detector = ExportedDetector(export)
+    config = ServeConfig(db=str(tmp_path / "r.sqlite"))
+    with TestClient(create_app(config, lambda: detector)) as c:
+        assert c.app.state.service.wait_ready(30)
+        results = score(c, serve_data.images["tile"])
+        for a in results:
+            if a["is_anomalous"] is False:
+                body = {"verdict": "confirmed_normal", "reviewer": "bo"}
+                assert c.post(f"/v1/records/{a['record_id']}/review", json=body).status_code == 200
+        (tile,) = c.get("/v1/monitor").json()["classes"]
+    expected = profile.check_drift(
+        [a["image_score"] for a in results][::-1],
+        sum(a["is_anomalous"] is False for a in results),
+        0,
+    ).to_dict()
+    assert tile["class_name"] == "tile" and tile["n_calibration"] == len(scores) == 6
+    assert tile["n_recent"] == len(results)
+    for key in ("flag_rate_p", "shift_p", "drifted"):
+        assert tile[key] == pytest.approx(expected[key], abs=1e-4), key

@@ -489,6 +489,14 @@ def _record(
             "calibrated_with": None
             if calibrated is None
             else {"engine": "torch", "precision": _fitted_precision(profile)},
+            # and the scores themselves: a served export's drift check compares with them
+            "calibration": None
+            if calibrated is None or profile is None
+            else {
+                "method": "the profile's fit: leave-one-out on its references",
+                "references": len(profile.calibration_scores.get(mode, [])),
+                "scores": profile.calibration_scores.get(mode, []),
+            },
         },
         "preprocessing": preprocessing_record(s),
         "parity": None

@@ -88,13 +88,17 @@ RECENT_SCORES = 200
 
 def monitor(detector: Predictor, versions: dict[str, ProfileRef], store: Any) -> dict[str, Any]:
     """``GET /v1/monitor``: for each class with a profile, the drift check
-    (:meth:`Profile.check_drift <tipsomaly.method.profile.Profile.check_drift>`) of the records
+    (:meth:`Profile.check_drift <tipsomaly.method.profile.Profile.check_drift>`, or an
+    export's own against its engine's calibration scores) of the records
     its current version decided: the flag rate among images reviewed as normal against the
     false-alarm rate promised, and the latest :data:`RECENT_SCORES` scores against the
     calibration scores."""
     mode = detector.mode
     classes = []
-    for name, profile in sorted(profiles_of(detector).items()):
+    checked: dict[str, Any] = dict(profiles_of(detector))
+    if getattr(detector, "baked", None):  # an export checks its baked profile itself
+        checked[detector.class_name] = detector  # type: ignore[attr-defined]
+    for name, profile in sorted(checked.items()):
         ref = versions.get(name, NO_PROFILE)
         recent, reviewed, flagged = store.monitor_inputs(
             name, profile_id=ref.id, mode=mode, recent=RECENT_SCORES

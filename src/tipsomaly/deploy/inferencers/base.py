@@ -33,6 +33,8 @@ from ...method.detector import profile_keys, roi_digest
 from ...method.head import DetectorOutput
 from ...method.pipeline import Predictor
 from ...method.prediction import Prediction
+from ...method.profile import NotCalibratedError
+from ...metrics.drift import DriftReport, check_drift
 from ..graph import SCORE_NAMES
 from ..metadata import ExportError, read_metadata
 
@@ -266,6 +268,42 @@ class ExportedDetector(Predictor):
             )
         return Thresholds.from_dict(
             {self.mode: {k: _calibration(record.get(k)) for k in ("image", "pixel")}}
+        )
+
+    def check_drift(
+        self,
+        recent_scores: Sequence[float],
+        normal_reviewed: int,
+        normal_flagged: int,
+        mode: str | None = None,
+        alpha: float = 0.01,
+    ) -> DriftReport:
+        """The baked profile's drift check, as :meth:`Profile.check_drift
+        <tipsomaly.method.profile.Profile.check_drift>` runs it, against the calibration
+        scores of this engine's thresholds (an int8 export's own, recalibrated ones).
+
+        Raises:
+            NotCalibratedError: no calibrated image threshold, or an export that does not
+                record its calibration scores (made by an older tipsomaly).
+            SetupMismatchError: as :meth:`thresholds_for`.
+        """
+        thresholds = self.thresholds_for(self.class_name)
+        calib = None if thresholds is None else thresholds.get(self.mode, "image")
+        if calib is None:
+            raise NotCalibratedError(f"{self.folder} holds no calibrated image threshold")
+        scores = ((self.record["thresholds"] or {}).get("calibration") or {}).get("scores")
+        if not scores:
+            raise NotCalibratedError(
+                f"{self.folder / 'export.json'} records no calibration scores (an older "
+                "export): export it again to check it for drift"
+            )
+        return check_drift(
+            [float(v) for v in scores],
+            list(recent_scores),
+            normal_reviewed,
+            normal_flagged,
+            max(calib.false_alarm_rate, calib.guaranteed_rate),
+            alpha,
         )
 
     def profile_names(self) -> dict[str, str]:
