@@ -25,7 +25,7 @@ from tipsomaly.cli import main as main_module
 from tipsomaly.cli.main import main
 from tipsomaly.deploy import export as export_module
 from tipsomaly.deploy.inferencers import ExportedDetector
-from tipsomaly.deploy.quantize import spearman
+from tipsomaly.deploy.quantize import openvino_fp32_ops, spearman
 from tipsomaly.errors import SetupMismatchError
 from tipsomaly.fingerprint import digest, file_digest
 from tipsomaly.identity import Identity, calibration_diff
@@ -102,8 +102,16 @@ def test_int8_export_is_quantized_and_records_its_parity_with_fp32(setup, engine
     else:
         import openvino as ov
 
-        ops = [op.get_type_name() for op in ov.Core().read_model(str(graph)).get_ops()]
-        assert ops.count("FakeQuantize") >= 8
+        model = ov.Core().read_model(str(graph))
+        fed = [
+            target.get_node().get_type_name()
+            for op in model.get_ops()
+            if op.get_type_name() == "FakeQuantize"
+            for target in op.output(0).get_target_inputs()
+        ]
+        # the block linears only: not the patch embedding, not the attention
+        assert fed.count("MatMul") == 8, fed  # the 4 linears of each of the 2 blocks
+        assert not {"Convolution", "ScaledDotProductAttention"} & set(fed), fed
     parity = record["parity"]
     refs = sorted(setup["refs"].iterdir())
     assert parity["images"] == len(refs)
@@ -181,6 +189,12 @@ def test_calibration_diff_separates_int8_from_float_scores():
     assert calibration_diff({"engine": "onnxruntime", "precision": "int8"}, int8) == [
         "engine onnxruntime (this run: openvino)"
     ]
+
+
+def test_openvino_ops_split_from_an_fp32_onnx_node_stay_fp32():
+    ops = ["node_conv2d/WithoutBiases", "node_conv2d", "node_MatMul_40", "node_add/x", "other"]
+    kept = openvino_fp32_ops(["node_conv2d", "node_add"], ops)
+    assert kept == ["node_conv2d/WithoutBiases", "node_conv2d", "node_add/x"]
 
 
 def test_spearman_ranks_with_ties():
