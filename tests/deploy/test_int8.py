@@ -24,6 +24,7 @@ from synthetic import tiny_model_dir
 from tipsomaly.cli import main as main_module
 from tipsomaly.cli.main import main
 from tipsomaly.deploy import export as export_module
+from tipsomaly.deploy import quantize as quantize_module
 from tipsomaly.deploy.inferencers import ExportedDetector
 from tipsomaly.deploy.quantize import openvino_fp32_ops, spearman
 from tipsomaly.errors import SetupMismatchError
@@ -225,7 +226,9 @@ def _scores(out: Path) -> list[float]:
         return [float(r["image_score"]) for r in csv.DictReader(f)]
 
 
-def test_predict_with_an_int8_engine_exports_once_then_uses_the_cache(setup, counted, tmp_path):
+def test_predict_with_an_int8_engine_exports_once_then_uses_the_cache(
+    setup, counted, tmp_path, monkeypatch
+):
     images = _images(tmp_path / "images", 3, seed=5)
     common = ["predict", str(images), "--class-name", CLASS, "--model", str(setup["model"]),
               "--image-size", SIZE, "--engine", "openvino", "--precision", "int8",
@@ -243,6 +246,13 @@ def test_predict_with_an_int8_engine_exports_once_then_uses_the_cache(setup, cou
     assert len(counted) == 2
     cached = sorted((tmp_path / "home" / "engines").glob("*/export.json"))
     assert len(cached) == 2
+    # a new quantization recipe makes the int8 graph again, never reusing the old one
+    monkeypatch.setattr(quantize_module, "RECIPE", quantize_module.RECIPE + 1)
+    assert main([*common, "--out", str(tmp_path / "d")]) == 0
+    assert len(counted) == 3
+    records = [json.loads(f.read_text()) for f in (tmp_path / "home" / "engines").glob("*/e*.json")]
+    recipes = sorted(r["quantization"]["recipe"] for r in records if "quantization" in r)
+    assert recipes == [quantize_module.RECIPE - 1, quantize_module.RECIPE]
 
 
 def test_two_processes_export_an_engine_once(setup, counted, tmp_path):

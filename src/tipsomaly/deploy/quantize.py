@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "FP32_SCOPE",
+    "RECIPE",
     "calibration_batches",
     "fp32_nodes",
     "quantize",
@@ -70,6 +71,10 @@ FP32_SCOPE = (
     "LayerNorm, the text and CLS similarities with their softmax at logit scale 100, the "
     "memory-bank search (1 - max cos) and the map smoothing"
 )
+#: the quantization recipe's revision: part of an int8 engine's cache key and of its
+#: export.json, so graphs quantized by an earlier recipe are made again (2: the patch
+#: embedding and OpenVINO's fused attention kept fp32)
+RECIPE = 2
 #: calibration images per batch fed to the quantizers
 CALIBRATION_BATCH = 1
 
@@ -166,6 +171,7 @@ def quantize_openvino(onnx_path: Path, out_xml: Path, images: np.ndarray) -> dic
     fq = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
     return {
         "tool": f"nncf {nncf.__version__} quantize (post-training static)",
+        "recipe": RECIPE,
         "model_type": "transformer (SmoothQuant)",
         "preset": "mixed",
         "quantizers": int(fq),
@@ -258,6 +264,7 @@ def quantize_onnxruntime(
 
     return {
         "tool": f"onnxruntime {onnxruntime.__version__} quantize_static (QDQ)",
+        "recipe": RECIPE,
         "activations": "uint8, per tensor (MinMax)",
         "weights": "int8, per channel",
         "quantized_nodes": len(options["nodes_to_quantize"]),

@@ -51,6 +51,12 @@ def cache_root() -> Path:
     return cache_dir() / EXPORTS_DIR
 
 
+def quantization_recipe() -> int:
+    from ..deploy.quantize import RECIPE
+
+    return RECIPE
+
+
 def engine_key(config: DetectorConfig, class_name: str, calibration: list[str]) -> str:
     """The cache key of ``config``'s engine for ``class_name`` (see the module doc)."""
     settings = config.settings()
@@ -68,6 +74,7 @@ def engine_key(config: DetectorConfig, class_name: str, calibration: list[str]) 
         "engine": config.engine,
         "precision": "int8" if config.precision == "int8" else "fp32",  # bf16: a runtime hint
         "calibration": sorted(file_digest(f) for f in calibration),
+        "recipe": quantization_recipe() if config.precision == "int8" else None,
         "tipsomaly": __version__,
     }
     return digest(record, 24)
