@@ -110,9 +110,9 @@ def test_int8_export_is_quantized_and_records_its_parity_with_fp32(setup, engine
             if op.get_type_name() == "FakeQuantize"
             for target in op.output(0).get_target_inputs()
         ]
-        # the block linears only: not the patch embedding, not the attention
+        # the blocks only (their linears and attention), never the patch embedding's pixels
         assert fed.count("MatMul") == 8, fed  # the 4 linears of each of the 2 blocks
-        assert not {"Convolution", "ScaledDotProductAttention"} & set(fed), fed
+        assert "Convolution" not in fed, fed
     parity = record["parity"]
     refs = sorted(setup["refs"].iterdir())
     assert parity["images"] == len(refs)
