@@ -3,6 +3,7 @@
     python benchmarks/throughput.py                 # B/14 shape, 518 px (--large: and L/14)
     python benchmarks/throughput.py --quick         # B/14, fewer images, engines at 224 px
     python benchmarks/throughput.py --only engines --engine-batches 1 4 --rounds 3
+    python benchmarks/throughput.py --only engines --isa avx2   # as an AVX2-only CPU runs it
 
 For each model shape (randomly initialised towers of the real B/14 and L/14 presets) and each
 dtype (fp32, bf16), the detector scores generated 518-px images through the public API
@@ -491,6 +492,8 @@ def engines_table(args: argparse.Namespace, preset: str, size: int) -> None:
                 return {n: t.numpy() for n, t in zip(module.output_names, out, strict=True)}
 
             engines["torch eager bf16"] = bf16_run
+    elif os.environ.get(ISA_MARK) == "avx2":
+        print("skipped: torch eager bf16, OpenVINO bf16 — --isa avx2 caps bf16 away")
     else:
         print(
             "skipped: torch eager bf16, OpenVINO bf16 — this CPU has no bf16 matrix "
@@ -717,7 +720,7 @@ def main() -> None:
         "CPU flags relied on: "
         + ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in CPU_FLAGS)
     )
-    if native is False:
+    if native is False and os.environ.get(ISA_MARK) != "avx2":
         print(
             "bf16*: this CPU has no bf16 instructions (PyTorch emulates bf16, far slower than "
             "fp32, and tipsomaly refuses --dtype bf16 here); its row gives bf16 numerics only, "
