@@ -255,7 +255,8 @@ def quantize_onnxruntime(
             from onnxruntime.quantization import save_tensors_data
 
             cache = Path(tmp) / "ranges.json"
-            save_tensors_data(_activation_ranges(onnx_path, graph, reader, tmp), cache)
+            ranges = _activation_ranges(onnx_path, graph, options, reader, tmp)
+            save_tensors_data(ranges, cache)
             quantize_static(str(onnx_path), str(out_onnx), None, **options,
                             calibration_cache_path=str(cache))  # fmt: skip
         else:
@@ -284,12 +285,15 @@ def _narrowed_calibration(tensors: set[str], graph: Any, nodes: Sequence[str]) -
     return tensors & own
 
 
-def _activation_ranges(onnx_path: Path, graph: Any, reader: Any, tmp: str) -> Any:
+def _activation_ranges(
+    onnx_path: Path, graph: Any, options: dict[str, Any], reader: Any, tmp: str
+) -> Any:
     """The min and max of the quantized layers' tensors over ``reader``'s batches
-    (ONNX Runtime's MinMax calibrator, narrowed by :func:`_narrowed_calibration`)."""
+    (ONNX Runtime's MinMax calibrator, narrowed by :func:`_narrowed_calibration`), for the
+    :func:`ort_options` ``options``."""
     from onnxruntime.quantization import MinMaxCalibrater
 
-    nodes = quantized_nodes(graph)
+    nodes = options["nodes_to_quantize"]
 
     class QuantizedLayers(MinMaxCalibrater):
         def select_tensors_to_calibrate(self, model):  # noqa: ANN001, ANN202 (ORT's hook)
@@ -300,7 +304,7 @@ def _activation_ranges(onnx_path: Path, graph: Any, reader: Any, tmp: str) -> An
         onnx_path,
         ["MatMul"],
         augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-        use_external_data_format=_external(graph),
+        use_external_data_format=options["use_external_data_format"],
     )
     calibrator.augment_graph()
     calibrator.execution_providers = ["CPUExecutionProvider"]

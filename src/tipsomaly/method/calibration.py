@@ -39,6 +39,12 @@ class Calibration:
     attainable: bool
 
     @property
+    def promised_rate(self) -> float:
+        """The false-alarm rate this threshold promises: the rate asked for, or the larger one
+        it could guarantee with too few calibration scores."""
+        return max(self.false_alarm_rate, self.guaranteed_rate)
+
+    @property
     def note(self) -> str:
         """One sentence for people: what the threshold guarantees."""
         if self.attainable:

@@ -177,7 +177,7 @@ class Profile:
             list(recent_scores),
             normal_reviewed,
             normal_flagged,
-            max(calib.false_alarm_rate, calib.guaranteed_rate),
+            calib.promised_rate,
             alpha,
         )
 

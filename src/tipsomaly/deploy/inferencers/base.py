@@ -297,13 +297,10 @@ class ExportedDetector(Predictor):
                 f"{self.folder / 'export.json'} records no calibration scores (an older "
                 "export): export it again to check it for drift"
             )
+        recent = list(recent_scores)
+        calibration = [float(v) for v in scores]
         return check_drift(
-            [float(v) for v in scores],
-            list(recent_scores),
-            normal_reviewed,
-            normal_flagged,
-            max(calib.false_alarm_rate, calib.guaranteed_rate),
-            alpha,
+            calibration, recent, normal_reviewed, normal_flagged, calib.promised_rate, alpha
         )
 
     def profile_names(self) -> dict[str, str]:
